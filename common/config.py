@@ -1,0 +1,296 @@
+"""Settings: one YAML file, then environment overrides, validated once into frozen dataclasses.
+
+Master and worker read the same file format; each uses its own section. Validation walks the
+dataclasses below by their type hints, so the schema is written once, here. Any unknown key,
+wrong type or bad value raises `ConfigError` naming the key (for example
+``master.users.admin.roles``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from common import arch as archmod
+from common.errors import ConfigError
+
+CONFIG_ENV = "PKGFARM_CONFIG"
+
+ROLES = ("read", "build", "upload", "admin")
+
+#: Environment variables that override one key each (secrets and deployment-specific values).
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "PKGFARM_BROKER_URL": ("broker_url",),
+    "PKGFARM_DATA_DIR": ("master", "data_dir"),
+    "PKGFARM_BIND": ("master", "bind"),
+    "PKGFARM_MASTER_URL": ("worker", "master_url"),
+    "PKGFARM_WORKER_NAME": ("worker", "name"),
+    "PKGFARM_WORKER_USERNAME": ("worker", "username"),
+    "PKGFARM_WORKER_PASSWORD": ("worker", "password"),
+}
+
+
+def host_arch() -> str:
+    """The Debian architecture of this machine, as dpkg names it."""
+    try:
+        out = subprocess.run(
+            ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, "amd64")
+
+
+@dataclass(frozen=True)
+class UserSettings:
+    password_hash: str
+    roles: tuple[str, ...] = ("read",)
+
+    def __post_init__(self) -> None:
+        for role in self.roles:
+            if role not in ROLES:
+                raise ValueError(f"unknown role {role!r} (known: {', '.join(ROLES)})", "roles")
+        if ":" not in self.password_hash:
+            raise ValueError(
+                "must be a werkzeug password hash such as 'scrypt:…' (see `master user-add`)",
+                "password_hash",
+            )
+
+
+@dataclass(frozen=True)
+class MasterSettings:
+    bind: str = "127.0.0.1:8080"
+    data_dir: str = "/var/lib/pkgfarm"
+    users: dict[str, UserSettings] = field(default_factory=dict)
+    #: gunicorn worker processes; uploads are streamed, so a few serve many workers.
+    processes: int = 4
+    #: largest upload accepted, in bytes (413 above it).
+    max_upload_bytes: int = 4 * 1024**3
+    #: the URL clients reach the master at, used in links (log URLs); derived from bind if unset.
+    public_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if ":" not in self.bind:
+            raise ValueError("must be HOST:PORT", "bind")
+        if self.processes < 1:
+            raise ValueError("must be at least 1", "processes")
+        if self.max_upload_bytes < 1:
+            raise ValueError("must be positive", "max_upload_bytes")
+
+
+@dataclass(frozen=True)
+class RepositorySettings:
+    suite: str = "stable"
+    component: str = "main"
+    #: what `architecture: any` expands to, and the binary-<arch> indexes served.
+    architectures: tuple[str, ...] = ("amd64",)
+    origin: str = "pkgfarm"
+    label: str = "pkgfarm"
+
+    def __post_init__(self) -> None:
+        if not self.architectures:
+            raise ValueError("must list at least one architecture", "architectures")
+        for a in self.architectures:
+            if not archmod.is_known(a):
+                raise ValueError(f"unknown architecture {a!r}", "architectures")
+        for key in ("suite", "component"):
+            value = getattr(self, key)
+            if not value or "/" in value or value.startswith("."):
+                raise ValueError("must be a plain name", key)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    master_url: str = "http://127.0.0.1:8080"
+    username: str = "worker"
+    password: str | None = None
+    architectures: tuple[str, ...] = field(default_factory=lambda: (host_arch(),))
+    concurrency: int = 1
+    work_dir: str = "/var/tmp/pkgfarm"
+    #: the name shown in the workers list; defaults to the host name.
+    name: str | None = None
+    #: hard limit of one build, in seconds.
+    build_timeout: int = 3 * 3600
+    #: install missing build_depends with apt-get before a build.
+    install_build_depends: bool = True
+    #: seconds between heartbeats to the master.
+    heartbeat_interval: int = 15
+
+    def __post_init__(self) -> None:
+        if not self.master_url.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL", "master_url")
+        for a in self.architectures:
+            if not archmod.is_known(a):
+                raise ValueError(f"unknown architecture {a!r}", "architectures")
+        if self.concurrency < 1:
+            raise ValueError("must be at least 1", "concurrency")
+        if self.build_timeout < 1:
+            raise ValueError("must be positive", "build_timeout")
+        if self.heartbeat_interval < 1:
+            raise ValueError("must be positive", "heartbeat_interval")
+
+    @property
+    def display_name(self) -> str:
+        return self.name or os.uname().nodename
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: the Celery broker; unset means the master's private redis-server under data_dir.
+    broker_url: str | None = None
+    package_paths: tuple[str, ...] = ()
+    master: MasterSettings = field(default_factory=MasterSettings)
+    repository: RepositorySettings = field(default_factory=RepositorySettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+
+    @property
+    def embedded_broker_socket(self) -> Path:
+        return Path(self.master.data_dir) / "redis" / "redis.sock"
+
+    @property
+    def effective_broker_url(self) -> str:
+        """The broker every process uses: the configured one, or the master's private Redis."""
+        if self.broker_url:
+            return self.broker_url
+        return f"redis+socket://{self.embedded_broker_socket}"
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Read the config file (``path``, else ``$PKGFARM_CONFIG``, else none) and the environment."""
+    env = os.environ if env is None else env
+    path = path or env.get(CONFIG_ENV) or None
+    data: Any = {}
+    base = Path.cwd()
+    if path:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from exc
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        data = {} if data is None else data
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        base = p.resolve().parent
+    data = _apply_env(data, env)
+    settings = _build(Settings, data, "")
+    return _resolve_paths(settings, base)
+
+
+def settings_from_dict(data: Mapping[str, Any], base: Path | None = None) -> Settings:
+    """Validate an in-memory mapping (tests and tools); relative paths resolve against ``base``."""
+    return _resolve_paths(_build(Settings, dict(data), ""), base or Path.cwd())
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    data = dict(data)
+    for var, keys in ENV_OVERRIDES.items():
+        if var not in env or env[var] == "":
+            continue
+        node = data
+        for key in keys[:-1]:
+            child = node.get(key)
+            child = dict(child) if isinstance(child, dict) else {}
+            node[key] = child
+            node = child
+        node[keys[-1]] = env[var]
+    return data
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    def absolute(p: str) -> str:
+        return str((base / os.path.expanduser(p)).resolve())
+
+    master = dataclasses.replace(settings.master, data_dir=absolute(settings.master.data_dir))
+    worker = dataclasses.replace(settings.worker, work_dir=absolute(settings.worker.work_dir))
+    paths = tuple(absolute(p) for p in settings.package_paths)
+    return dataclasses.replace(settings, master=master, worker=worker, package_paths=paths)
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Turn ``data`` into dataclass ``cls``, naming the first key that does not fit."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: must be a mapping", key=where)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{_join(where, str(key))}: unknown key (known: {known})",
+                              key=_join(where, str(key)))
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], _join(where, name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{_join(where, name)}: required key is missing",
+                              key=_join(where, name))
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        message, key = exc.args if len(exc.args) == 2 else (str(exc), "")
+        full = _join(where, key) if key else where
+        raise ConfigError(f"{full}: {message}", key=full) from None
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, where)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)  # type: ignore[arg-type]
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: must be a list", key=where)
+        return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: must be a mapping", key=where)
+        return {str(k): _convert(args[1], v, _join(where, str(k))) for k, v in value.items()}
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}: must be true or false", key=where)
+    if hint is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: must be an integer", key=where)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        raise ConfigError(f"{where}: must be an integer", key=where)
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: must be a string", key=where)
+    raise ConfigError(f"{where}: unsupported setting type {hint!r}", key=where)

@@ -1,0 +1,326 @@
+"""Package definitions: the YAML model, its parser, the lookup by name, and the snapshot.
+
+A definition is found as ``NAME.yaml`` or ``NAME/package.yaml`` under one of the configured
+``package_paths``. The master validates it before anything is queued and snapshots it (the YAML
+plus its sources) into a tarball, so a build uses exactly what was submitted even if the file
+changes afterwards; the worker unpacks that snapshot into a fresh directory.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from common import arch as archmod
+from common import debian
+from common.errors import DefinitionError, NotFound
+
+SNAPSHOT_DEFINITION = "package.yaml"
+SNAPSHOT_SOURCES = "sources"
+
+_TOP_KEYS = {"package", "build_depends", "sources", "build"}
+_PACKAGE_KEYS = {
+    "name", "version", "release", "architecture", "description", "maintainer", "depends",
+    "section", "priority", "homepage", "recommends", "conflicts", "provides", "replaces",
+}
+_PRIORITIES = {"required", "important", "standard", "optional", "extra"}
+
+
+@dataclass(frozen=True)
+class PackageDefinition:
+    name: str
+    version: str  # upstream version
+    release: str  # Debian revision
+    architecture: tuple[str, ...] | str  # "all", "any" or a tuple of arches
+    description: str
+    maintainer: str
+    build: str
+    depends: tuple[str, ...] = ()
+    recommends: tuple[str, ...] = ()
+    conflicts: tuple[str, ...] = ()
+    provides: tuple[str, ...] = ()
+    replaces: tuple[str, ...] = ()
+    section: str = "misc"
+    priority: str = "optional"
+    homepage: str | None = None
+    build_depends: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    #: where the YAML was read from (for error messages and the snapshot)
+    path: Path = field(default=Path("."), compare=False)
+
+    @property
+    def full_version(self) -> str:
+        return f"{self.version}-{self.release}"
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def build_arches(self, served: Iterable[str], requested: str | None = None) -> list[str]:
+        """The architectures to build for: ``all`` once, ``any`` per served arch, or a list.
+
+        ``requested`` narrows the result to one arch (``all`` packages ignore it).
+        """
+        served = list(served)
+        if self.architecture == archmod.ALL:
+            return [archmod.ALL]
+        if requested is not None and not archmod.is_known(requested):
+            raise DefinitionError(f"unknown architecture {requested!r}", field="arch")
+        wanted = served if self.architecture == archmod.ANY else list(self.architecture)
+        if requested is not None:
+            if requested not in wanted:
+                raise DefinitionError(
+                    f"{self.name} is not built for {requested} (it builds for: "
+                    f"{', '.join(wanted)})",
+                    package=self.name, field="arch",
+                )
+            return [requested]
+        return wanted
+
+
+def _fail(path: Path, fieldname: str, message: str) -> DefinitionError:
+    return DefinitionError(f"{path}: {fieldname}: {message}", file=str(path), field=fieldname)
+
+
+def _string(path: Path, data: dict[str, Any], key: str, where: str, required: bool = True,
+            default: str | None = None) -> str | None:
+    value = data.get(key, default)
+    if value is None:
+        if required:
+            raise _fail(path, f"{where}{key}", "is required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise _fail(path, f"{where}{key}", "must be a string")
+    text = str(value)
+    if not text.strip():
+        raise _fail(path, f"{where}{key}", "must not be empty")
+    return text
+
+
+def _string_list(path: Path, data: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    value = data.get(key, [])
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise _fail(path, f"{where}{key}", "must be a list of non-empty strings")
+    for v in value:
+        if "\n" in v or "," in v:
+            raise _fail(path, f"{where}{key}", f"{v!r}: one relation per list item, no newlines")
+    return tuple(v.strip() for v in value)
+
+
+def parse_definition(
+    path: Path, text: str | None = None, check_sources: bool = True
+) -> PackageDefinition:
+    """Parse and validate one definition file; errors name the file and the field.
+
+    ``check_sources=False`` skips checking that the listed sources exist on disk (a worker
+    reading an unpacked snapshot, where they are already merged into ``sources/``).
+    """
+    path = Path(path)
+    if text is None:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise DefinitionError(f"{path}: cannot read: {exc.strerror}", file=str(path)) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise DefinitionError(f"{path}: not valid YAML: {exc}", file=str(path)) from exc
+    if not isinstance(data, dict):
+        raise DefinitionError(f"{path}: must be a mapping with a 'package' key", file=str(path))
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise _fail(path, str(key), f"unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
+    pkg = data.get("package")
+    if not isinstance(pkg, dict):
+        raise _fail(path, "package", "is required and must be a mapping")
+    for key in pkg:
+        if key not in _PACKAGE_KEYS:
+            raise _fail(path, f"package.{key}",
+                        f"unknown key (known: {', '.join(sorted(_PACKAGE_KEYS))})")
+    w = "package."
+    name = _string(path, pkg, "name", w)
+    assert name is not None
+    if not debian.PACKAGE_NAME_RE.match(name):
+        raise _fail(path, "package.name",
+                    f"{name!r} is not a Debian package name (lower case, digits, + - .)")
+    version = _string(path, pkg, "version", w)
+    assert version is not None
+    if not debian.UPSTREAM_RE.match(version):
+        raise _fail(path, "package.version",
+                    f"{version!r} must start with a digit and hold only letters, digits, . + ~")
+    release = _string(path, pkg, "release", w, default="1")
+    assert release is not None
+    if not debian.REVISION_RE.match(release):
+        raise _fail(path, "package.release", f"{release!r} must hold only letters, digits, . + ~")
+
+    arch_value = pkg.get("architecture", archmod.ANY)
+    architecture: tuple[str, ...] | str
+    if arch_value in (archmod.ALL, archmod.ANY):
+        architecture = arch_value
+    elif isinstance(arch_value, list | str) and arch_value:
+        arches = [arch_value] if isinstance(arch_value, str) else arch_value
+        for a in arches:
+            if not isinstance(a, str) or not archmod.is_known(a):
+                raise _fail(path, "package.architecture",
+                            f"unknown architecture {a!r} (use all, any or Debian arch names)")
+        architecture = tuple(dict.fromkeys(arches))
+    else:
+        raise _fail(path, "package.architecture", "must be all, any or a list of architectures")
+
+    description = _string(path, pkg, "description", w)
+    assert description is not None
+    try:
+        debian.format_description(description)
+    except ValueError as exc:
+        raise _fail(path, "package.description", str(exc)) from None
+    maintainer = _string(path, pkg, "maintainer", w)
+    assert maintainer is not None
+    if "<" not in maintainer or not maintainer.rstrip().endswith(">"):
+        raise _fail(path, "package.maintainer", "must look like 'Full Name <email@example.org>'")
+    section = _string(path, pkg, "section", w, default="misc")
+    priority = _string(path, pkg, "priority", w, default="optional")
+    if priority not in _PRIORITIES:
+        raise _fail(path, "package.priority", f"must be one of {', '.join(sorted(_PRIORITIES))}")
+    for key, value in (("section", section), ("maintainer", maintainer), ("name", name)):
+        if value is not None and "\n" in value:
+            raise _fail(path, f"package.{key}", "must be one line")
+
+    build = data.get("build")
+    if not isinstance(build, str) or not build.strip():
+        raise _fail(path, "build", "is required: a shell script that installs into $DESTDIR")
+
+    sources = []
+    raw_sources = data.get("sources") or []
+    if not isinstance(raw_sources, list):
+        raise _fail(path, "sources", "must be a list of {path: …} entries")
+    for i, entry in enumerate(raw_sources):
+        rel = entry.get("path") if isinstance(entry, dict) else entry
+        if isinstance(entry, dict) and set(entry) - {"path"}:
+            raise _fail(path, f"sources[{i}]", "only 'path' is supported")
+        if not isinstance(rel, str) or not rel.strip():
+            raise _fail(path, f"sources[{i}].path", "must be a relative path")
+        if os.path.isabs(rel) or "\0" in rel:
+            raise _fail(path, f"sources[{i}].path", "must be relative to the definition's folder")
+        folder = path.parent.resolve()
+        target = (folder / rel).resolve()
+        if target != folder and folder not in target.parents:
+            raise _fail(path, f"sources[{i}].path", f"{rel!r} leaves the definition's folder")
+        if check_sources and not target.exists():
+            raise _fail(path, f"sources[{i}].path", f"{rel!r} does not exist")
+        sources.append(rel)
+
+    return PackageDefinition(
+        name=name,
+        version=version,
+        release=release,
+        architecture=architecture,
+        description=description.strip("\n"),
+        maintainer=maintainer.strip(),
+        build=build,
+        depends=_string_list(path, pkg, "depends", w),
+        recommends=_string_list(path, pkg, "recommends", w),
+        conflicts=_string_list(path, pkg, "conflicts", w),
+        provides=_string_list(path, pkg, "provides", w),
+        replaces=_string_list(path, pkg, "replaces", w),
+        section=section or "misc",
+        priority=priority or "optional",
+        homepage=_string(path, pkg, "homepage", w, required=False),
+        build_depends=_string_list(path, data, "build_depends", ""),
+        sources=tuple(sources),
+        path=path,
+    )
+
+
+def find_definition(name: str, package_paths: Iterable[str]) -> PackageDefinition:
+    """Look ``name`` up in ``package_paths``; NotFound if no definition matches."""
+    if not debian.PACKAGE_NAME_RE.match(name):
+        raise NotFound(f"{name!r} is not a valid package name", package=name)
+    searched = []
+    for folder in package_paths:
+        for candidate in (Path(folder) / f"{name}.yaml", Path(folder) / name / "package.yaml"):
+            searched.append(str(candidate))
+            if candidate.is_file():
+                definition = parse_definition(candidate)
+                if definition.name != name:
+                    raise _fail(candidate, "package.name",
+                                f"is {definition.name!r} but the file is found as {name!r}")
+                return definition
+    raise NotFound(
+        f"no package definition named {name!r} (looked in: {', '.join(searched) or 'nowhere'})",
+        package=name,
+    )
+
+
+def snapshot(definition: PackageDefinition) -> bytes:
+    """A gzipped tarball of the definition and its sources, as the worker will unpack it.
+
+    Layout: ``package.yaml`` and ``sources/`` (each listed source merged into it: a folder's
+    contents, or a file under its own name). Owners and times are normalised so the same input
+    gives the same bytes.
+    """
+    buf = io.BytesIO()
+    folder = definition.folder
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=6) as tar:
+        _add_bytes(tar, SNAPSHOT_DEFINITION, definition.path.read_bytes(), 0o644)
+        _add_dir(tar, SNAPSHOT_SOURCES)
+        for rel in definition.sources:
+            src = (folder / rel).resolve()
+            if src.is_dir():
+                for item in sorted(src.rglob("*")):
+                    arc = f"{SNAPSHOT_SOURCES}/{item.relative_to(src).as_posix()}"
+                    _add_path(tar, item, arc)
+            else:
+                _add_path(tar, src, f"{SNAPSHOT_SOURCES}/{src.name}")
+    return buf.getvalue()
+
+
+def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    info.mtime = 0
+    return info
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
+    info = _normalise(tarfile.TarInfo(name))
+    info.size = len(data)
+    info.mode = mode
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _add_dir(tar: tarfile.TarFile, name: str) -> None:
+    info = _normalise(tarfile.TarInfo(name))
+    info.type = tarfile.DIRTYPE
+    info.mode = 0o755
+    tar.addfile(info)
+
+
+def _add_path(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
+    if path.is_symlink():
+        raise DefinitionError(f"{path}: symbolic links are not allowed in sources",
+                              file=str(path))
+    if path.is_dir():
+        _add_dir(tar, arcname)
+    else:
+        mode = 0o755 if os.access(path, os.X_OK) else 0o644
+        _add_bytes(tar, arcname, path.read_bytes(), mode)
+
+
+def unpack_snapshot(data: bytes, dest: Path) -> PackageDefinition:
+    """Unpack a snapshot into ``dest`` (refusing any member that would land outside it)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        tar.extractall(dest, filter="data")
+    (dest / SNAPSHOT_SOURCES).mkdir(exist_ok=True)
+    return parse_definition(dest / SNAPSHOT_DEFINITION, check_sources=False)

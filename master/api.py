@@ -1,0 +1,366 @@
+"""The HTTP API (``/api/v1``) and the repository (``/repo``) as Flask blueprints.
+
+Views are thin: they check the caller's role, parse the request into the project's types, call
+the store, scheduler or repository, and turn the answer into JSON. Errors are raised as the
+project's exceptions and turned into JSON in one place (master.app).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, request, send_from_directory, url_for
+
+from common import arch as archmod
+from common.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
+from common.messages import ClaimRequest, Heartbeat, JobAssignment, JobReport
+from common.states import JobState, build_state
+from master import debrepo
+from master.repository import Expected
+from master.services import Services
+from master.store import Build, Job
+
+#: A worker that has not sent a heartbeat for this long is no longer listed.
+WORKER_TTL = 45.0
+#: The largest build log kept per attempt; what comes after is dropped with a note.
+MAX_LOG_BYTES = 64 * 1024 * 1024
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
+
+
+def json_body(allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})",
+                         field=unknown[0])
+    missing = sorted(required - set(data))
+    if missing:
+        raise BadRequest(f"field {missing[0]!r} is required", field=missing[0])
+    return data
+
+
+def parse_message(cls: Any, data: dict[str, Any]) -> Any:
+    try:
+        return cls.from_json(data)
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_blueprints(svc: Services) -> list[Blueprint]:
+    api = Blueprint("api", __name__, url_prefix="/api/v1")
+    repo = Blueprint("repo", __name__, url_prefix="/repo")
+    auth = svc.auth
+    logs_dir = Path(svc.settings.master.data_dir) / "logs"
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def log_path(job: Job, attempt: int | None = None) -> Path:
+        return logs_dir / str(job.id) / f"{attempt or job.attempt}.log"
+
+    def job_json(job: Job) -> dict[str, Any]:
+        return {
+            "id": job.id,
+            "package": job.package,
+            "version": job.version,
+            "arch": job.arch,
+            "status": job.state.value,
+            "attempt": job.attempt,
+            "worker": job.worker,
+            "queued_at": _iso(job.queued_at),
+            "started_at": _iso(job.started_at),
+            "finished_at": _iso(job.finished_at),
+            "error": job.error,
+            "files": list(job.files),
+            "log_url": url_for("api.build_log", build_id=job.build_id, name=job.package,
+                               arch=job.arch, _external=True),
+        }
+
+    def build_json(build: Build, jobs: list[Job]) -> dict[str, Any]:
+        return {
+            "id": build.id,
+            "created_at": _iso(build.created_at),
+            "requested_by": build.requested_by,
+            "packages": list(build.packages),
+            "arch": build.arch,
+            "status": build_state([j.state for j in jobs]).value,
+            "jobs": [job_json(j) for j in jobs],
+        }
+
+    def live_attempt(job_id: int, attempt: int, token: str) -> Job:
+        """The job, if ``token`` holds its current, running attempt (409/403 otherwise)."""
+        job = svc.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}", job=job_id)
+        if job.attempt != attempt or job.state != JobState.BUILDING or job.token_hash is None:
+            raise Conflict(f"attempt {attempt} of job {job_id} is not running (the job is "
+                           f"{job.state.value}, attempt {job.attempt})", state=job.state.value)
+        if not hmac.compare_digest(token_hash(token), job.token_hash):
+            raise Forbidden("the token does not belong to this attempt")
+        return job
+
+    def int_arg(name: str, default: int | None = None, lo: int = 0, hi: int = 2**31) -> int:
+        raw = request.args.get(name)
+        if raw is None:
+            if default is None:
+                raise BadRequest(f"query parameter {name!r} is required", field=name)
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise BadRequest(f"{name} must be an integer", field=name) from None
+        if not lo <= value <= hi:
+            raise BadRequest(f"{name} must be between {lo} and {hi}", field=name)
+        return value
+
+    # -- health --------------------------------------------------------------------------------
+
+    @api.get("/health")
+    def health() -> Any:
+        repo_settings = svc.settings.repository
+        return {
+            "status": "ok",
+            "repository": {
+                "url": url_for("repo.serve", path="", _external=True),
+                "suite": repo_settings.suite,
+                "component": repo_settings.component,
+                "architectures": list(repo_settings.architectures),
+            },
+            "broker": "ok" if svc.broker_reachable() else "unreachable",
+        }
+
+    # -- builds --------------------------------------------------------------------------------
+
+    @api.post("/builds")
+    @auth.require("build")
+    def create_build() -> Any:
+        data = json_body({"packages", "arch"}, {"packages"})
+        packages = data["packages"]
+        if isinstance(packages, str):
+            packages = [packages]
+        if (not isinstance(packages, list) or not packages or len(packages) > 1000
+                or not all(isinstance(p, str) and p for p in packages)):
+            raise BadRequest("packages must be a non-empty list of package names",
+                             field="packages")
+        arch = data.get("arch")
+        if arch is not None and not isinstance(arch, str):
+            raise BadRequest("arch must be a string", field="arch")
+        submitted = svc.scheduler.submit(packages, arch, auth.current_user())
+        return {
+            "id": submitted.build_id,
+            "packages": packages,
+            "jobs": [{"id": j, "package": p, "version": v, "arch": a}
+                     for j, p, v, a in submitted.jobs],
+            "url": url_for("api.get_build", build_id=submitted.build_id, _external=True),
+        }, 202
+
+    @api.get("/builds")
+    @auth.require("read")
+    def list_builds() -> Any:
+        limit = int_arg("limit", 50, 1, 1000)
+        offset = int_arg("offset", 0)
+        return {"builds": [build_json(b, j) for b, j in svc.store.list_builds(limit, offset)]}
+
+    @api.get("/builds/<int:build_id>")
+    @auth.require("read")
+    def get_build(build_id: int) -> Any:
+        found = svc.store.get_build(build_id)
+        if found is None:
+            raise NotFound(f"no build {build_id}", build=build_id)
+        return build_json(*found)
+
+    @api.get("/builds/<int:build_id>/packages/<name>/log")
+    @auth.require("read")
+    def build_log(build_id: int, name: str) -> Any:
+        found = svc.store.get_build(build_id)
+        if found is None:
+            raise NotFound(f"no build {build_id}", build=build_id)
+        jobs = [j for j in found[1] if j.package == name]
+        arch = request.args.get("arch")
+        if arch is not None:
+            jobs = [j for j in jobs if j.arch == arch]
+        if not jobs:
+            raise NotFound(f"build {build_id} has no package {name}"
+                           + (f" for {arch}" if arch else ""), build=build_id, package=name)
+        if len(jobs) > 1:
+            raise BadRequest(f"{name} is built for {', '.join(j.arch for j in jobs)}: "
+                             "choose one with ?arch=", field="arch")
+        path = log_path(jobs[0])
+        text = path.read_bytes() if path.is_file() else b""
+        return Response(text, mimetype="text/plain")
+
+    # -- the worker protocol ----------------------------------------------------------------------
+
+    @api.post("/jobs/<int:job_id>/claim")
+    @auth.require("upload")
+    def claim(job_id: int) -> Any:
+        req = parse_message(ClaimRequest, json_body({"attempt", "worker"}, {"attempt", "worker"}))
+        if not req.worker or len(req.worker) > 200:
+            raise BadRequest("worker must be a name of at most 200 characters", field="worker")
+        job = svc.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}", job=job_id)
+        token = secrets.token_urlsafe(32)
+        if not svc.store.claim(job_id, req.attempt, req.worker, token_hash(token)):
+            raise Conflict(f"attempt {req.attempt} of job {job_id} is stale (the job is "
+                           f"{job.state.value}, attempt {job.attempt})", state=job.state.value,
+                           stale=True)
+        log_path(job, req.attempt).parent.mkdir(parents=True, exist_ok=True)
+        log_path(job, req.attempt).write_bytes(b"")
+        return JobAssignment(
+            job_id=job.id, attempt=req.attempt, build_id=job.build_id, package=job.package,
+            version=job.version, arch=job.arch, token=token,
+            snapshot_b64=base64.b64encode(svc.store.job_snapshot(job_id)).decode(),
+        ).to_json()
+
+    @api.post("/jobs/<int:job_id>/log")
+    @auth.require("upload")
+    def append_log(job_id: int) -> Any:
+        attempt = int_arg("attempt", lo=1)
+        job = live_attempt(job_id, attempt, request.headers.get("X-Pkgfarm-Token", ""))
+        path = log_path(job, attempt)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        chunk = request.get_data(cache=False)
+        size = path.stat().st_size if path.exists() else 0
+        with open(path, "ab") as fh:
+            if size + len(chunk) > MAX_LOG_BYTES:
+                fh.write(b"\n[pkgfarm: log limit reached, the rest is dropped]\n"
+                         if size < MAX_LOG_BYTES else b"")
+            else:
+                fh.write(chunk)
+        return {"size": path.stat().st_size}
+
+    @api.post("/jobs/<int:job_id>/report")
+    @auth.require("upload")
+    def report(job_id: int) -> Any:
+        req = parse_message(JobReport, json_body({"attempt", "token", "status", "error",
+                                                   "files"}, {"attempt", "token", "status"}))
+        job = live_attempt(job_id, req.attempt, req.token)
+        if req.status == JobState.SUCCESS:
+            if not req.files:
+                raise Unprocessable("a successful build must name the archives it uploaded")
+            for filename in req.files:
+                if svc.store.package_by_filename(filename) is None:
+                    raise Unprocessable(f"{filename} was never uploaded", filename=filename)
+            state, error = JobState.SUCCESS, None
+        elif req.status == JobState.FAILED:
+            state, error = JobState.FAILED, (req.error or "the build failed")[:4000]
+        else:
+            raise BadRequest("status must be success or failed", field="status")
+        if not svc.store.finish(job.id, req.attempt, state, error, list(req.files)):
+            raise Conflict(f"attempt {req.attempt} of job {job_id} is no longer running")
+        return {"id": job.id, "status": state.value}
+
+    @api.post("/workers/heartbeat")
+    @auth.require("upload")
+    def heartbeat() -> Any:
+        beat = parse_message(Heartbeat, json_body(
+            {"name", "architectures", "concurrency", "queues", "building", "leaving"},
+            {"name", "architectures", "concurrency"}))
+        if not beat.name or len(beat.name) > 200:
+            raise BadRequest("name must be at most 200 characters", field="name")
+        for a in beat.architectures:
+            if not archmod.is_known(a):
+                raise BadRequest(f"unknown architecture {a!r}", field="architectures")
+        if beat.leaving:
+            svc.store.forget_worker(beat.name)
+        else:
+            svc.store.heartbeat(beat.name, {
+                "architectures": list(beat.architectures), "concurrency": beat.concurrency,
+                "queues": list(beat.queues), "user": auth.current_user(),
+            })
+        return {"ok": True, "ttl": WORKER_TTL}
+
+    @api.get("/workers")
+    @auth.require("read")
+    def workers() -> Any:
+        building: dict[str, list[Job]] = {}
+        for job in svc.store.building_jobs():
+            building.setdefault(job.worker or "", []).append(job)
+        now = time.time()
+        return {"workers": [
+            {
+                "name": name,
+                "architectures": info.get("architectures", []),
+                "concurrency": info.get("concurrency"),
+                "queues": info.get("queues", []),
+                "last_seen": _iso(last_seen),
+                "seconds_since_heartbeat": round(now - last_seen, 1),
+                "building": [{"build_id": j.build_id, "job_id": j.id, "package": j.package,
+                              "version": j.version, "arch": j.arch}
+                             for j in building.get(name, [])],
+            }
+            for name, info, last_seen in svc.store.live_workers(WORKER_TTL)
+        ]}
+
+    # -- upload and packages ---------------------------------------------------------------------
+
+    @api.route("/upload", methods=["PUT", "POST"])
+    @auth.require("upload")
+    def upload() -> Any:
+        allowed = {"filename", "sha256", "job", "attempt"}
+        unknown = sorted(set(request.args) - allowed)
+        if unknown:
+            raise BadRequest(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
+        filename = request.args.get("filename", "")
+        sha256 = request.args.get("sha256") or request.headers.get("X-Checksum-Sha256", "")
+        stream = request.stream
+        if request.mimetype == "multipart/form-data":
+            file = request.files.get("file")
+            if file is None:
+                raise BadRequest("the form must carry the archive in a 'file' field")
+            filename = filename or file.filename or ""
+            sha256 = sha256 or request.form.get("sha256", "")
+            stream = file.stream
+        expected = job_id = None
+        if "job" in request.args:
+            job_id = int_arg("job", lo=1)
+            job = live_attempt(job_id, int_arg("attempt", lo=1),
+                               request.headers.get("X-Pkgfarm-Token", ""))
+            expected = Expected(job.package, job.version, job.arch)
+        receipt = svc.repository.accept_upload(
+            stream, filename, sha256, uploader=auth.current_user(), expected=expected,
+            job_id=job_id, content_length=request.content_length)
+        return receipt.to_json(), 200 if receipt.already_present else 201
+
+    @api.get("/packages")
+    @auth.require("read")
+    def packages() -> Any:
+        name = request.args.get("name")
+        records = svc.store.packages(name)
+        indexed = {r.id for a in svc.settings.repository.architectures
+                   for r in debrepo.newest(records, a)}
+        return {"packages": [
+            {"name": r.name, "version": r.version, "arch": r.arch, "filename": r.filename,
+             "pool_path": r.pool_path, "size": r.size, "sha256": r.sha256,
+             "uploaded_at": _iso(r.uploaded_at), "uploaded_by": r.uploaded_by,
+             "in_index": r.id in indexed}
+            for r in records
+        ]}
+
+    # -- the repository ----------------------------------------------------------------------------
+
+    @repo.get("/", defaults={"path": ""})
+    @repo.get("/<path:path>")
+    def serve(path: str) -> Any:
+        if not path or path.endswith("/"):
+            raise NotFound("directory listings are not served")
+        return send_from_directory(Path(svc.settings.master.data_dir) / "repo", path,
+                                   max_age=0)
+
+    return [api, repo]

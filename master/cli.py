@@ -1,0 +1,163 @@
+"""The ``master`` command: serve, queue builds, make user entries, rebuild the index."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+from werkzeug.security import generate_password_hash
+
+from common.config import ROLES, Settings, load_settings
+from common.errors import PkgfarmError
+from common.logs import setup_logging
+
+log = logging.getLogger("pkgfarm.master")
+
+#: How often the master looks for jobs whose message never reached the broker.
+HOUSEKEEPING_INTERVAL = 10.0
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+    help="Config file (default: $PKGFARM_CONFIG).")
+
+
+def _settings(config_path: str | None) -> Settings:
+    return load_settings(config_path)
+
+
+@click.group()
+def cli() -> None:
+    """pkgfarm master: the API, the queue's producer and the APT repository."""
+
+
+@cli.command()
+@config_option
+def serve(config_path: str | None) -> None:
+    """Run the master under gunicorn (and its private Redis when no broker_url is set)."""
+    from gunicorn.app.base import BaseApplication
+
+    from master.app import create_app
+    from master.broker import EmbeddedRedis
+    from master.services import Services
+
+    settings = _settings(config_path)
+    setup_logging()
+    Path(settings.master.data_dir).mkdir(parents=True, exist_ok=True)
+    embedded = None
+    if not settings.broker_url:
+        embedded = EmbeddedRedis(settings.embedded_broker_socket)
+        embedded.start()
+    services = Services.build(settings)
+    suite = settings.repository.suite
+    if not (Path(settings.master.data_dir) / "repo" / "dists" / suite / "Release").exists():
+        services.repository.rebuild_index()
+    if not settings.master.users:
+        log.warning("no users are configured: nobody can queue builds or upload "
+                    "(add entries made by `master user-add`)")
+    stop = threading.Event()
+
+    def housekeeping() -> None:
+        while not stop.wait(HOUSEKEEPING_INTERVAL):
+            try:
+                sent = services.scheduler.enqueue_pending()
+                if sent:
+                    log.info("queued %d job(s) that had not reached the broker", sent)
+            except Exception:
+                log.exception("housekeeping failed")
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            options: dict[str, Any] = {
+                "bind": settings.master.bind,
+                "workers": settings.master.processes,
+                "worker_class": "gthread",
+                "threads": 8,
+                "timeout": 300,
+                "graceful_timeout": 30,
+                "accesslog": "-",
+                "access_log_format": '%(h)s %(u)s "%(r)s" %(s)s %(b)s %(M)sms',
+                "when_ready": lambda _server: threading.Thread(
+                    target=housekeeping, name="housekeeping", daemon=True).start(),
+            }
+            # gunicorn 23+ opens a control socket in $HOME; two masters on one host would
+            # fight over it, and pkgfarm does not use it.
+            if "control_socket_disable" in self.cfg.settings:
+                options["control_socket_disable"] = True
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Callable[..., Any]:
+            setup_logging()
+            return create_app(settings)
+
+    try:
+        Server().run()
+    finally:
+        stop.set()
+        if embedded is not None:
+            embedded.stop()
+
+
+@cli.command("package-add")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--arch", default=None, help="Build for this architecture only.")
+@config_option
+def package_add(names: tuple[str, ...], arch: str | None, config_path: str | None) -> None:
+    """Queue a build of NAMES; prints the build id."""
+    from master.services import Services
+
+    settings = _settings(config_path)
+    setup_logging("WARNING")
+    services = Services.build(settings)
+    submitted = services.scheduler.submit(list(names), arch, requested_by="master-cli")
+    for _job_id, package, version, job_arch in submitted.jobs:
+        click.echo(f"queued {package} {version} for {job_arch}", err=True)
+    click.echo(submitted.build_id)
+
+
+@cli.command("user-add")
+@click.argument("name")
+@click.option("--role", "roles", multiple=True, required=True,
+              help=f"One of {', '.join(ROLES)}; repeat or separate with commas.")
+def user_add(name: str, roles: tuple[str, ...]) -> None:
+    """Print a config entry for user NAME (the password is read from a prompt or stdin)."""
+    wanted = [r.strip() for spec in roles for r in spec.split(",") if r.strip()]
+    for role in wanted:
+        if role not in ROLES:
+            raise click.BadParameter(f"unknown role {role!r} (known: {', '.join(ROLES)})",
+                                     param_hint="--role")
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise click.UsageError("the password is empty")
+    entry = {"master": {"users": {name: {"password_hash": generate_password_hash(password),
+                                         "roles": wanted}}}}
+    click.echo("# add under master.users in the config file:")
+    click.echo(yaml.safe_dump(entry, default_flow_style=None, sort_keys=False).rstrip())
+
+
+@cli.command("repo-index")
+@config_option
+def repo_index(config_path: str | None) -> None:
+    """Rewrite the repository index from the recorded packages."""
+    from master.services import Services
+
+    services = Services.build(_settings(config_path))
+    services.repository.rebuild_index()
+    click.echo(f"index written for suite {services.settings.repository.suite}")
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except PkgfarmError as exc:
+        click.echo(f"master: error: {exc.message}", err=True)
+        sys.exit(1)

@@ -1,0 +1,50 @@
+"""The master's parts, wired once per process and shared by the views and the CLI."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from celery import Celery
+
+from common.config import Settings
+from common.queues import make_celery
+from master.auth import Authenticator
+from master.repository import Repository
+from master.scheduler import Scheduler
+from master.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    repository: Repository
+    scheduler: Scheduler
+    celery: Celery
+    auth: Authenticator
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        store = Store(Path(settings.master.data_dir) / "state.db")
+        celery = make_celery(settings)
+        return cls(
+            settings=settings,
+            store=store,
+            repository=Repository(settings, store),
+            scheduler=Scheduler(settings, store, celery),
+            celery=celery,
+            auth=Authenticator(settings.master.users),
+        )
+
+    def broker_reachable(self) -> bool:
+        try:
+            with self.celery.connection_for_read() as conn:
+                conn.ensure_connection(max_retries=1, interval_start=0, timeout=2)
+            return True
+        except Exception as exc:
+            log.debug("broker check failed: %s", exc)
+            return False

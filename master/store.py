@@ -1,0 +1,360 @@
+"""The master's durable store: builds, jobs, published packages and worker heartbeats.
+
+SQLite in WAL mode under ``data_dir``: every gunicorn process and the master's CLI open it
+themselves, writes are serialised by SQLite (``BEGIN IMMEDIATE``), and ``synchronous=FULL``
+keeps a committed build across a crash of the master or the machine. Redis is only the queue:
+whatever is here is the truth.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.states import JobState
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS builds (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at   REAL NOT NULL,
+    requested_by TEXT,
+    packages     TEXT NOT NULL,          -- JSON list of the names asked for
+    arch         TEXT                     -- the arch asked for, if any
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    build_id    INTEGER NOT NULL REFERENCES builds(id),
+    package     TEXT NOT NULL,
+    version     TEXT NOT NULL,
+    arch        TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    attempt     INTEGER NOT NULL DEFAULT 1,
+    enqueued    INTEGER NOT NULL DEFAULT 0, -- the current attempt's message reached the broker
+    worker      TEXT,
+    token_hash  TEXT,
+    queued_at   REAL,
+    started_at  REAL,
+    finished_at REAL,
+    error       TEXT,
+    files       TEXT NOT NULL DEFAULT '[]',
+    snapshot    BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_build ON jobs(build_id);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS packages (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    name        TEXT NOT NULL,
+    version     TEXT NOT NULL,
+    arch        TEXT NOT NULL,
+    filename    TEXT NOT NULL UNIQUE,
+    pool_path   TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    sha256      TEXT NOT NULL,
+    stanza      TEXT NOT NULL,             -- the Packages entry, computed once at upload
+    uploaded_at REAL NOT NULL,
+    uploaded_by TEXT,
+    job_id      INTEGER
+);
+CREATE INDEX IF NOT EXISTS packages_name ON packages(name);
+CREATE TABLE IF NOT EXISTS workers (
+    name      TEXT PRIMARY KEY,
+    info      TEXT NOT NULL,
+    last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('packages_generation', 0), ('index_generation', 0);
+"""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    build_id: int
+    package: str
+    version: str
+    arch: str
+    state: JobState
+    attempt: int
+    enqueued: bool
+    worker: str | None
+    token_hash: str | None
+    queued_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    files: tuple[str, ...]
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        return cls(
+            id=row["id"], build_id=row["build_id"], package=row["package"],
+            version=row["version"], arch=row["arch"], state=JobState(row["state"]),
+            attempt=row["attempt"], enqueued=bool(row["enqueued"]), worker=row["worker"],
+            token_hash=row["token_hash"], queued_at=row["queued_at"],
+            started_at=row["started_at"], finished_at=row["finished_at"], error=row["error"],
+            files=tuple(json.loads(row["files"])),
+        )
+
+
+@dataclass(frozen=True)
+class Build:
+    id: int
+    created_at: float
+    requested_by: str | None
+    packages: tuple[str, ...]
+    arch: str | None
+
+
+@dataclass(frozen=True)
+class PackageRecord:
+    id: int
+    name: str
+    version: str
+    arch: str
+    filename: str
+    pool_path: str
+    size: int
+    sha256: str
+    stanza: str
+    uploaded_at: float
+    uploaded_by: str | None
+    job_id: int | None
+
+
+_JOB_COLUMNS = ("id, build_id, package, version, arch, state, attempt, enqueued, worker, "
+                "token_hash, queued_at, started_at, finished_at, error, files")
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        return db
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        db = self._connect()
+        try:
+            db.execute("BEGIN")
+            yield db
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One transaction that holds SQLite's write lock from its start."""
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    # -- builds and jobs -----------------------------------------------------------------------
+
+    def create_build(
+        self, packages: list[str], arch: str | None, requested_by: str | None,
+        jobs: list[tuple[str, str, str, bytes]],
+    ) -> tuple[int, list[int]]:
+        """Record a build and its jobs (package, version, arch, snapshot) in one transaction."""
+        now = time.time()
+        with self.write() as db:
+            cur = db.execute(
+                "INSERT INTO builds(created_at, requested_by, packages, arch) VALUES (?,?,?,?)",
+                (now, requested_by, json.dumps(packages), arch),
+            )
+            build_id = cur.lastrowid
+            assert build_id is not None
+            job_ids = []
+            for package, version, job_arch, snap in jobs:
+                cur = db.execute(
+                    "INSERT INTO jobs(build_id, package, version, arch, state, queued_at, snapshot)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    (build_id, package, version, job_arch, JobState.QUEUED.value, now, snap),
+                )
+                assert cur.lastrowid is not None
+                job_ids.append(cur.lastrowid)
+        return build_id, job_ids
+
+    def get_build(self, build_id: int) -> tuple[Build, list[Job]] | None:
+        with self.read() as db:
+            row = db.execute("SELECT * FROM builds WHERE id=?", (build_id,)).fetchone()
+            if row is None:
+                return None
+            jobs = db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE build_id=? ORDER BY id", (build_id,)
+            ).fetchall()
+        return _build_from_row(row), [Job.from_row(j) for j in jobs]
+
+    def list_builds(self, limit: int = 50, offset: int = 0) -> list[tuple[Build, list[Job]]]:
+        with self.read() as db:
+            rows = db.execute(
+                "SELECT * FROM builds ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset)
+            ).fetchall()
+            ids = [r["id"] for r in rows]
+            jobs: dict[int, list[Job]] = {i: [] for i in ids}
+            if ids:
+                marks = ",".join("?" * len(ids))
+                for j in db.execute(
+                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE build_id IN ({marks}) ORDER BY id",
+                    ids,
+                ):
+                    jobs[j["build_id"]].append(Job.from_row(j))
+        return [(_build_from_row(r), jobs[r["id"]]) for r in rows]
+
+    def get_job(self, job_id: int) -> Job | None:
+        with self.read() as db:
+            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return Job.from_row(row) if row else None
+
+    def job_snapshot(self, job_id: int) -> bytes:
+        with self.read() as db:
+            row = db.execute("SELECT snapshot FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return bytes(row["snapshot"]) if row else b""
+
+    def mark_enqueued(self, job_id: int, attempt: int) -> None:
+        with self.write() as db:
+            db.execute("UPDATE jobs SET enqueued=1 WHERE id=? AND attempt=?", (job_id, attempt))
+
+    def jobs_to_enqueue(self) -> list[Job]:
+        """Queued jobs whose current attempt never reached the broker."""
+        with self.read() as db:
+            rows = db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state=? AND enqueued=0 ORDER BY id",
+                (JobState.QUEUED.value,),
+            ).fetchall()
+        return [Job.from_row(r) for r in rows]
+
+    def claim(self, job_id: int, attempt: int, worker: str, token_hash: str) -> bool:
+        """Hand attempt ``attempt`` of a queued job to ``worker``; False if that is stale."""
+        with self.write() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state=?, worker=?, token_hash=?, started_at=?, error=NULL "
+                "WHERE id=? AND attempt=? AND state=?",
+                (JobState.BUILDING.value, worker, token_hash, time.time(), job_id, attempt,
+                 JobState.QUEUED.value),
+            )
+            return cur.rowcount == 1
+
+    def finish(self, job_id: int, attempt: int, state: JobState, error: str | None,
+               files: list[str]) -> bool:
+        with self.write() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state=?, finished_at=?, error=?, files=? "
+                "WHERE id=? AND attempt=? AND state=?",
+                (state.value, time.time(), error, json.dumps(files), job_id, attempt,
+                 JobState.BUILDING.value),
+            )
+            return cur.rowcount == 1
+
+    def building_jobs(self, worker: str | None = None) -> list[Job]:
+        with self.read() as db:
+            if worker is None:
+                rows = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state=?",
+                                  (JobState.BUILDING.value,)).fetchall()
+            else:
+                rows = db.execute(
+                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state=? AND worker=?",
+                    (JobState.BUILDING.value, worker),
+                ).fetchall()
+        return [Job.from_row(r) for r in rows]
+
+    # -- packages ------------------------------------------------------------------------------
+
+    def add_package(self, rec: dict[str, Any]) -> int:
+        """Record a published archive; returns the packages generation it belongs to."""
+        with self.write() as db:
+            db.execute(
+                "INSERT INTO packages(name, version, arch, filename, pool_path, size, sha256, "
+                "stanza, uploaded_at, uploaded_by, job_id) VALUES "
+                "(:name, :version, :arch, :filename, :pool_path, :size, :sha256, :stanza, "
+                ":uploaded_at, :uploaded_by, :job_id)",
+                rec,
+            )
+            db.execute("UPDATE meta SET value=value+1 WHERE key='packages_generation'")
+            return int(db.execute(
+                "SELECT value FROM meta WHERE key='packages_generation'").fetchone()[0])
+
+    def package_by_filename(self, filename: str) -> PackageRecord | None:
+        with self.read() as db:
+            row = db.execute("SELECT * FROM packages WHERE filename=?", (filename,)).fetchone()
+        return PackageRecord(**dict(row)) if row else None
+
+    def packages(self, name: str | None = None) -> list[PackageRecord]:
+        with self.read() as db:
+            if name is None:
+                rows = db.execute("SELECT * FROM packages ORDER BY name, id").fetchall()
+            else:
+                rows = db.execute("SELECT * FROM packages WHERE name=? ORDER BY id",
+                                  (name,)).fetchall()
+        return [PackageRecord(**dict(r)) for r in rows]
+
+    def snapshot_for_index(self) -> tuple[int, list[PackageRecord]]:
+        """The packages generation and every package, read in one consistent transaction."""
+        with self.read() as db:
+            gen = int(db.execute(
+                "SELECT value FROM meta WHERE key='packages_generation'").fetchone()[0])
+            rows = db.execute("SELECT * FROM packages ORDER BY name, id").fetchall()
+        return gen, [PackageRecord(**dict(r)) for r in rows]
+
+    def index_generation(self) -> int:
+        with self.read() as db:
+            return int(db.execute(
+                "SELECT value FROM meta WHERE key='index_generation'").fetchone()[0])
+
+    def set_index_generation(self, gen: int) -> None:
+        with self.write() as db:
+            db.execute("UPDATE meta SET value=? WHERE key='index_generation'", (gen,))
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def heartbeat(self, name: str, info: dict[str, Any]) -> None:
+        with self.write() as db:
+            db.execute(
+                "INSERT INTO workers(name, info, last_seen) VALUES (?,?,?) "
+                "ON CONFLICT(name) DO UPDATE SET info=excluded.info, last_seen=excluded.last_seen",
+                (name, json.dumps(info), time.time()),
+            )
+
+    def forget_worker(self, name: str) -> None:
+        with self.write() as db:
+            db.execute("DELETE FROM workers WHERE name=?", (name,))
+
+    def live_workers(self, ttl: float) -> list[tuple[str, dict[str, Any], float]]:
+        with self.read() as db:
+            rows = db.execute(
+                "SELECT name, info, last_seen FROM workers WHERE last_seen>=? ORDER BY name",
+                (time.time() - ttl,),
+            ).fetchall()
+        return [(r["name"], json.loads(r["info"]), r["last_seen"]) for r in rows]
+
+
+def _build_from_row(row: sqlite3.Row) -> Build:
+    return Build(
+        id=row["id"], created_at=row["created_at"], requested_by=row["requested_by"],
+        packages=tuple(json.loads(row["packages"])), arch=row["arch"],
+    )

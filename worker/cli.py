@@ -1,0 +1,193 @@
+"""The ``worker`` command: run a Celery worker, or build one package right here."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import click
+
+from common import arch as archmod
+from common.config import Settings, load_settings
+from common.definition import find_definition, snapshot, unpack_snapshot
+from common.errors import BuildFailed, PkgfarmError
+from common.logs import setup_logging
+from common.messages import Heartbeat
+from worker.builder import build_definition
+from worker.client import MasterClient
+
+log = logging.getLogger("pkgfarm.worker")
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+    help="Config file (default: $PKGFARM_CONFIG).")
+
+
+@click.group()
+def cli() -> None:
+    """pkgfarm worker: pulls builds for its architectures and uploads the archives."""
+
+
+def _with_overrides(settings: Settings, arches: tuple[str, ...], concurrency: int | None,
+                    name: str | None) -> Settings:
+    changes: dict[str, object] = {}
+    if arches:
+        wanted = tuple(a.strip() for spec in arches for a in spec.split(",") if a.strip())
+        for a in wanted:
+            if not archmod.is_known(a):
+                raise click.BadParameter(f"unknown architecture {a!r}", param_hint="--arch")
+        changes["architectures"] = wanted
+    if concurrency is not None:
+        if concurrency < 1:
+            raise click.BadParameter("must be at least 1", param_hint="--concurrency")
+        changes["concurrency"] = concurrency
+    if name:
+        changes["name"] = name
+    return dataclasses.replace(settings, worker=dataclasses.replace(settings.worker, **changes))
+
+
+class HeartbeatThread(threading.Thread):
+    """Tells the master every few seconds that this worker lives, and what it consumes."""
+
+    def __init__(self, client: MasterClient, beat: Heartbeat, interval: float) -> None:
+        super().__init__(name="heartbeat", daemon=True)
+        self.client, self.beat, self.interval = client, beat, interval
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            try:
+                self.client.heartbeat(self.beat)
+            except PkgfarmError as exc:
+                log.warning("heartbeat not delivered: %s", exc.message)
+            if self.stopping.wait(self.interval):
+                return
+
+    def leave(self) -> None:
+        self.stopping.set()
+        try:
+            self.client.heartbeat(dataclasses.replace(self.beat, leaving=True))
+        except PkgfarmError:
+            pass
+
+
+@cli.command()
+@config_option
+@click.option("--arch", "arches", multiple=True,
+              help="Architecture to build (repeat or separate with commas).")
+@click.option("--concurrency", type=int, default=None, help="Builds at once.")
+@click.option("--name", default=None, help="Name shown in the workers list (default: host).")
+@click.option("--loglevel", default="INFO", show_default=True)
+def run(config_path: str | None, arches: tuple[str, ...], concurrency: int | None,
+        name: str | None, loglevel: str) -> None:
+    """Consume build.<arch> for each architecture, plus build.all."""
+    from worker.tasks import make_worker_app
+
+    settings = _with_overrides(load_settings(config_path), arches, concurrency, name)
+    setup_logging(loglevel)
+    ws = settings.worker
+    worker_name = ws.display_name
+    queues = archmod.queues_for_worker(ws.architectures)
+    beat = Heartbeat(name=worker_name, architectures=ws.architectures,
+                     concurrency=ws.concurrency, queues=tuple(queues))
+    heartbeat = HeartbeatThread(MasterClient(ws), beat, ws.heartbeat_interval)
+    app = make_worker_app(settings, worker_name)
+    log.info("worker %s consuming %s", worker_name, ", ".join(queues))
+    heartbeat.start()
+    try:
+        app.worker_main([
+            "worker", "--loglevel", loglevel, "--queues", ",".join(queues),
+            "--concurrency", str(ws.concurrency), "--hostname", f"{worker_name}@%h",
+            "--pool", "prefork", "--without-gossip", "--without-mingle",
+        ])
+    finally:
+        heartbeat.leave()
+
+
+def _local_arch(settings: Settings, definition_arch: tuple[str, ...] | str,
+                requested: str | None) -> str:
+    """The architecture a local build makes: ``all``, the requested one, or this worker's."""
+    if definition_arch == archmod.ALL:
+        return archmod.ALL
+    mine = settings.worker.architectures
+    allowed = list(mine) if definition_arch == archmod.ANY else list(definition_arch)
+    if requested:
+        if requested not in allowed:
+            raise BuildFailed(f"the package does not build for {requested} "
+                              f"(it builds for {', '.join(allowed)})")
+        return requested
+    candidates = [a for a in allowed if a in mine]
+    if not candidates:
+        raise BuildFailed(f"this worker builds {', '.join(mine)}; the package builds only for "
+                          f"{', '.join(allowed)} (choose one with --arch)")
+    return candidates[0]
+
+
+@cli.command("package-add")
+@click.argument("name")
+@click.option("--now", is_flag=True, help="Build here, upload, and wait for the index.")
+@click.option("--arch", default=None, help="Architecture to build for.")
+@config_option
+def package_add(name: str, now: bool, arch: str | None, config_path: str | None) -> None:
+    """Build NAME here and publish it (--now), or ask the master to queue it."""
+    settings = load_settings(config_path)
+    setup_logging("WARNING")
+    client = MasterClient(settings.worker, retry_for=120)
+    if not now:
+        build = client.queue_build([name], arch)
+        click.echo(f"queued {name} as build {build['id']}", err=True)
+        click.echo(build["id"])
+        return
+    definition = find_definition(name, settings.package_paths)
+    target = _local_arch(settings, definition.architecture, arch)
+    repo = client.health()["repository"]
+    with tempfile.TemporaryDirectory(prefix=f"{name}-", dir=_work_dir(settings)) as tmp:
+        workdir = Path(tmp) / "def"
+        definition = unpack_snapshot(snapshot(definition), workdir)
+        log_path = Path(tmp) / "build.log"
+        click.echo(f"building {definition.name} {definition.full_version} for {target}",
+                   err=True)
+        with open(log_path, "w", encoding="utf-8", errors="replace") as out:
+            def say(message: str) -> None:
+                out.write(f"pkgfarm: {message}\n")
+                out.flush()
+                click.echo(message, err=True)
+
+            try:
+                result = build_definition(definition, target, workdir, out, say,
+                                          timeout=settings.worker.build_timeout,
+                                          install_deps=settings.worker.install_build_depends)
+            except BuildFailed as exc:
+                out.flush()
+                tail = log_path.read_text(errors="replace").splitlines()[-30:]
+                click.echo("\n".join(tail), err=True)
+                raise
+        index_arch = target if target != archmod.ALL else repo["architectures"][0]
+        for archive in result.archives:
+            receipt = client.upload(archive)
+            click.echo(f"uploaded {receipt.filename} to {receipt.pool_path}"
+                       + (" (already there)" if receipt.already_present else ""), err=True)
+            if not client.index_lists(receipt.filename, repo["suite"], repo["component"],
+                                      index_arch):
+                raise PkgfarmError(f"{receipt.filename} was uploaded but the index of "
+                                   f"{repo['suite']}/{repo['component']} does not list it "
+                                   "(a newer version may be published)")
+            click.echo(f"{receipt.filename} is in {repo['url']} {repo['suite']} "
+                       f"{repo['component']} ({receipt.pool_path})")
+
+
+def _work_dir(settings: Settings) -> str:
+    Path(settings.worker.work_dir).mkdir(parents=True, exist_ok=True)
+    return settings.worker.work_dir
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except PkgfarmError as exc:
+        click.echo(f"worker: error: {exc.message}", err=True)
+        sys.exit(1)
