@@ -1,0 +1,326 @@
+"""Real parts for integration tests: redis-server, the master under gunicorn, workers, apt.
+
+Every process is started here and stopped by its own PID; every wait has a ceiling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+from werkzeug.security import generate_password_hash
+
+BIN = Path(sys.executable).parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TEST_PACKAGES = Path(__file__).resolve().parent / "packages"
+
+PASSWORD = "test-password"
+USERS = {
+    "admin": ["admin"],
+    "worker": ["upload", "build"],
+    "reader": ["read"],
+    "builder": ["build"],
+}
+# Hashing is deliberately slow; one hash serves every user of every test run.
+_HASH = generate_password_hash(PASSWORD, method="pbkdf2:sha256:20000")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except Exception as exc:  # keep polling; report the last problem on timeout
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM,
+                 timeout: float = 30.0) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+class RedisServer:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir),
+             "--logfile", str(self.workdir / "redis.log")],
+            stdin=subprocess.DEVNULL,
+        )
+        wait_for(self._ping, 10, "redis-server")
+
+    def _ping(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
+def write_config(path: Path, *, data_dir: Path, port: int, broker_url: str | None,
+                 package_paths: list[Path], architectures: tuple[str, ...] = ("amd64", "arm64"),
+                 extra_master: dict[str, Any] | None = None,
+                 extra_worker: dict[str, Any] | None = None) -> Path:
+    config: dict[str, Any] = {
+        "package_paths": [str(p) for p in package_paths],
+        "master": {
+            "bind": f"127.0.0.1:{port}",
+            "data_dir": str(data_dir),
+            "processes": 2,
+            "users": {name: {"password_hash": _HASH, "roles": roles}
+                      for name, roles in USERS.items()},
+            **(extra_master or {}),
+        },
+        "repository": {"suite": "stable", "component": "main",
+                       "architectures": list(architectures)},
+        "worker": {
+            "master_url": f"http://127.0.0.1:{port}",
+            "username": "worker",
+            "password": PASSWORD,
+            "work_dir": str(path.parent / "work"),
+            "heartbeat_interval": 1,
+            **(extra_worker or {}),
+        },
+    }
+    if broker_url:
+        config["broker_url"] = broker_url
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class Master:
+    def __init__(self, config: Path, port: int, log: Path) -> None:
+        self.config, self.port, self.log = config, port, log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"http://127.0.0.1:{port}"
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [str(BIN / "master"), "serve", "--config", str(self.config)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        wait_for(self._healthy, 30, f"the master on port {self.port} (log: {self.log})")
+
+    def _healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"the master exited with {self.proc.returncode}:\n"
+                               + self.log.read_text()[-3000:])
+        return requests.get(self.url + "/api/v1/health", timeout=2).status_code == 200
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    def api(self, method: str, path: str, user: str | None = "admin", **kwargs: Any
+            ) -> requests.Response:
+        auth = (user, PASSWORD) if user else None
+        return requests.request(method, self.url + path, auth=auth, timeout=60, **kwargs)
+
+    def submit(self, packages: list[str], arch: str | None = None) -> int:
+        body: dict[str, Any] = {"packages": packages}
+        if arch:
+            body["arch"] = arch
+        resp = self.api("POST", "/api/v1/builds", json=body)
+        assert resp.status_code == 202, resp.text
+        return int(resp.json()["id"])
+
+    def wait_build(self, build_id: int, timeout: float = 180) -> dict[str, Any]:
+        def final() -> dict[str, Any] | None:
+            build = self.api("GET", f"/api/v1/builds/{build_id}").json()
+            done = all(j["status"] in ("success", "failed", "dep-failed", "cancelled")
+                       for j in build["jobs"])
+            return build if done else None
+        result: dict[str, Any] = wait_for(final, timeout, f"build {build_id}", interval=0.3)
+        return result
+
+    def index(self, arch: str, suite: str = "stable", component: str = "main") -> str:
+        return requests.get(
+            f"{self.url}/repo/dists/{suite}/{component}/binary-{arch}/Packages", timeout=10
+        ).text
+
+
+class Worker:
+    def __init__(self, config: Path, name: str, arches: list[str], log: Path) -> None:
+        self.config, self.name, self.arches, self.log = config, name, arches, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        args = [str(BIN / "worker"), "run", "--config", str(self.config), "--name", self.name]
+        for a in self.arches:
+            args += ["--arch", a]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        wait_for(lambda: b" ready." in self.log.read_bytes() or self._exited(), 60,
+                 f"worker {self.name} (log: {self.log})")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"worker {self.name} exited:\n{self.log.read_text()[-3000:]}")
+
+    def _exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, sig, timeout=60)
+
+
+def parse_packages(text: str) -> list[dict[str, str]]:
+    stanzas = []
+    for block in text.strip().split("\n\n"):
+        fields: dict[str, str] = {}
+        key = None
+        for line in block.splitlines():
+            if line.startswith((" ", "\t")) and key:
+                fields[key] += "\n" + line
+            elif ":" in line:
+                key, value = line.split(":", 1)
+                fields[key] = value.strip()
+        if fields:
+            stanzas.append(fields)
+    return stanzas
+
+
+class AptClient:
+    """A stock apt-get with a throwaway state directory; the machine's apt is not touched."""
+
+    def __init__(self, root: Path, source_line: str,
+                 architectures: tuple[str, ...] = ("amd64", "arm64")) -> None:
+        self.root = root
+        for sub in ("etc/sources.list.d", "etc/preferences.d", "etc/apt.conf.d",
+                    "state/lists/partial", "cache/archives/partial", "downloads"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        (root / "state/status").write_text("")
+        (root / "etc/sources.list").write_text(source_line + "\n")
+        arches = " ".join(f'"{a}";' for a in architectures)
+        self.conf = root / "apt.conf"
+        self.conf.write_text(textwrap.dedent(f"""\
+            Dir::Etc::sourcelist "{root}/etc/sources.list";
+            Dir::Etc::sourceparts "{root}/etc/sources.list.d";
+            Dir::Etc::preferences "{root}/etc/preferences";
+            Dir::Etc::preferencesparts "{root}/etc/preferences.d";
+            Dir::Etc::parts "{root}/etc/apt.conf.d";
+            Dir::State "{root}/state";
+            Dir::State::status "{root}/state/status";
+            Dir::Cache "{root}/cache";
+            Debug::NoLocking "1";
+            APT::Sandbox::User "root";
+            APT::Architecture "{architectures[0]}";
+            APT::Architectures {{ {arches} }};
+            Acquire::Languages "none";
+            Acquire::Retries "0";
+            """))
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "APT_CONFIG": str(self.conf), "DEBIAN_FRONTEND": "noninteractive"}
+        result = subprocess.run(["apt-get", "-q", *args], cwd=self.root / "downloads", env=env,
+                                capture_output=True, text=True, timeout=120)
+        if check and result.returncode != 0:
+            raise AssertionError(f"apt-get {' '.join(args)} failed:\n{result.stdout}\n"
+                                 f"{result.stderr}")
+        return result
+
+    def update(self) -> subprocess.CompletedProcess[str]:
+        result = self.run("update")
+        # apt-get update exits 0 even when it could not use an index; a warning or error line
+        # means the repository was not accepted.
+        bad = [line for line in (result.stdout + result.stderr).splitlines()
+               if line.startswith(("W:", "E:", "Err:"))]
+        assert not bad, "apt-get update complained:\n" + "\n".join(bad)
+        return result
+
+    def download(self, spec: str) -> Path:
+        downloads = self.root / "downloads"
+        before = set(downloads.iterdir())
+        self.run("download", spec)
+        new = sorted(set(downloads.iterdir()) - before)
+        assert len(new) == 1, f"apt-get download {spec} gave {new}"
+        return new[0]
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def repo_files(data_dir: Path) -> dict[str, str]:
+    """Every file the master's repository serves, with its sha256 (to prove nothing changed)."""
+    root = data_dir / "repo"
+    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+@contextlib.contextmanager
+def running(*parts: Any) -> Iterator[None]:
+    started = []
+    try:
+        for part in parts:
+            part.start()
+            started.append(part)
+        yield
+    finally:
+        for part in reversed(started):
+            part.stop()
+
+
+def make_deb(workdir: Path, name: str, version: str, arch: str = "all",
+             payload: bytes = b"data\n") -> Path:
+    """A small valid .deb made with dpkg-deb, for upload tests."""
+    root = workdir / f"{name}-{version}-{arch}"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "usr/share" / name).mkdir(parents=True)
+    (root / "usr/share" / name / "payload").write_bytes(payload)
+    (root / "DEBIAN/control").write_text(
+        f"Package: {name}\nVersion: {version}\nArchitecture: {arch}\n"
+        f"Maintainer: Test <test@example.org>\nDescription: test package {name}\n"
+        " Made by the pkgfarm tests.\n")
+    out = workdir / f"{name}_{version.split(':')[-1]}_{arch}.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(out)],
+                   check=True, capture_output=True)
+    shutil.rmtree(root)
+    return out
