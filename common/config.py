@@ -75,10 +75,12 @@ class MasterSettings:
     processes: int = 4
     #: largest upload accepted, in bytes (413 above it).
     max_upload_bytes: int = 4 * 1024**3
-    #: the URL clients reach the master at, used in links (log URLs); derived from bind if unset.
-    public_url: str | None = None
+    #: seconds after its last heartbeat that a worker leaves the workers list.
+    worker_ttl: int = 45
 
     def __post_init__(self) -> None:
+        if self.worker_ttl < 1:
+            raise ValueError("must be positive", "worker_ttl")
         if ":" not in self.bind:
             raise ValueError("must be HOST:PORT", "bind")
         if self.processes < 1:

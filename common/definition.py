@@ -8,6 +8,7 @@ changes afterwards; the worker unpacks that snapshot into a fresh directory.
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import tarfile
@@ -266,55 +267,54 @@ def snapshot(definition: PackageDefinition) -> bytes:
     """A gzipped tarball of the definition and its sources, as the worker will unpack it.
 
     Layout: ``package.yaml`` and ``sources/`` (each listed source merged into it: a folder's
-    contents, or a file under its own name). Owners and times are normalised so the same input
-    gives the same bytes.
+    contents, or a file under its own name). Owners are normalised and every member carries the
+    newest modification time of the inputs, so the same input gives the same bytes, and the
+    worker uses that time as SOURCE_DATE_EPOCH: rebuilding an unchanged definition gives a
+    byte-identical archive, which the repository accepts as already present.
     """
-    buf = io.BytesIO()
     folder = definition.folder
-    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=6) as tar:
-        _add_bytes(tar, SNAPSHOT_DEFINITION, definition.path.read_bytes(), 0o644)
-        _add_dir(tar, SNAPSHOT_SOURCES)
-        for rel in definition.sources:
-            src = (folder / rel).resolve()
-            if src.is_dir():
-                for item in sorted(src.rglob("*")):
-                    arc = f"{SNAPSHOT_SOURCES}/{item.relative_to(src).as_posix()}"
-                    _add_path(tar, item, arc)
+    members: list[tuple[str, Path]] = []
+    for rel in definition.sources:
+        src = (folder / rel).resolve()
+        if src.is_dir():
+            members.extend((f"{SNAPSHOT_SOURCES}/{item.relative_to(src).as_posix()}", item)
+                           for item in sorted(src.rglob("*")))
+        else:
+            members.append((f"{SNAPSHOT_SOURCES}/{src.name}", src))
+    for _, item in members:
+        if item.is_symlink():
+            raise DefinitionError(f"{item}: symbolic links are not allowed in sources",
+                                  file=str(item))
+    epoch = int(max([definition.path.stat().st_mtime]
+                    + [p.stat().st_mtime for _, p in members if p.is_file()]))
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=6, mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w") as tar:
+        _add(tar, SNAPSHOT_DEFINITION, epoch, definition.path.read_bytes(), 0o644)
+        _add(tar, SNAPSHOT_SOURCES, epoch)
+        for arcname, path in members:
+            if path.is_dir():
+                _add(tar, arcname, epoch)
             else:
-                _add_path(tar, src, f"{SNAPSHOT_SOURCES}/{src.name}")
+                mode = 0o755 if os.access(path, os.X_OK) else 0o644
+                _add(tar, arcname, epoch, path.read_bytes(), mode)
     return buf.getvalue()
 
 
-def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
+def _add(tar: tarfile.TarFile, name: str, mtime: int, data: bytes | None = None,
+         mode: int = 0o755) -> None:
+    """Add a file (``data`` given) or a folder, owned by root, with the snapshot's time."""
+    info = tarfile.TarInfo(name)
     info.uid = info.gid = 0
     info.uname = info.gname = "root"
-    info.mtime = 0
-    return info
-
-
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
-    info = _normalise(tarfile.TarInfo(name))
-    info.size = len(data)
+    info.mtime = mtime
     info.mode = mode
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _add_dir(tar: tarfile.TarFile, name: str) -> None:
-    info = _normalise(tarfile.TarInfo(name))
-    info.type = tarfile.DIRTYPE
-    info.mode = 0o755
-    tar.addfile(info)
-
-
-def _add_path(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
-    if path.is_symlink():
-        raise DefinitionError(f"{path}: symbolic links are not allowed in sources",
-                              file=str(path))
-    if path.is_dir():
-        _add_dir(tar, arcname)
+    if data is None:
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
     else:
-        mode = 0o755 if os.access(path, os.X_OK) else 0o644
-        _add_bytes(tar, arcname, path.read_bytes(), mode)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
 
 
 def unpack_snapshot(data: bytes, dest: Path) -> PackageDefinition:

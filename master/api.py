@@ -27,8 +27,6 @@ from master.repository import Expected
 from master.services import Services
 from master.store import Build, Job
 
-#: A worker that has not sent a heartbeat for this long is no longer listed.
-WORKER_TTL = 45.0
 #: The largest build log kept per attempt; what comes after is dropped with a note.
 MAX_LOG_BYTES = 64 * 1024 * 1024
 
@@ -284,7 +282,7 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
                 "architectures": list(beat.architectures), "concurrency": beat.concurrency,
                 "queues": list(beat.queues), "user": auth.current_user(),
             })
-        return {"ok": True, "ttl": WORKER_TTL}
+        return {"ok": True, "ttl": svc.settings.master.worker_ttl}
 
     @api.get("/workers")
     @auth.require("read")
@@ -305,7 +303,7 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
                               "version": j.version, "arch": j.arch}
                              for j in building.get(name, [])],
             }
-            for name, info, last_seen in svc.store.live_workers(WORKER_TTL)
+            for name, info, last_seen in svc.store.live_workers(svc.settings.master.worker_ttl)
         ]}
 
     # -- upload and packages ---------------------------------------------------------------------

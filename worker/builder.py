@@ -12,7 +12,6 @@ import hashlib
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +172,8 @@ def build_definition(
         "PKGFARM_VERSION": definition.full_version,
         "PKGFARM_ARCH": arch,
         "DEB_HOST_ARCH": arch,
-        "SOURCE_DATE_EPOCH": str(int(time.time())),
+        # The snapshot's time (see common.definition.snapshot): unchanged input, same archive.
+        "SOURCE_DATE_EPOCH": str(int(definition.path.stat().st_mtime)),
     }
     log(f"building {definition.name} {definition.full_version} for {arch}")
     out.flush()
@@ -194,7 +194,7 @@ def build_definition(
     out.flush()
     result = subprocess.run(
         ["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(destdir), str(archive)],
-        stdout=out, stderr=subprocess.STDOUT,
+        stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env},
     )
     if result.returncode != 0:
         raise BuildFailed(f"dpkg-deb could not pack the package (exit status {result.returncode})")

@@ -196,8 +196,10 @@ class Worker:
         for a in self.arches:
             args += ["--arch", a]
         with open(self.log, "ab") as out:
+            # Its own process group, so that a SIGKILL test can kill the worker with its pool
+            # processes, as when a machine dies.
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
         wait_for(lambda: b" ready." in self.log.read_bytes() or self._exited(), 60,
                  f"worker {self.name} (log: {self.log})")
         if self.proc.poll() is not None:
@@ -207,8 +209,15 @@ class Worker:
         return self.proc is not None and self.proc.poll() is not None
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, sig, timeout=60)
+        if self.proc is None:
+            return
+        if sig == signal.SIGKILL:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_process(self.proc, sig, timeout=60)
+        # Pool processes the worker started exit with it; make sure none is left behind.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 def parse_packages(text: str) -> list[dict[str, str]]:

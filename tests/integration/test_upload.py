@@ -1,0 +1,119 @@
+"""The upload endpoint against a real master: who may upload, what is refused, concurrency."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.integration.farm import (
+    PASSWORD,
+    AptClient,
+    Master,
+    RedisServer,
+    free_port,
+    make_deb,
+    parse_packages,
+    repo_files,
+    running,
+    write_config,
+)
+
+
+@pytest.fixture(scope="module")
+def master(tmp_path_factory):
+    """A master with its own redis-server and no workers: uploads only."""
+    root = tmp_path_factory.mktemp("upload")
+    redis = RedisServer(root / "redis")
+    port = free_port()
+    config = write_config(root / "config.yaml", data_dir=root / "data", port=port,
+                          broker_url=redis.url, package_paths=[],
+                          extra_master={"max_upload_bytes": 200_000})
+    m = Master(config, port, root / "master.log")
+    m.data_dir = root / "data"
+    with running(redis, m):
+        yield m
+
+
+def upload(master: Master, deb: Path, user: str | None = "worker", sha256: str | None = None,
+           filename: str | None = None, body: bytes | None = None) -> requests.Response:
+    data = deb.read_bytes() if body is None else body
+    params = {"filename": filename or deb.name,
+              "sha256": sha256 or hashlib.sha256(data).hexdigest()}
+    auth = (user, PASSWORD) if user else None
+    return requests.put(master.url + "/api/v1/upload", params=params, data=data, auth=auth,
+                        timeout=60)
+
+
+def test_upload_publishes_and_is_idempotent(master, tmp_path):
+    deb = make_deb(tmp_path, "up-ok", "1.0-1")
+    resp = upload(master, deb)
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["pool_path"] == "pool/main/u/up-ok/up-ok_1.0-1_all.deb"
+    assert "Filename: pool/main/u/up-ok/up-ok_1.0-1_all.deb" in master.index("amd64")
+    again = upload(master, deb)
+    assert again.status_code == 200
+    assert again.json()["already_present"] is True
+    # The same name with other content is refused: published files never change.
+    other = make_deb(tmp_path / "other", "up-ok", "1.0-1", payload=b"changed\n")
+    assert upload(master, other).status_code == 409
+    assert (master.data_dir / "repo/pool/main/u/up-ok/up-ok_1.0-1_all.deb").read_bytes() == \
+        deb.read_bytes()
+
+
+def test_newer_version_replaces_older_in_index(master, tmp_path):
+    for version in ("1.0-1", "1.0-2", "1.0~rc1-1"):
+        assert upload(master, make_deb(tmp_path / version, "up-ver", version)).status_code == 201
+    entries = [s for s in parse_packages(master.index("amd64")) if s["Package"] == "up-ver"]
+    assert [e["Version"] for e in entries] == ["1.0-2"]
+
+
+@pytest.mark.parametrize("case", ["no-auth", "read-only", "wrong-sha256", "not-a-deb",
+                                  "truncated", "name-lies", "path-trick", "too-large",
+                                  "wrong-arch"])
+def test_rejected_upload_changes_nothing(master, tmp_path, case):
+    deb = make_deb(tmp_path, "up-rejected", "1.0-1")
+    before = repo_files(master.data_dir)
+    if case == "no-auth":
+        resp, status = upload(master, deb, user=None), 401
+    elif case == "read-only":
+        resp, status = upload(master, deb, user="reader"), 403
+    elif case == "wrong-sha256":
+        resp, status = upload(master, deb, sha256="0" * 64), 422
+    elif case == "not-a-deb":
+        resp, status = upload(master, deb, body=b"this is not a debian archive\n" * 10), 422
+    elif case == "truncated":
+        resp, status = upload(master, deb, body=deb.read_bytes()[:-200]), 422
+    elif case == "name-lies":
+        resp, status = upload(master, deb, filename="other-name_1.0-1_all.deb"), 422
+    elif case == "path-trick":
+        resp, status = upload(master, deb, filename="../../up-rejected_1.0-1_all.deb"), 400
+    elif case == "too-large":
+        big = make_deb(tmp_path / "big", "up-big", "1.0-1", payload=os.urandom(300_000))
+        resp, status = upload(master, big), 413
+    else:
+        amd = make_deb(tmp_path / "s390", "up-s390", "1.0-1", arch="s390x")
+        resp, status = upload(master, amd), 422
+    assert resp.status_code == status, resp.text
+    assert resp.json()["error"]
+    assert repo_files(master.data_dir) == before
+    assert not list((master.data_dir / "incoming").iterdir())
+
+
+def test_twenty_concurrent_uploads(master, tmp_path):
+    debs = [make_deb(tmp_path, f"up-many-{i:02d}", "1.0-1", arch="amd64" if i % 2 else "all")
+            for i in range(20)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
+        statuses = list(pool.map(lambda d: upload(master, d).status_code, debs))
+    assert statuses == [201] * 20
+    listed = {s["Package"] for s in parse_packages(master.index("amd64"))}
+    assert {f"up-many-{i:02d}" for i in range(20)} <= listed
+    apt = AptClient(tmp_path / "apt", f"deb [trusted=yes] {master.url}/repo stable main")
+    apt.update()
+    for i in (0, 7, 19):
+        deb = apt.download(f"up-many-{i:02d}")
+        assert deb.read_bytes() == debs[i].read_bytes()
