@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# pkgfarm on a fresh Debian 12 machine: set-up plus the two things people run.
+#
+#   ./dev.sh demo    install what is missing, then run the farm end to end: a master with its
+#                    private Redis, a worker, builds of the example definitions, and a stock
+#                    apt-get that downloads and unpacks the result
+#   ./dev.sh test    install what is missing (test tools too), then run the whole test suite
+#                    (extra arguments go to pytest)
+#   ./dev.sh setup   only the set-up
+set -euo pipefail
+cd "$(dirname "$0")"
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+RUNTIME_DEBS="python3 python3-venv python3-pip redis-server dpkg-dev fakeroot xz-utils ca-certificates"
+TEST_DEBS="docker-compose apt-utils"
+
+install_debs() {
+    local missing=()
+    for pkg in "$@"; do
+        if [ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" != "installed" ]; then
+            missing+=("$pkg")
+        fi
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "==> apt-get install ${missing[*]}"
+        $SUDO apt-get update -qq
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+}
+
+setup_python() {
+    local stamp=".venv/.pkgfarm-installed"
+    if [ ! -x .venv/bin/python ]; then
+        echo "==> python3 -m venv .venv"
+        python3 -m venv .venv
+    fi
+    # Reinstall only when the project's metadata changed since the last set-up.
+    if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+        echo "==> pip install -e .[test]"
+        .venv/bin/pip install -q --upgrade pip
+        .venv/bin/pip install -q -e ".[test]"
+        touch "$stamp"
+    fi
+}
+
+case "${1:-}" in
+    demo)
+        shift
+        install_debs $RUNTIME_DEBS
+        setup_python
+        exec .venv/bin/python examples/demo.py "$@"
+        ;;
+    test)
+        shift
+        install_debs $RUNTIME_DEBS $TEST_DEBS
+        setup_python
+        exec .venv/bin/python -m pytest "$@"
+        ;;
+    setup)
+        install_debs $RUNTIME_DEBS $TEST_DEBS
+        setup_python
+        ;;
+    *)
+        echo "usage: $0 demo | test [pytest args] | setup" >&2
+        exit 2
+        ;;
+esac
