@@ -117,7 +117,7 @@ class WorkerSettings:
     password: str | None = None
     architectures: tuple[str, ...] = field(default_factory=lambda: (host_arch(),))
     concurrency: int = 1
-    work_dir: str = "/var/tmp/pkgfarm"
+    work_dir: str = "/var/tmp/pkgfarm"  # noqa: S108 (a folder of its own, made per build)
     #: the name shown in the workers list; defaults to the host name.
     name: str | None = None
     #: hard limit of one build, in seconds.

@@ -7,7 +7,8 @@ import re
 
 _SECRET_PATTERNS = [
     # user:password@ in URLs (broker URLs, master URLs)
-    (re.compile(r"(?P<scheme>[a-z+]+://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@"), r"\g<scheme>\g<user>:***@"),
+    (re.compile(r"(?P<scheme>[a-z+]+://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@"),
+     r"\g<scheme>\g<user>:***@"),
     # token=… in query strings
     (re.compile(r"(?P<key>token|password)=(?P<value>[^&\s]+)", re.IGNORECASE), r"\g<key>=***"),
     # Authorization headers

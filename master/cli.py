@@ -71,7 +71,7 @@ def serve(config_path: str | None) -> None:
             except Exception:
                 log.exception("housekeeping failed")
 
-    class Server(BaseApplication):  # type: ignore[misc]
+    class Server(BaseApplication):
         def load_config(self) -> None:
             options: dict[str, Any] = {
                 "bind": settings.master.bind,

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from common import debian
 from common.config import Settings
@@ -67,7 +67,7 @@ class Repository:
     # -- upload --------------------------------------------------------------------------------
 
     def accept_upload(
-        self, stream: BinaryIO, filename: str, sha256: str, *, uploader: str | None,
+        self, stream: IO[bytes], filename: str, sha256: str, *, uploader: str | None,
         expected: Expected | None = None, job_id: int | None = None,
         content_length: int | None = None,
     ) -> UploadReceipt:
@@ -94,7 +94,7 @@ class Repository:
             tmp.unlink(missing_ok=True)
         return receipt
 
-    def _receive(self, stream: BinaryIO, limit: int) -> Path:
+    def _receive(self, stream: IO[bytes], limit: int) -> Path:
         fd, name = tempfile.mkstemp(dir=self.incoming, prefix="upload-", suffix=".part")
         path = Path(name)
         try:

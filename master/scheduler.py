@@ -48,7 +48,7 @@ class Scheduler:
         if arch is not None and arch != archmod.ALL and arch not in served:
             raise BadRequest(f"this repository does not serve {arch} (it serves "
                              f"{', '.join(served)})", field="arch")
-        planned = []
+        planned: list[tuple[str, str, str, bytes]] = []
         for name in packages:
             definition = find_definition(name, self.settings.package_paths)
             arches = definition.build_arches(served, None if arch == archmod.ALL else arch)

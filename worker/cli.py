@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -34,7 +36,7 @@ def cli() -> None:
 
 def _with_overrides(settings: Settings, arches: tuple[str, ...], concurrency: int | None,
                     name: str | None) -> Settings:
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}
     if arches:
         wanted = tuple(a.strip() for spec in arches for a in spec.split(",") if a.strip())
         for a in wanted:
@@ -69,10 +71,8 @@ class HeartbeatThread(threading.Thread):
 
     def leave(self) -> None:
         self.stopping.set()
-        try:
+        with contextlib.suppress(PkgfarmError):
             self.client.heartbeat(dataclasses.replace(self.beat, leaving=True))
-        except PkgfarmError:
-            pass
 
 
 @cli.command()
@@ -161,7 +161,7 @@ def package_add(name: str, now: bool, arch: str | None, config_path: str | None)
                 result = build_definition(definition, target, workdir, out, say,
                                           timeout=settings.worker.build_timeout,
                                           install_deps=settings.worker.install_build_depends)
-            except BuildFailed as exc:
+            except BuildFailed:
                 out.flush()
                 tail = log_path.read_text(errors="replace").splitlines()[-30:]
                 click.echo("\n".join(tail), err=True)

@@ -18,8 +18,8 @@ import requests
 from common.config import WorkerSettings
 from common.errors import (
     BadRequest,
-    Conflict,
     ConfigError,
+    Conflict,
     Forbidden,
     NotFound,
     PayloadTooLarge,
