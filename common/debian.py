@@ -18,6 +18,12 @@ REVISION_RE = re.compile(r"^[A-Za-z0-9.+~]+$")
 EPOCH_RE = re.compile(r"^[0-9]+$")
 #: A full Debian version: [epoch:]upstream[-revision].
 VERSION_RE = re.compile(r"^(?:[0-9]+:)?[0-9][A-Za-z0-9.+~:-]*$")
+#: One alternative of a dependency relation: name[:arch] [(op version)] [[arches]] [<profiles>].
+RELATION_RE = re.compile(
+    r"[a-z0-9][a-z0-9+.-]+(?::[a-z0-9-]+)?"
+    r"(?:\s*\((?:<<|<=|=|>=|>>)\s*[A-Za-z0-9.+~:-]+\))?"
+    r"(?:\s*\[[a-z0-9! -]+\])?(?:\s*<[a-z0-9.! -]+>)*"
+)
 #: The file name of an archive in the pool: name_version_arch.deb (version without epoch).
 DEB_FILENAME_RE = re.compile(
     r"^(?P<name>[a-z0-9][a-z0-9+.-]+)_(?P<version>[0-9][A-Za-z0-9.+~-]*)_(?P<arch>[a-z0-9-]+)\.deb$"
@@ -36,13 +42,18 @@ def version_key(version: str) -> Version:
 
 
 def is_valid_version(version: str) -> bool:
-    if not VERSION_RE.match(version):
+    if not VERSION_RE.fullmatch(version):
         return False
     try:
         Version(version)
     except ValueError:
         return False
     return True
+
+
+def is_valid_relation(relation: str) -> bool:
+    """One item of Depends and friends: alternatives separated by ``|``."""
+    return all(RELATION_RE.fullmatch(alt.strip()) for alt in relation.split("|"))
 
 
 def strip_epoch(version: str) -> str:
@@ -66,7 +77,7 @@ def deb_filename(name: str, version: str, arch: str) -> str:
 
 def parse_deb_filename(filename: str) -> DebName:
     """Split ``name_version_arch.deb``; raises ValueError for anything else."""
-    m = DEB_FILENAME_RE.match(filename)
+    m = DEB_FILENAME_RE.fullmatch(filename)
     if not m:
         raise ValueError(f"{filename!r} is not a Debian archive name (name_version_arch.deb)")
     return DebName(m["name"], m["version"], m["arch"])

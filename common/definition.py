@@ -86,6 +86,20 @@ class PackageDefinition:
         return wanted
 
 
+class _DefinitionLoader(yaml.SafeLoader):
+    """YAML that keeps numbers as written: ``version: 1.10`` stays "1.10", never the float 1.1.
+
+    Every field of a definition is text, so plain scalars that look like numbers stay strings.
+    """
+
+
+_DefinitionLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def _fail(path: Path, fieldname: str, message: str) -> DefinitionError:
     return DefinitionError(f"{path}: {fieldname}: {message}", file=str(path), field=fieldname)
 
@@ -116,6 +130,10 @@ def _string_list(path: Path, data: dict[str, Any], key: str, where: str) -> tupl
     for v in value:
         if "\n" in v or "," in v:
             raise _fail(path, f"{where}{key}", f"{v!r}: one relation per list item, no newlines")
+        if not debian.is_valid_relation(v):
+            raise _fail(path, f"{where}{key}",
+                        f"{v!r} is not a package relation (name [(op version)], | between "
+                        "alternatives)")
     return tuple(v.strip() for v in value)
 
 
@@ -134,7 +152,7 @@ def parse_definition(
         except OSError as exc:
             raise DefinitionError(f"{path}: cannot read: {exc.strerror}", file=str(path)) from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_DefinitionLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise DefinitionError(f"{path}: not valid YAML: {exc}", file=str(path)) from exc
     if not isinstance(data, dict):
@@ -152,17 +170,17 @@ def parse_definition(
     w = "package."
     name = _string(path, pkg, "name", w)
     assert name is not None
-    if not debian.PACKAGE_NAME_RE.match(name):
+    if not debian.PACKAGE_NAME_RE.fullmatch(name):
         raise _fail(path, "package.name",
                     f"{name!r} is not a Debian package name (lower case, digits, + - .)")
     version = _string(path, pkg, "version", w)
     assert version is not None
-    if not debian.UPSTREAM_RE.match(version):
+    if not debian.UPSTREAM_RE.fullmatch(version):
         raise _fail(path, "package.version",
                     f"{version!r} must start with a digit and hold only letters, digits, . + ~")
     release = _string(path, pkg, "release", w, default="1")
     assert release is not None
-    if not debian.REVISION_RE.match(release):
+    if not debian.REVISION_RE.fullmatch(release):
         raise _fail(path, "package.release", f"{release!r} must hold only letters, digits, . + ~")
 
     arch_value = pkg.get("architecture", archmod.ANY)
@@ -245,7 +263,7 @@ def parse_definition(
 
 def find_definition(name: str, package_paths: Iterable[str]) -> PackageDefinition:
     """Look ``name`` up in ``package_paths``; NotFound if no definition matches."""
-    if not debian.PACKAGE_NAME_RE.match(name):
+    if not debian.PACKAGE_NAME_RE.fullmatch(name):
         raise NotFound(f"{name!r} is not a valid package name", package=name)
     searched = []
     for folder in package_paths:

@@ -60,7 +60,7 @@ def inspect(path: Path) -> ArchiveInfo:
     if missing:
         raise Unprocessable(f"control file lacks {', '.join(missing)}")
     name, version, arch = control["Package"], control["Version"], control["Architecture"]
-    if not debian.PACKAGE_NAME_RE.match(name):
+    if not debian.PACKAGE_NAME_RE.fullmatch(name):
         raise Unprocessable(f"control file names an invalid package {name!r}")
     if not debian.is_valid_version(version):
         raise Unprocessable(f"control file has an invalid version {version!r}")

@@ -73,7 +73,7 @@ class Repository:
     ) -> UploadReceipt:
         debname = check_filename(filename)
         sha256 = (sha256 or "").strip().lower()
-        if not SHA256_RE.match(sha256):
+        if not SHA256_RE.fullmatch(sha256):
             raise BadRequest("sha256 must be 64 hexadecimal digits", field="sha256")
         limit = self.settings.master.max_upload_bytes
         if content_length is not None and content_length > limit:

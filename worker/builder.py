@@ -113,7 +113,7 @@ def run_script(script: str, cwd: Path, env: dict[str, str], timeout: float, out:
                ) -> None:
     """Run the build script with bash -e in its own session; kill the whole group on timeout."""
     script_path = cwd.parent / "build.sh"
-    script_path.write_text("set -eu\n" + script)
+    script_path.write_text("set -eu\numask 022\n" + script)
     proc = subprocess.Popen(["bash", str(script_path)], cwd=cwd, env=env, stdout=out,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)
@@ -183,6 +183,9 @@ def build_definition(
         raise BuildFailed("the build script must not write $DESTDIR/DEBIAN; pkgfarm makes it")
     debian_dir = destdir / "DEBIAN"
     debian_dir.mkdir()
+    # dpkg-deb insists on 0755 for the control folder, whatever the worker's umask is.
+    debian_dir.chmod(0o755)
+    destdir.chmod(0o755)
     control = control_fields(definition, arch, installed_size_kib(destdir))
     (debian_dir / "control").write_text(control.dump())
     md5sums = _md5sums(destdir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 
 import yaml
@@ -106,20 +107,32 @@ def test_embedded_broker_and_worker_drop_out(tmp_path):
     worker = Worker(config, "w-embedded", ["amd64"], tmp_path / "worker.log")
     with running(master, worker):
         assert (tmp_path / "d/redis/redis.sock").is_socket()
+        # The only worker is tagged amd64: an arm64 job waits, the rest goes on.
+        waiting = master.submit(["itest-arm64"])
         build = master.wait_build(master.submit(["itest-all"]), timeout=120)
         assert build["status"] == "success"
+        assert master.api("GET", f"/api/v1/builds/{waiting}").json()["status"] == "queued"
         names = [w["name"] for w in master.api("GET", "/api/v1/workers").json()["workers"]]
         assert names == ["w-embedded"]
         worker.stop(signal.SIGKILL)
         wait_for(lambda: master.api("GET", "/api/v1/workers").json()["workers"] == [], 15,
                  "the killed worker to leave the list")
+        log_before = master.api(
+            "GET", f"/api/v1/builds/{build['id']}/packages/itest-all/log").text
     # The private redis-server stopped with the master.
-    assert not (tmp_path / "d/redis/redis.sock").exists() or not _redis_answers(
-        tmp_path / "d/redis/redis.sock")
+    assert not _redis_answers(tmp_path / "d/redis/redis.sock")
+
+    # Records, logs and the repository survive a restart of the master.
+    with running(master):
+        assert master.api("GET", f"/api/v1/builds/{build['id']}").json() == build
+        assert master.api(
+            "GET", f"/api/v1/builds/{build['id']}/packages/itest-all/log").text == log_before
+        assert "Package: itest-all" in master.index("amd64")
+        # The arm64 job is still queued, in the store and in the private Redis's AOF.
+        assert master.api("GET", f"/api/v1/builds/{waiting}").json()["status"] == "queued"
 
 
 def _redis_answers(sock) -> bool:
-    import socket
     try:
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(1)

@@ -98,3 +98,15 @@ def test_bad_build_requests_queue_nothing(farm):
                       json={"packages": ["itest-all"]}).status_code == 403
     assert master.api("POST", "/api/v1/builds", user=None,
                       json={"packages": ["itest-all"]}).status_code == 401
+
+
+def test_build_depends_checked_before_the_script(farm):
+    master = farm.master
+    ok = master.wait_build(master.submit(["itest-bdep"]))
+    assert ok["status"] == "success", ok
+    missing = master.wait_build(master.submit(["itest-bdep-missing"]))
+    (job,) = missing["jobs"]
+    assert job["status"] == "failed"
+    assert "pkgfarm-no-such-package-exists" in job["error"]
+    log = master.api("GET", f"/api/v1/builds/{missing['id']}/packages/itest-bdep-missing/log")
+    assert "this script must not run" not in log.text.replace('echo "this script', "")

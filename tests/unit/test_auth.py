@@ -1,0 +1,133 @@
+"""master/auth.py: password checks, roles, and the view decorator on a tiny Flask app."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.security import generate_password_hash
+
+from common.config import UserSettings
+from master.auth import Authenticator
+
+FAST = "pbkdf2:sha256:1000"
+
+PASSWORDS = {"reader": "read-pw", "uploader": "up-pw", "admin": "admin-pw", "both": "both-pw"}
+ROLES = {"reader": ("read",), "uploader": ("upload",), "admin": ("admin",),
+         "both": ("read", "build")}
+
+
+@pytest.fixture(scope="module")
+def users() -> dict[str, UserSettings]:
+    return {name: UserSettings(password_hash=generate_password_hash(PASSWORDS[name],
+                                                                    method=FAST),
+                               roles=ROLES[name])
+            for name in PASSWORDS}
+
+
+@pytest.fixture
+def auth(users: dict[str, UserSettings]) -> Authenticator:
+    return Authenticator(users)
+
+
+def test_verify_right_password(auth: Authenticator) -> None:
+    for name, password in PASSWORDS.items():
+        assert auth.verify(name, password) == name
+
+
+def test_verify_wrong_password(auth: Authenticator) -> None:
+    assert auth.verify("reader", "wrong") is None
+    assert auth.verify("reader", "") is None
+    assert auth.verify("reader", PASSWORDS["uploader"]) is None
+
+
+def test_verify_unknown_user(auth: Authenticator) -> None:
+    assert auth.verify("mallory", "read-pw") is None
+    assert auth.verify("", "") is None
+
+
+def test_cached_success_does_not_admit_other_passwords(auth: Authenticator) -> None:
+    assert auth.verify("reader", "read-pw") == "reader"
+    assert auth.verify("reader", "read-pw") == "reader"  # served from the cache
+    assert auth.verify("reader", "read-pw2") is None
+    assert auth.verify("uploader", "read-pw") is None
+
+
+def test_roles(auth: Authenticator) -> None:
+    assert auth.roles("reader") == ["read"]
+    assert auth.roles("both") == ["read", "build"]
+    assert auth.roles("admin") == ["admin"]
+    assert auth.roles("mallory") == []
+
+
+# -- on a Flask app --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def client(auth: Authenticator) -> FlaskClient:
+    app = Flask("auth-test")
+
+    @app.get("/upload")
+    @auth.require("upload")
+    def upload() -> str:
+        return f"upload ok for {auth.current_user()}"
+
+    @app.get("/read")
+    @auth.require("read")
+    def read() -> str:
+        return f"read ok for {auth.current_user()}"
+
+    return app.test_client()
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@pytest.mark.parametrize("path", ["/upload", "/read"])
+def test_no_credentials_is_401_with_a_challenge(client: FlaskClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 401
+    challenge = response.headers.get("WWW-Authenticate", "")
+    assert challenge.startswith("Basic")
+    assert 'realm="pkgfarm"' in challenge
+
+
+def test_wrong_password_is_401(client: FlaskClient) -> None:
+    response = client.get("/read", headers=basic("reader", "nope"))
+    assert response.status_code == 401
+    assert "WWW-Authenticate" in response.headers
+
+
+def test_unknown_user_is_401(client: FlaskClient) -> None:
+    assert client.get("/read", headers=basic("mallory", "read-pw")).status_code == 401
+
+
+def test_wrong_role_is_403(client: FlaskClient) -> None:
+    assert client.get("/upload", headers=basic("reader", "read-pw")).status_code == 403
+    assert client.get("/read", headers=basic("uploader", "up-pw")).status_code == 403
+    assert client.get("/upload", headers=basic("both", "both-pw")).status_code == 403
+
+
+def test_right_role_is_200(client: FlaskClient) -> None:
+    response = client.get("/upload", headers=basic("uploader", "up-pw"))
+    assert response.status_code == 200
+    assert response.get_data(as_text=True) == "upload ok for uploader"
+    response = client.get("/read", headers=basic("reader", "read-pw"))
+    assert response.status_code == 200
+    assert response.get_data(as_text=True) == "read ok for reader"
+    assert client.get("/read", headers=basic("both", "both-pw")).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/upload", "/read"])
+def test_admin_passes_every_role(client: FlaskClient, path: str) -> None:
+    response = client.get(path, headers=basic("admin", "admin-pw"))
+    assert response.status_code == 200
+    assert response.get_data(as_text=True).endswith("for admin")
+
+
+def test_admin_with_wrong_password_is_401(client: FlaskClient) -> None:
+    assert client.get("/upload", headers=basic("admin", "read-pw")).status_code == 401
