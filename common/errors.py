@@ -70,4 +70,4 @@ class Unavailable(PkgfarmError):
 
 
 class BuildFailed(PkgfarmError):
-    """A build script or packaging step failed; carries the log tail for the report."""
+    """A build script or packaging step failed; the message says which and why."""

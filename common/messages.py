@@ -7,6 +7,7 @@ different times; a missing required key or a wrong type raises ValueError with t
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Self
@@ -36,7 +37,7 @@ class Message:
 def _check(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if origin is typing.Union or type(hint).__name__ == "UnionType":
+    if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]

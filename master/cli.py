@@ -13,8 +13,8 @@ import click
 import yaml
 from werkzeug.security import generate_password_hash
 
+from common import cli as clitools
 from common.config import ROLES, Settings, load_settings
-from common.errors import PkgfarmError
 from common.logs import setup_logging
 
 log = logging.getLogger("pkgfarm.master")
@@ -156,8 +156,4 @@ def repo_index(config_path: str | None) -> None:
 
 
 def main() -> None:
-    try:
-        cli(standalone_mode=True)
-    except PkgfarmError as exc:
-        click.echo(f"master: error: {exc.message}", err=True)
-        sys.exit(1)
+    clitools.run(cli, "master")

@@ -271,16 +271,10 @@ class Store:
             )
             return cur.rowcount == 1
 
-    def building_jobs(self, worker: str | None = None) -> list[Job]:
+    def building_jobs(self) -> list[Job]:
         with self.read() as db:
-            if worker is None:
-                rows = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state=?",
-                                  (JobState.BUILDING.value,)).fetchall()
-            else:
-                rows = db.execute(
-                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state=? AND worker=?",
-                    (JobState.BUILDING.value, worker),
-                ).fetchall()
+            rows = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state=?",
+                              (JobState.BUILDING.value,)).fetchall()
         return [Job.from_row(r) for r in rows]
 
     # -- packages ------------------------------------------------------------------------------

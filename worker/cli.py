@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import click
 
 from common import arch as archmod
+from common import cli as clitools
 from common.config import Settings, load_settings
 from common.definition import find_definition, snapshot, unpack_snapshot
 from common.errors import BuildFailed, PkgfarmError
@@ -186,8 +186,4 @@ def _work_dir(settings: Settings) -> str:
 
 
 def main() -> None:
-    try:
-        cli(standalone_mode=True)
-    except PkgfarmError as exc:
-        click.echo(f"worker: error: {exc.message}", err=True)
-        sys.exit(1)
+    clitools.run(cli, "worker")
