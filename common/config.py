@@ -77,8 +77,13 @@ class MasterSettings:
     max_upload_bytes: int = 4 * 1024**3
     #: seconds after its last heartbeat that a worker leaves the workers list.
     worker_ttl: int = 45
+    #: seconds a running attempt stays given to its worker without a renewal; then it is
+    #: queued again as a new attempt. Workers renew every quarter of it.
+    lease_seconds: int = 90
 
     def __post_init__(self) -> None:
+        if self.lease_seconds < 2:
+            raise ValueError("must be at least 2", "lease_seconds")
         if self.worker_ttl < 1:
             raise ValueError("must be positive", "worker_ttl")
         if ":" not in self.bind:
@@ -126,8 +131,14 @@ class WorkerSettings:
     install_build_depends: bool = True
     #: seconds between heartbeats to the master.
     heartbeat_interval: int = 15
+    #: "bwrap": the build script sees the system read-only and only its own folder writable
+    #: (bubblewrap, in its own PID namespace); "none": it runs as the worker's user, for
+    #: containers that are already disposable.
+    sandbox: str = "bwrap"
 
     def __post_init__(self) -> None:
+        if self.sandbox not in ("bwrap", "none"):
+            raise ValueError("must be bwrap or none", "sandbox")
         if not self.master_url.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL", "master_url")
         for a in self.architectures:

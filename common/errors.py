@@ -71,3 +71,11 @@ class Unavailable(PkgfarmError):
 
 class BuildFailed(PkgfarmError):
     """A build script or packaging step failed; the message says which and why."""
+
+
+class BuildCancelled(BuildFailed):
+    """The build was stopped because its attempt is no longer this worker's."""
+
+
+class TooManyRequests(PkgfarmError):
+    status = 429

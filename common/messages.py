@@ -95,8 +95,26 @@ class JobAssignment(Message):
     arch: str
     #: per-attempt secret; uploads and reports for this attempt must carry it.
     token: str
-    #: base64 of the definition snapshot (common.definition.snapshot)
+    #: base64 of the definition snapshot (common.definition.snapshot); empty for local jobs
     snapshot_b64: str
+    #: the attempt is lost unless renewed within this many seconds
+    lease_seconds: float = 90.0
+
+
+@dataclass(frozen=True)
+class LocalJobRequest(Message):
+    """A worker asks to record a build it runs on its own (``worker package-add --now``)."""
+
+    package: str
+    version: str
+    arch: str
+    worker: str
+
+
+@dataclass(frozen=True)
+class LeaseRenewal(Message):
+    attempt: int
+    token: str
 
 
 @dataclass(frozen=True)

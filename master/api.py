@@ -19,8 +19,16 @@ from typing import Any
 from flask import Blueprint, Response, request, send_from_directory, url_for
 
 from common import arch as archmod
+from common import debian
 from common.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
-from common.messages import ClaimRequest, Heartbeat, JobAssignment, JobReport
+from common.messages import (
+    ClaimRequest,
+    Heartbeat,
+    JobAssignment,
+    JobReport,
+    LeaseRenewal,
+    LocalJobRequest,
+)
 from common.states import JobState, build_state
 from master import debrepo
 from master.repository import Expected
@@ -61,11 +69,25 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def check_name(value: str, field: str) -> str:
+    """A worker name: printable, one line, at most 200 characters."""
+    if not value or len(value) > 200 or not value.isprintable():
+        raise BadRequest(f"{field} must be 1 to 200 printable characters", field=field)
+    return value
+
+
+def check_attempt(value: int) -> int:
+    if not 1 <= value <= 2**31:
+        raise BadRequest("attempt must be a positive integer", field="attempt")
+    return value
+
+
 def create_blueprints(svc: Services) -> list[Blueprint]:
     api = Blueprint("api", __name__, url_prefix="/api/v1")
     repo = Blueprint("repo", __name__, url_prefix="/repo")
     auth = svc.auth
     logs_dir = Path(svc.settings.master.data_dir) / "logs"
+    lease_seconds = svc.settings.master.lease_seconds
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -102,16 +124,36 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
         }
 
     def live_attempt(job_id: int, attempt: int, token: str) -> Job:
-        """The job, if ``token`` holds its current, running attempt (409/403 otherwise)."""
+        """The job, if the caller holds its current, running attempt (409/403 otherwise).
+
+        The attempt must be the job's current one and still running (else 409: finished,
+        re-queued, or never given out), the token must be the one issued at its claim and the
+        caller must be the user who claimed it (else 403).
+        """
         job = svc.store.get_job(job_id)
         if job is None:
-            raise NotFound(f"no job {job_id}", job=job_id)
+            raise Forbidden(f"job {job_id} was never given to anyone", job=job_id)
         if job.attempt != attempt or job.state != JobState.BUILDING or job.token_hash is None:
             raise Conflict(f"attempt {attempt} of job {job_id} is not running (the job is "
                            f"{job.state.value}, attempt {job.attempt})", state=job.state.value)
         if not hmac.compare_digest(token_hash(token), job.token_hash):
             raise Forbidden("the token does not belong to this attempt")
+        if job.claimed_by is not None and job.claimed_by != auth.current_user():
+            raise Forbidden("this attempt was given to another user")
         return job
+
+    def assignment(job: Job, token: str) -> dict[str, Any]:
+        return JobAssignment(
+            job_id=job.id, attempt=job.attempt, build_id=job.build_id, package=job.package,
+            version=job.version, arch=job.arch, token=token,
+            snapshot_b64=base64.b64encode(svc.store.job_snapshot(job.id)).decode(),
+            lease_seconds=float(lease_seconds),
+        ).to_json()
+
+    def start_log(job: Job) -> None:
+        path = log_path(job)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
 
     def int_arg(name: str, default: int | None = None, lo: int = 0, hi: int = 2**31) -> int:
         raw = request.args.get(name)
@@ -209,23 +251,50 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
     @auth.require("upload")
     def claim(job_id: int) -> Any:
         req = parse_message(ClaimRequest, json_body({"attempt", "worker"}, {"attempt", "worker"}))
-        if not req.worker or len(req.worker) > 200:
-            raise BadRequest("worker must be a name of at most 200 characters", field="worker")
+        check_name(req.worker, "worker")
+        check_attempt(req.attempt)
         job = svc.store.get_job(job_id)
         if job is None:
             raise NotFound(f"no job {job_id}", job=job_id)
         token = secrets.token_urlsafe(32)
-        if not svc.store.claim(job_id, req.attempt, req.worker, token_hash(token)):
+        if not svc.store.claim(job_id, req.attempt, req.worker, auth.current_user(),
+                               token_hash(token), lease_seconds):
             raise Conflict(f"attempt {req.attempt} of job {job_id} is stale (the job is "
                            f"{job.state.value}, attempt {job.attempt})", state=job.state.value,
                            stale=True)
-        log_path(job, req.attempt).parent.mkdir(parents=True, exist_ok=True)
-        log_path(job, req.attempt).write_bytes(b"")
-        return JobAssignment(
-            job_id=job.id, attempt=req.attempt, build_id=job.build_id, package=job.package,
-            version=job.version, arch=job.arch, token=token,
-            snapshot_b64=base64.b64encode(svc.store.job_snapshot(job_id)).decode(),
-        ).to_json()
+        job = svc.store.get_job(job_id)
+        assert job is not None
+        start_log(job)
+        return assignment(job, token)
+
+    @api.post("/jobs")
+    @auth.require("upload")
+    def create_local_job() -> Any:
+        req = parse_message(LocalJobRequest, json_body(
+            {"package", "version", "arch", "worker"}, {"package", "version", "arch", "worker"}))
+        check_name(req.worker, "worker")
+        if not debian.PACKAGE_NAME_RE.fullmatch(req.package):
+            raise BadRequest(f"{req.package!r} is not a package name", field="package")
+        if not debian.is_valid_version(req.version):
+            raise BadRequest(f"{req.version!r} is not a Debian version", field="version")
+        served = svc.settings.repository.architectures
+        if req.arch != archmod.ALL and req.arch not in served:
+            raise BadRequest(f"this repository does not serve {req.arch!r} (it serves "
+                             f"{', '.join(served)} and all)", field="arch")
+        token = secrets.token_urlsafe(32)
+        job = svc.store.create_local_job(req.package, req.version, req.arch, req.worker,
+                                         auth.current_user(), token_hash(token), lease_seconds)
+        start_log(job)
+        return assignment(job, token), 201
+
+    @api.post("/jobs/<int:job_id>/lease")
+    @auth.require("upload")
+    def renew_lease(job_id: int) -> Any:
+        req = parse_message(LeaseRenewal, json_body({"attempt", "token"}, {"attempt", "token"}))
+        job = live_attempt(job_id, check_attempt(req.attempt), req.token)
+        if not svc.store.renew_lease(job.id, req.attempt, lease_seconds):
+            raise Conflict(f"attempt {req.attempt} of job {job_id} is no longer running")
+        return {"id": job.id, "attempt": req.attempt, "lease_seconds": lease_seconds}
 
     @api.post("/jobs/<int:job_id>/log")
     @auth.require("upload")
@@ -249,7 +318,7 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
     def report(job_id: int) -> Any:
         req = parse_message(JobReport, json_body({"attempt", "token", "status", "error",
                                                    "files"}, {"attempt", "token", "status"}))
-        job = live_attempt(job_id, req.attempt, req.token)
+        job = live_attempt(job_id, check_attempt(req.attempt), req.token)
         if req.status == JobState.SUCCESS:
             if not req.files:
                 raise Unprocessable("a successful build must name the archives it uploaded")
@@ -271,8 +340,11 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
         beat = parse_message(Heartbeat, json_body(
             {"name", "architectures", "concurrency", "queues", "building", "leaving"},
             {"name", "architectures", "concurrency"}))
-        if not beat.name or len(beat.name) > 200:
-            raise BadRequest("name must be at most 200 characters", field="name")
+        check_name(beat.name, "name")
+        if not 1 <= beat.concurrency <= 1024:
+            raise BadRequest("concurrency must be between 1 and 1024", field="concurrency")
+        if len(beat.architectures) > 64 or len(beat.queues) > 65:
+            raise BadRequest("too many architectures or queues", field="architectures")
         for a in beat.architectures:
             if not archmod.is_known(a):
                 raise BadRequest(f"unknown architecture {a!r}", field="architectures")
@@ -332,6 +404,11 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
             job = live_attempt(job_id, int_arg("attempt", lo=1),
                                request.headers.get("X-Pkgfarm-Token", ""))
             expected = Expected(job.package, job.version, job.arch)
+        elif "admin" not in auth.roles(auth.current_user() or ""):
+            # Workers publish only what a running attempt of theirs built; a person with the
+            # admin role may still publish an archive by hand.
+            raise Forbidden("an upload must name its job and attempt and carry the attempt's "
+                            "token (X-Pkgfarm-Token); only admins upload without one")
         receipt = svc.repository.accept_upload(
             stream, filename, sha256, uploader=auth.current_user(), expected=expected,
             job_id=job_id, content_length=request.content_length)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from common.config import Settings, load_settings
@@ -14,6 +14,11 @@ from master.api import create_blueprints
 from master.services import Services
 
 log = logging.getLogger(__name__)
+
+#: The largest body of a JSON request (everything but uploads and logs).
+MAX_JSON_BYTES = 1024 * 1024
+#: The largest single piece of a build log a worker may send.
+MAX_LOG_CHUNK_BYTES = 64 * 1024 * 1024
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -28,6 +33,15 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.register_blueprint(bp)
     register_error_handlers(app)
 
+    @app.before_request
+    def limit_body() -> None:
+        # Uploads are bounded by master.max_upload_bytes (MAX_CONTENT_LENGTH); every other
+        # request is small, and a larger body is refused with 413 before it is read.
+        if request.endpoint == "api.append_log":
+            request.max_content_length = MAX_LOG_CHUNK_BYTES
+        elif request.endpoint != "api.upload":
+            request.max_content_length = MAX_JSON_BYTES
+
     @services.auth.http.error_handler
     def auth_error(status: int) -> Any:
         message = "authentication required" if status == 401 else "permission denied"
@@ -41,7 +55,10 @@ def register_error_handlers(app: Flask) -> None:
     def project_error(exc: PkgfarmError) -> Any:
         if exc.status >= 500:
             log.error("%s", exc.message)
-        return jsonify(exc.to_json()), exc.status
+        response = jsonify(exc.to_json())
+        if "retry_after" in exc.details:
+            response.headers["Retry-After"] = str(exc.details["retry_after"])
+        return response, exc.status
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:

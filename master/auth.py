@@ -3,6 +3,10 @@
 Passwords are stored only as werkzeug hashes. Checking a scrypt hash costs tens of
 milliseconds, and a worker calls the master many times a minute, so a successful check is
 remembered for a short while (keyed by a keyed hash of the password, never the password).
+
+Repeated failed logins are slowed down: after `MAX_FAILURES` failures for one user name from
+one client address within `FAILURE_WINDOW` seconds, that pair gets 429 with Retry-After until
+the oldest failure ages out. The count is kept per master process.
 """
 
 from __future__ import annotations
@@ -15,13 +19,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from flask import request
 from flask_httpauth import HTTPBasicAuth
 from werkzeug.security import check_password_hash
 
 from common.config import UserSettings
+from common.errors import TooManyRequests
 
 ADMIN = "admin"
 _CACHE_SECONDS = 300.0
+MAX_FAILURES = 10
+FAILURE_WINDOW = 60.0
 
 
 class Authenticator:
@@ -30,24 +38,42 @@ class Authenticator:
         self.http = HTTPBasicAuth(realm="pkgfarm")
         self._key = secrets.token_bytes(32)
         self._ok: dict[tuple[str, bytes], float] = {}
+        self._failures: dict[tuple[str, str], list[float]] = {}
         self._lock = threading.Lock()
         self.http.verify_password(self.verify)
         self.http.get_user_roles(self.roles)
 
     def verify(self, username: str, password: str) -> str | None:
-        user = self.users.get(username)
-        if not username or user is None:
-            return None
-        digest = hmac.new(self._key, password.encode(), hashlib.sha256).digest()
+        if not username and not password:
+            return None  # no credentials at all: 401, not a failed login
         now = time.monotonic()
+        client = (request.remote_addr or "", username)
+        self._check_throttle(client, now)
+        user = self.users.get(username)
+        digest = hmac.new(self._key, password.encode(), hashlib.sha256).digest()
         with self._lock:
-            if self._ok.get((username, digest), 0.0) > now:
+            if user is not None and self._ok.get((username, digest), 0.0) > now:
                 return username
-        if not check_password_hash(user.password_hash, password):
+        if user is None or not check_password_hash(user.password_hash, password):
+            with self._lock:
+                self._failures.setdefault(client, []).append(now)
             return None
         with self._lock:
             self._ok[(username, digest)] = now + _CACHE_SECONDS
+            self._failures.pop(client, None)
         return username
+
+    def _check_throttle(self, client: tuple[str, str], now: float) -> None:
+        with self._lock:
+            recent = [t for t in self._failures.get(client, []) if t > now - FAILURE_WINDOW]
+            if recent:
+                self._failures[client] = recent
+            else:
+                self._failures.pop(client, None)
+        if len(recent) >= MAX_FAILURES:
+            wait = int(recent[0] + FAILURE_WINDOW - now) + 1
+            raise TooManyRequests(f"too many failed logins for {client[1]!r}; try again in "
+                                  f"{wait} s", retry_after=wait)
 
     def roles(self, username: str) -> list[str]:
         user = self.users.get(username)

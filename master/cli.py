@@ -19,8 +19,8 @@ from common.logs import setup_logging
 
 log = logging.getLogger("pkgfarm.master")
 
-#: How often the master looks for jobs whose message never reached the broker.
-HOUSEKEEPING_INTERVAL = 10.0
+#: How often the master re-queues expired leases and sends what has not reached the broker.
+HOUSEKEEPING_INTERVAL = 2.0
 
 config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), default=None,
@@ -54,6 +54,9 @@ def serve(config_path: str | None) -> None:
         embedded = EmbeddedRedis(settings.embedded_broker_socket)
         embedded.start()
     services = Services.build(settings)
+    # Nobody could renew a lease while the master was away: give running attempts a fresh one.
+    services.store.extend_all_leases(settings.master.lease_seconds)
+    services.repository.discard_partial_uploads()
     suite = settings.repository.suite
     if not (Path(settings.master.data_dir) / "repo" / "dists" / suite / "Release").exists():
         services.repository.rebuild_index()
@@ -65,9 +68,7 @@ def serve(config_path: str | None) -> None:
     def housekeeping() -> None:
         while not stop.wait(HOUSEKEEPING_INTERVAL):
             try:
-                sent = services.scheduler.enqueue_pending()
-                if sent:
-                    log.info("queued %d job(s) that had not reached the broker", sent)
+                services.scheduler.tick()
             except Exception:
                 log.exception("housekeeping failed")
 

@@ -64,6 +64,11 @@ class Repository:
         self.incoming.mkdir(parents=True, exist_ok=True)
         self.lock_path = data_dir / "index.lock"
 
+    def discard_partial_uploads(self) -> None:
+        """Remove what uploads cut short by a crash left in incoming/ (never in the pool)."""
+        for part in self.incoming.glob("upload-*.part"):
+            part.unlink(missing_ok=True)
+
     # -- upload --------------------------------------------------------------------------------
 
     def accept_upload(
@@ -156,7 +161,10 @@ class Repository:
         with self._index_lock():
             existing = self.store.package_by_filename(filename)
             if existing is not None:
-                if existing.sha256 != digests.sha256:
+                # A job's archive is published once: a later attempt of the same job (the first
+                # one uploaded, then lost its lease) finds it there and goes on.
+                same_job = job_id is not None and existing.job_id == job_id
+                if existing.sha256 != digests.sha256 and not same_job:
                     raise Conflict(
                         f"{filename} is already published with different content "
                         f"(sha256 {existing.sha256}); bump the version to publish a change",

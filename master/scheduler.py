@@ -1,13 +1,21 @@
-"""Turning a build request into recorded jobs and queued messages.
+"""Turning a build request into recorded jobs and queued messages, and keeping them moving.
 
 The build and its jobs are committed to the store first, then one message per job goes to the
 queue of its architecture. A message that cannot be sent (the broker is down) leaves its job
 marked not-enqueued; `enqueue_pending` sends it later, so an accepted build is never lost.
+
+`tick` is the master's housekeeping, run every few seconds by `master serve`:
+- an attempt whose lease ran out (its worker died or was cut off) is queued again as a new
+  attempt; the old attempt's uploads and reports are refused from then on;
+- if the broker lost its data (a marker key the master keeps there is gone), every queued job
+  gets a new attempt number and is sent again, so its old message, should it exist, is stale;
+- whatever has not reached the broker is sent.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 
 from celery import Celery
@@ -21,6 +29,9 @@ from common.queues import BUILD_TASK
 from master.store import Store
 
 log = logging.getLogger(__name__)
+
+#: The key the master keeps in the broker's Redis; its absence means the data was lost.
+BROKER_MARKER = "pkgfarm:broker-marker"
 
 
 @dataclass(frozen=True)
@@ -81,3 +92,36 @@ class Scheduler:
         for job in self.store.jobs_to_enqueue():
             sent += self.enqueue(job.id, job.attempt, job.arch)
         return sent
+
+    def requeue_expired(self) -> int:
+        expired = self.store.requeue_expired()
+        for job in expired:
+            log.warning("job %d (%s %s) lost its lease on %s; queued again as attempt %d",
+                        job.id, job.package, job.arch, job.worker, job.attempt + 1)
+        return len(expired)
+
+    def check_broker(self) -> bool:
+        """Re-send every queued job if the broker lost its data; True if it had."""
+        try:
+            with self.celery.connection_for_write() as conn:
+                client = conn.default_channel.client
+                if client.get(BROKER_MARKER) is not None:
+                    return False
+                lost = self.store.requeue_all_queued()
+                client.set(BROKER_MARKER, uuid.uuid4().hex)
+        except AttributeError:
+            return False  # not a Redis broker: nothing to check
+        except Exception as exc:
+            log.debug("broker check skipped: %s", exc)
+            return False
+        if lost:
+            log.warning("the broker holds no marker (new or emptied Redis): %d queued job(s) "
+                        "will be sent again", lost)
+        return True
+
+    def tick(self) -> None:
+        self.requeue_expired()
+        self.check_broker()
+        sent = self.enqueue_pending()
+        if sent:
+            log.info("queued %d job(s)", sent)

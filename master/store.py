@@ -37,7 +37,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempt     INTEGER NOT NULL DEFAULT 1,
     enqueued    INTEGER NOT NULL DEFAULT 0, -- the current attempt's message reached the broker
     worker      TEXT,
+    claimed_by  TEXT,                     -- the user the worker authenticated as
     token_hash  TEXT,
+    lease_expires REAL,                   -- a building attempt is re-queued after this
     queued_at   REAL,
     started_at  REAL,
     finished_at REAL,
@@ -86,7 +88,9 @@ class Job:
     attempt: int
     enqueued: bool
     worker: str | None
+    claimed_by: str | None
     token_hash: str | None
+    lease_expires: float | None
     queued_at: float | None
     started_at: float | None
     finished_at: float | None
@@ -99,7 +103,8 @@ class Job:
             id=row["id"], build_id=row["build_id"], package=row["package"],
             version=row["version"], arch=row["arch"], state=JobState(row["state"]),
             attempt=row["attempt"], enqueued=bool(row["enqueued"]), worker=row["worker"],
-            token_hash=row["token_hash"], queued_at=row["queued_at"],
+            claimed_by=row["claimed_by"], token_hash=row["token_hash"],
+            lease_expires=row["lease_expires"], queued_at=row["queued_at"],
             started_at=row["started_at"], finished_at=row["finished_at"], error=row["error"],
             files=tuple(json.loads(row["files"])),
         )
@@ -131,7 +136,8 @@ class PackageRecord:
 
 
 _JOB_COLUMNS = ("id, build_id, package, version, arch, state, attempt, enqueued, worker, "
-                "token_hash, queued_at, started_at, finished_at, error, files")
+                "claimed_by, token_hash, lease_expires, queued_at, started_at, finished_at, "
+                "error, files")
 
 
 class Store:
@@ -249,22 +255,87 @@ class Store:
             ).fetchall()
         return [Job.from_row(r) for r in rows]
 
-    def claim(self, job_id: int, attempt: int, worker: str, token_hash: str) -> bool:
+    def claim(self, job_id: int, attempt: int, worker: str, user: str | None,
+              token_hash: str, lease_seconds: float) -> bool:
         """Hand attempt ``attempt`` of a queued job to ``worker``; False if that is stale."""
+        now = time.time()
         with self.write() as db:
             cur = db.execute(
-                "UPDATE jobs SET state=?, worker=?, token_hash=?, started_at=?, error=NULL "
-                "WHERE id=? AND attempt=? AND state=?",
-                (JobState.BUILDING.value, worker, token_hash, time.time(), job_id, attempt,
-                 JobState.QUEUED.value),
+                "UPDATE jobs SET state=?, worker=?, claimed_by=?, token_hash=?, started_at=?, "
+                "lease_expires=?, error=NULL WHERE id=? AND attempt=? AND state=?",
+                (JobState.BUILDING.value, worker, user, token_hash, now, now + lease_seconds,
+                 job_id, attempt, JobState.QUEUED.value),
             )
             return cur.rowcount == 1
+
+    def create_local_job(self, package: str, version: str, arch: str, worker: str,
+                         user: str | None, token_hash: str, lease_seconds: float) -> Job:
+        """Record a build that a worker runs on its own (``worker package-add --now``)."""
+        now = time.time()
+        with self.write() as db:
+            cur = db.execute(
+                "INSERT INTO builds(created_at, requested_by, packages, arch) VALUES (?,?,?,?)",
+                (now, user, json.dumps([package]), arch),
+            )
+            cur = db.execute(
+                "INSERT INTO jobs(build_id, package, version, arch, state, enqueued, worker, "
+                "claimed_by, token_hash, lease_expires, queued_at, started_at, snapshot) "
+                "VALUES (?,?,?,?,?,1,?,?,?,?,?,?,?)",
+                (cur.lastrowid, package, version, arch, JobState.BUILDING.value, worker, user,
+                 token_hash, now + lease_seconds, now, now, b""),
+            )
+            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id=?",
+                             (cur.lastrowid,)).fetchone()
+        return Job.from_row(row)
+
+    def renew_lease(self, job_id: int, attempt: int, lease_seconds: float) -> bool:
+        with self.write() as db:
+            cur = db.execute(
+                "UPDATE jobs SET lease_expires=? WHERE id=? AND attempt=? AND state=?",
+                (time.time() + lease_seconds, job_id, attempt, JobState.BUILDING.value),
+            )
+            return cur.rowcount == 1
+
+    def extend_all_leases(self, seconds: float) -> None:
+        """Give every running attempt a fresh lease (the master was away; nobody could renew)."""
+        with self.write() as db:
+            db.execute("UPDATE jobs SET lease_expires=? WHERE state=?",
+                       (time.time() + seconds, JobState.BUILDING.value))
+
+    def requeue_expired(self) -> list[Job]:
+        """Send every attempt whose lease ran out back to the queue as a new attempt."""
+        with self.write() as db:
+            rows = db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state=? AND lease_expires<?",
+                (JobState.BUILDING.value, time.time()),
+            ).fetchall()
+            for row in rows:
+                db.execute(
+                    "UPDATE jobs SET state=?, attempt=attempt+1, enqueued=0, worker=NULL, "
+                    "claimed_by=NULL, token_hash=NULL, lease_expires=NULL, started_at=NULL, "
+                    "error=? WHERE id=?",
+                    (JobState.QUEUED.value,
+                     f"attempt {row['attempt']} lost its lease on {row['worker']}; queued again",
+                     row["id"]),
+                )
+        return [Job.from_row(r) for r in rows]
+
+    def requeue_all_queued(self) -> int:
+        """Make every queued job's message stale and mark it for sending again.
+
+        Used when the broker lost its data: whatever was in it is gone, and any message that
+        survives somewhere will be refused at its claim.
+        """
+        with self.write() as db:
+            cur = db.execute("UPDATE jobs SET attempt=attempt+1, enqueued=0 WHERE state=?",
+                             (JobState.QUEUED.value,))
+            return cur.rowcount
 
     def finish(self, job_id: int, attempt: int, state: JobState, error: str | None,
                files: list[str]) -> bool:
         with self.write() as db:
             cur = db.execute(
-                "UPDATE jobs SET state=?, finished_at=?, error=?, files=? "
+                "UPDATE jobs SET state=?, finished_at=?, error=?, files=?, lease_expires=NULL "
                 "WHERE id=? AND attempt=? AND state=?",
                 (state.value, time.time(), error, json.dumps(files), job_id, attempt,
                  JobState.BUILDING.value),

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,7 @@ from debian.deb822 import Deb822
 from common import arch as archmod
 from common import debian
 from common.definition import SNAPSHOT_SOURCES, PackageDefinition
-from common.errors import BuildFailed
+from common.errors import BuildCancelled, BuildFailed
 
 Log = Callable[[str], None]
 
@@ -109,25 +112,60 @@ def install_build_depends(definition: PackageDefinition, allowed: bool, log: Log
                           f"{', '.join(missing)}")
 
 
-def run_script(script: str, cwd: Path, env: dict[str, str], timeout: float, out: IO[str]
-               ) -> None:
-    """Run the build script with bash -e in its own session; kill the whole group on timeout."""
-    script_path = cwd.parent / "build.sh"
+def sandboxed(argv: list[str], workdir: Path, cwd: Path, sandbox: str) -> list[str]:
+    """Wrap ``argv`` (to run in ``cwd``) so that it can write only inside ``workdir``.
+
+    With bubblewrap the whole system is mounted read-only, /tmp is private, ``workdir`` is the
+    one writable place, and the script runs in its own PID namespace that dies with bwrap, so
+    killing bwrap stops everything the script started.
+    """
+    if sandbox == "none":
+        return argv
+    if shutil.which("bwrap") is None:
+        raise BuildFailed("worker.sandbox is bwrap but bubblewrap is not installed "
+                          "(apt-get install bubblewrap, or set worker.sandbox: none)")
+    private_tmp = "/tmp"  # noqa: S108 (a fresh tmpfs inside the sandbox, not the host's /tmp)
+    return ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+            "--tmpfs", private_tmp, "--bind", str(workdir), str(workdir),
+            "--unshare-pid", "--die-with-parent", "--new-session",
+            "--chdir", str(cwd), *argv]
+
+
+def run_script(script: str, cwd: Path, env: dict[str, str], timeout: float, out: IO[str],
+               *, sandbox: str = "none", cancel: threading.Event | None = None) -> None:
+    """Run the build script with bash -e in its own session; kill the whole group on timeout.
+
+    ``cancel`` stops the build from another thread (the attempt was taken away).
+    """
+    workdir = cwd.parent
+    script_path = workdir / "build.sh"
     script_path.write_text("set -eu\numask 022\n" + script)
-    proc = subprocess.Popen(["bash", str(script_path)], cwd=cwd, env=env, stdout=out,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    argv = sandboxed(["bash", str(script_path)], workdir, cwd, sandbox)
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
     try:
-        code = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        raise BuildFailed(f"the build script ran longer than its limit of {timeout:.0f} s "
-                          "and was stopped") from None
+        while True:
+            try:
+                code = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if cancel is not None and cancel.is_set():
+                    _kill_group(proc)
+                    raise BuildCancelled("the build was stopped: this attempt is no longer "
+                                         "this worker's") from None
+                if time.monotonic() > deadline:
+                    _kill_group(proc)
+                    raise BuildFailed(f"the build script ran longer than its limit of "
+                                      f"{timeout:.0f} s and was stopped") from None
     except BaseException:
         _kill_group(proc)
         raise
     if code != 0:
-        raise BuildFailed(f"the build script failed with exit status {code}")
+        hint = ""
+        if sandbox != "none":
+            hint = " (it may write only inside its own folder and $DESTDIR)"
+        raise BuildFailed(f"the build script failed with exit status {code}{hint}")
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -145,7 +183,8 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 def build_definition(
     definition: PackageDefinition, arch: str, workdir: Path, out: IO[str], log: Log,
-    *, timeout: float, install_deps: bool = True,
+    *, timeout: float, install_deps: bool = True, sandbox: str = "none",
+    cancel: threading.Event | None = None,
 ) -> BuildOutput:
     """Build ``definition`` for ``arch`` inside ``workdir`` (which holds the unpacked snapshot).
 
@@ -177,7 +216,7 @@ def build_definition(
     }
     log(f"building {definition.name} {definition.full_version} for {arch}")
     out.flush()
-    run_script(definition.build, srcdir, env, timeout, out)
+    run_script(definition.build, srcdir, env, timeout, out, sandbox=sandbox, cancel=cancel)
 
     if (destdir / "DEBIAN").exists():
         raise BuildFailed("the build script must not write $DESTDIR/DEBIAN; pkgfarm makes it")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,12 +14,12 @@ import click
 from common import arch as archmod
 from common import cli as clitools
 from common.config import Settings, load_settings
-from common.definition import find_definition, snapshot, unpack_snapshot
+from common.definition import PackageDefinition, find_definition, snapshot, unpack_snapshot
 from common.errors import BuildFailed, PkgfarmError
 from common.logs import setup_logging
 from common.messages import Heartbeat
-from worker.builder import build_definition
 from worker.client import MasterClient
+from worker.tasks import execute_attempt
 
 log = logging.getLogger("pkgfarm.worker")
 
@@ -145,44 +144,27 @@ def package_add(name: str, now: bool, arch: str | None, config_path: str | None)
     definition = find_definition(name, settings.package_paths)
     target = _local_arch(settings, definition.architecture, arch)
     repo = client.health()["repository"]
-    with tempfile.TemporaryDirectory(prefix=f"{name}-", dir=_work_dir(settings)) as tmp:
-        workdir = Path(tmp) / "def"
-        definition = unpack_snapshot(snapshot(definition), workdir)
-        log_path = Path(tmp) / "build.log"
-        click.echo(f"building {definition.name} {definition.full_version} for {target}",
-                   err=True)
-        with open(log_path, "w", encoding="utf-8", errors="replace") as out:
-            def say(message: str) -> None:
-                out.write(f"pkgfarm: {message}\n")
-                out.flush()
-                click.echo(message, err=True)
+    assignment = client.create_local_job(definition.name, definition.full_version,
+                                         target, settings.worker.display_name)
+    click.echo(f"building {definition.name} {definition.full_version} for {target} as build "
+               f"{assignment.build_id}", err=True)
 
-            try:
-                result = build_definition(definition, target, workdir, out, say,
-                                          timeout=settings.worker.build_timeout,
-                                          install_deps=settings.worker.install_build_depends)
-            except BuildFailed:
-                out.flush()
-                tail = log_path.read_text(errors="replace").splitlines()[-30:]
-                click.echo("\n".join(tail), err=True)
-                raise
-        index_arch = target if target != archmod.ALL else repo["architectures"][0]
-        for archive in result.archives:
-            receipt = client.upload(archive)
-            click.echo(f"uploaded {receipt.filename} to {receipt.pool_path}"
-                       + (" (already there)" if receipt.already_present else ""), err=True)
-            if not client.index_lists(receipt.filename, repo["suite"], repo["component"],
-                                      index_arch):
-                raise PkgfarmError(f"{receipt.filename} was uploaded but the index of "
-                                   f"{repo['suite']}/{repo['component']} does not list it "
-                                   "(a newer version may be published)")
-            click.echo(f"{receipt.filename} is in {repo['url']} {repo['suite']} "
-                       f"{repo['component']} ({receipt.pool_path})")
+    def prepare(workdir: Path) -> PackageDefinition:
+        return unpack_snapshot(snapshot(definition), workdir)
 
-
-def _work_dir(settings: Settings) -> str:
-    Path(settings.worker.work_dir).mkdir(parents=True, exist_ok=True)
-    return settings.worker.work_dir
+    outcome = execute_attempt(settings, client, assignment, prepare,
+                              say=lambda message: click.echo(message, err=True))
+    if outcome.status != "success":
+        raise PkgfarmError(f"{outcome.error} (log: {settings.worker.master_url.rstrip('/')}"
+                           f"/api/v1/builds/{assignment.build_id}/packages/{definition.name}"
+                           f"/log)")
+    index_arch = target if target != archmod.ALL else repo["architectures"][0]
+    for filename in outcome.files:
+        if not client.index_lists(filename, repo["suite"], repo["component"], index_arch):
+            raise PkgfarmError(f"{filename} was uploaded but the index of "
+                               f"{repo['suite']}/{repo['component']} does not list it "
+                               "(a newer version may be published)")
+        click.echo(f"{filename} is in {repo['url']} {repo['suite']} {repo['component']}")
 
 
 def main() -> None:

@@ -28,7 +28,15 @@ from common.errors import (
     Unavailable,
     Unprocessable,
 )
-from common.messages import ClaimRequest, Heartbeat, JobAssignment, JobReport, UploadReceipt
+from common.messages import (
+    ClaimRequest,
+    Heartbeat,
+    JobAssignment,
+    JobReport,
+    LeaseRenewal,
+    LocalJobRequest,
+    UploadReceipt,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +108,23 @@ class MasterClient:
         except (Conflict, NotFound):
             return None
         return JobAssignment.from_json(resp.json())
+
+    def create_local_job(self, package: str, version: str, arch: str, worker: str
+                         ) -> JobAssignment:
+        """Record a build this worker runs on its own; the answer holds its token."""
+        resp = self._request("POST", "/api/v1/jobs", json=LocalJobRequest(
+            package=package, version=version, arch=arch, worker=worker).to_json())
+        return JobAssignment.from_json(resp.json())
+
+    def renew_lease(self, assignment: JobAssignment, retry_for: float) -> bool:
+        """True if renewed; False when the master says the attempt is no longer ours."""
+        try:
+            self._request("POST", f"/api/v1/jobs/{assignment.job_id}/lease",
+                          json=LeaseRenewal(assignment.attempt, assignment.token).to_json(),
+                          retry_for=retry_for)
+        except (Conflict, NotFound, Forbidden):
+            return False
+        return True
 
     def append_log(self, assignment: JobAssignment, text: str) -> None:
         self._request("POST", f"/api/v1/jobs/{assignment.job_id}/log",

@@ -1,8 +1,11 @@
 """The build task: a thin Celery shell around `run_job`, a plain function.
 
-`run_job` claims the attempt from the master (a stale or duplicate message is dropped there),
-builds in a fresh directory, uploads each archive with the attempt's token, sends the log, and
-reports the outcome. A failed build is always reported as failed with its log.
+`run_job` claims the attempt from the master (a stale or duplicate message is dropped there)
+and hands it to `execute_attempt`, which `worker package-add --now` uses too: build in a fresh
+directory while a thread renews the attempt's lease, upload each archive with the attempt's
+token, send the log, report the outcome. A failed build is always reported as failed with its
+log. If the master takes the attempt away (the lease ran out, the build was re-queued
+elsewhere), the build is stopped and nothing more is sent for it.
 """
 
 from __future__ import annotations
@@ -11,15 +14,17 @@ import base64
 import logging
 import shutil
 import tempfile
+import threading
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, NamedTuple
 
 from celery import Celery
 
 from common.config import Settings
-from common.definition import unpack_snapshot
-from common.errors import BuildFailed, PkgfarmError
+from common.definition import PackageDefinition, unpack_snapshot
+from common.errors import BuildCancelled, BuildFailed, Conflict, PkgfarmError, Unavailable
 from common.messages import BuildTask, JobAssignment
 from common.queues import BUILD_TASK, make_celery
 from worker.builder import build_definition
@@ -27,13 +32,39 @@ from worker.client import MasterClient
 
 log = logging.getLogger(__name__)
 
+Say = Callable[[str], None]
 
-def _logger(out: IO[str]) -> Any:
-    def write(message: str) -> None:
-        out.write(f"pkgfarm: {message}\n")
-        out.flush()
-        log.info("%s", message)
-    return write
+
+class Outcome(NamedTuple):
+    status: str
+    error: str | None
+    files: list[str]
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews an attempt's lease; sets `lost` when the master says it is no longer ours."""
+
+    def __init__(self, client: MasterClient, assignment: JobAssignment) -> None:
+        super().__init__(name=f"lease-{assignment.job_id}", daemon=True)
+        self.client, self.assignment = client, assignment
+        self.interval = max(assignment.lease_seconds / 4, 0.5)
+        self.lost = threading.Event()
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            try:
+                if not self.client.renew_lease(self.assignment, retry_for=self.interval):
+                    log.warning("job %d attempt %d was taken away by the master; stopping it",
+                                self.assignment.job_id, self.assignment.attempt)
+                    self.lost.set()
+                    return
+            except Unavailable as exc:
+                log.warning("lease of job %d not renewed: %s", self.assignment.job_id,
+                            exc.message)
+
+    def stop(self) -> None:
+        self.stopping.set()
 
 
 def run_job(settings: Settings, task: BuildTask, worker_name: str,
@@ -44,46 +75,82 @@ def run_job(settings: Settings, task: BuildTask, worker_name: str,
     if assignment is None:
         log.info("job %d attempt %d is stale; dropping the message", task.job_id, task.attempt)
         return "stale"
+
+    def prepare(workdir: Path) -> PackageDefinition:
+        return unpack_snapshot(base64.b64decode(assignment.snapshot_b64), workdir)
+
+    return execute_attempt(settings, client, assignment, prepare).status
+
+
+def execute_attempt(settings: Settings, client: MasterClient, assignment: JobAssignment,
+                    prepare: Callable[[Path], PackageDefinition], say: Say | None = None
+                    ) -> Outcome:
+    """Build, upload and report one attempt the master gave this worker.
+
+    The status is "success", "failed", or "lost" when the master took the attempt away.
+    """
     Path(settings.worker.work_dir).mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f"job{task.job_id}-", dir=settings.worker.work_dir))
-    log_file = workdir / "build.log"
+    workdir = Path(tempfile.mkdtemp(prefix=f"job{assignment.job_id}-",
+                                    dir=settings.worker.work_dir))
+    keeper = LeaseKeeper(client, assignment)
+    keeper.start()
     try:
+        log_file = workdir / "build.log"
         with open(log_file, "w", encoding="utf-8", errors="replace") as out:
-            status, error, files = _build_and_upload(settings, client, assignment, workdir, out)
-        _send_log(client, assignment, log_file)
-        client.report(assignment, status, error, files)
-        return status
+            status, error, files = _build_and_upload(settings, client, assignment, prepare,
+                                                     workdir, out, keeper.lost, say)
+        lost = Outcome("lost", "the master gave this attempt to another worker", [])
+        if keeper.lost.is_set():
+            return lost
+        try:
+            _send_log(client, assignment, log_file)
+            client.report(assignment, status, error, files)
+        except Conflict as exc:
+            log.warning("job %d attempt %d: %s", assignment.job_id, assignment.attempt,
+                        exc.message)
+            return lost
+        return Outcome(status, error, files)
     finally:
+        keeper.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _build_and_upload(settings: Settings, client: MasterClient, assignment: JobAssignment,
-                      workdir: Path, out: IO[str]) -> tuple[str, str | None, list[str]]:
-    say = _logger(out)
-    say(f"job {assignment.job_id} attempt {assignment.attempt}: {assignment.package} "
-        f"{assignment.version} for {assignment.arch}")
+                      prepare: Callable[[Path], PackageDefinition], workdir: Path, out: IO[str],
+                      lost: threading.Event, say: Say | None
+                      ) -> tuple[str, str | None, list[str]]:
+    def note(message: str) -> None:
+        out.write(f"pkgfarm: {message}\n")
+        out.flush()
+        (say or log.info)(message)
+
+    note(f"job {assignment.job_id} attempt {assignment.attempt}: {assignment.package} "
+         f"{assignment.version} for {assignment.arch}")
     try:
-        definition = unpack_snapshot(base64.b64decode(assignment.snapshot_b64),
-                                     workdir / "def")
+        definition = prepare(workdir / "def")
         result = build_definition(
-            definition, assignment.arch, workdir / "def", out, say,
+            definition, assignment.arch, workdir / "def", out, note,
             timeout=settings.worker.build_timeout,
             install_deps=settings.worker.install_build_depends,
+            sandbox=settings.worker.sandbox, cancel=lost,
         )
         files = []
         for archive in result.archives:
+            if lost.is_set():
+                raise BuildCancelled("the attempt was taken away before the upload")
             receipt = client.upload(archive, assignment)
-            say(f"uploaded {receipt.filename} to {receipt.pool_path}")
+            note(f"uploaded {receipt.filename} to {receipt.pool_path}"
+                 + (" (already there)" if receipt.already_present else ""))
             files.append(receipt.filename)
     except BuildFailed as exc:
-        say(f"build failed: {exc.message}")
+        note(f"build failed: {exc.message}")
         return "failed", exc.message, []
     except PkgfarmError as exc:
-        say(f"failed: {exc.message}")
+        note(f"failed: {exc.message}")
         return "failed", exc.message, []
     except Exception as exc:
         out.write(traceback.format_exc())
-        say(f"worker error: {exc}")
+        note(f"worker error: {exc}")
         return "failed", f"worker error: {exc}", []
     return "success", None, files
 
@@ -92,6 +159,8 @@ def _send_log(client: MasterClient, assignment: JobAssignment, log_file: Path) -
     text = log_file.read_text(encoding="utf-8", errors="replace")
     try:
         client.append_log(assignment, text)
+    except Conflict:
+        raise
     except PkgfarmError as exc:
         log.warning("could not send the log of job %d: %s", assignment.job_id, exc.message)
 

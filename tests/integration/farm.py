@@ -31,6 +31,7 @@ PASSWORD = "test-password"
 USERS = {
     "admin": ["admin"],
     "worker": ["upload", "build"],
+    "worker2": ["upload"],
     "reader": ["read"],
     "builder": ["build"],
 }

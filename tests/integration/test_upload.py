@@ -6,6 +6,7 @@ import concurrent.futures
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -39,14 +40,28 @@ def master(tmp_path_factory):
         yield m
 
 
-def upload(master: Master, deb: Path, user: str | None = "worker", sha256: str | None = None,
-           filename: str | None = None, body: bytes | None = None) -> requests.Response:
+def upload(master: Master, deb: Path, user: str | None = "admin", sha256: str | None = None,
+           filename: str | None = None, body: bytes | None = None,
+           job: dict[str, Any] | None = None, token: str | None = None) -> requests.Response:
+    """PUT an archive; with ``job`` (an assignment) as that attempt, else by hand (admin)."""
     data = deb.read_bytes() if body is None else body
-    params = {"filename": filename or deb.name,
-              "sha256": sha256 or hashlib.sha256(data).hexdigest()}
+    params: dict[str, Any] = {"filename": filename or deb.name,
+                              "sha256": sha256 or hashlib.sha256(data).hexdigest()}
+    headers = {}
+    if job is not None:
+        params.update(job=job["job_id"], attempt=job["attempt"])
+        headers["X-Pkgfarm-Token"] = token if token is not None else job["token"]
     auth = (user, PASSWORD) if user else None
     return requests.put(master.url + "/api/v1/upload", params=params, data=data, auth=auth,
-                        timeout=60)
+                        headers=headers, timeout=60)
+
+
+def local_job(master: Master, package: str, version: str, arch: str = "all",
+              user: str = "worker") -> dict[str, Any]:
+    resp = master.api("POST", "/api/v1/jobs", user=user, json={
+        "package": package, "version": version, "arch": arch, "worker": f"{user}-box"})
+    assert resp.status_code == 201, resp.text
+    return resp.json()
 
 
 def test_upload_publishes_and_is_idempotent(master, tmp_path):
@@ -72,7 +87,8 @@ def test_newer_version_replaces_older_in_index(master, tmp_path):
     assert [e["Version"] for e in entries] == ["1.0-2"]
 
 
-@pytest.mark.parametrize("case", ["no-auth", "read-only", "wrong-sha256", "not-a-deb",
+@pytest.mark.parametrize("case", ["no-auth", "read-only", "worker-without-job",
+                                  "wrong-sha256", "not-a-deb",
                                   "truncated", "name-lies", "path-trick", "too-large",
                                   "wrong-arch"])
 def test_rejected_upload_changes_nothing(master, tmp_path, case):
@@ -82,6 +98,8 @@ def test_rejected_upload_changes_nothing(master, tmp_path, case):
         resp, status = upload(master, deb, user=None), 401
     elif case == "read-only":
         resp, status = upload(master, deb, user="reader"), 403
+    elif case == "worker-without-job":
+        resp, status = upload(master, deb, user="worker"), 403
     elif case == "wrong-sha256":
         resp, status = upload(master, deb, sha256="0" * 64), 422
     elif case == "not-a-deb":
@@ -117,3 +135,44 @@ def test_twenty_concurrent_uploads(master, tmp_path):
     for i in (0, 7, 19):
         deb = apt.download(f"up-many-{i:02d}")
         assert deb.read_bytes() == debs[i].read_bytes()
+
+
+def test_upload_authority_of_attempts(master, tmp_path):
+    """Only the holder of a running attempt publishes that attempt's archive."""
+    job = local_job(master, "up-auth", "1.0-1")
+    other = local_job(master, "up-other", "1.0-1")
+    deb = make_deb(tmp_path, "up-auth", "1.0-1")
+    before = repo_files(master.data_dir)
+    refusals = [
+        (upload(master, deb, user="worker", job=job, token="not-the-token"), 403),
+        # another user with upload rights, holding the right token, is still not the claimer
+        (upload(master, deb, user="worker2", job=job), 403),
+        # the token of one job does not open another
+        (upload(master, deb, user="worker", job=other, token=job["token"]), 403),
+        # an attempt that was never given out
+        (upload(master, deb, user="worker", job={**job, "attempt": job["attempt"] + 1}), 409),
+        (upload(master, deb, user="worker", job={**job, "job_id": 999999}), 403),
+        # the archive of another package under this job
+        (upload(master, make_deb(tmp_path / "x", "up-other", "1.0-1"), user="worker",
+                job=job), 422),
+    ]
+    for resp, status in refusals:
+        assert resp.status_code == status, resp.text
+        assert resp.json()["error"]
+    assert repo_files(master.data_dir) == before
+
+    assert upload(master, deb, user="worker", job=job).status_code == 201
+    report = master.api("POST", f"/api/v1/jobs/{job['job_id']}/report", user="worker", json={
+        "attempt": job["attempt"], "token": job["token"], "status": "success",
+        "files": [deb.name]})
+    assert report.status_code == 200, report.text
+    # The attempt is finished: nothing more may be published or reported with it.
+    newer = make_deb(tmp_path / "newer", "up-auth", "1.0-2")
+    late = upload(master, newer, user="worker", filename=newer.name, job=job)
+    assert late.status_code == 409
+    again = master.api("POST", f"/api/v1/jobs/{job['job_id']}/report", user="worker", json={
+        "attempt": job["attempt"], "token": job["token"], "status": "failed"})
+    assert again.status_code == 409
+    build = master.api("GET", f"/api/v1/builds/{job['build_id']}").json()
+    assert build["status"] == "success"
+    assert [j["files"] for j in build["jobs"]] == [[deb.name]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 
 import pytest
 from flask import Flask
@@ -10,7 +11,8 @@ from flask.testing import FlaskClient
 from werkzeug.security import generate_password_hash
 
 from common.config import UserSettings
-from master.auth import Authenticator
+from common.errors import TooManyRequests
+from master.auth import FAILURE_WINDOW, MAX_FAILURES, Authenticator
 
 FAST = "pbkdf2:sha256:1000"
 
@@ -28,8 +30,10 @@ def users() -> dict[str, UserSettings]:
 
 
 @pytest.fixture
-def auth(users: dict[str, UserSettings]) -> Authenticator:
-    return Authenticator(users)
+def auth(users: dict[str, UserSettings]) -> Iterator[Authenticator]:
+    # verify() reads the client address of the current request.
+    with Flask("auth-unit").test_request_context(environ_base={"REMOTE_ADDR": "192.0.2.1"}):
+        yield Authenticator(users)
 
 
 def test_verify_right_password(auth: Authenticator) -> None:
@@ -131,3 +135,21 @@ def test_admin_passes_every_role(client: FlaskClient, path: str) -> None:
 
 def test_admin_with_wrong_password_is_401(client: FlaskClient) -> None:
     assert client.get("/upload", headers=basic("admin", "read-pw")).status_code == 401
+
+
+def test_repeated_failures_are_throttled(auth: Authenticator) -> None:
+    for _ in range(MAX_FAILURES):
+        assert auth.verify("reader", "guess") is None
+    with pytest.raises(TooManyRequests) as exc:
+        auth.verify("reader", "read-pw")
+    assert exc.value.status == 429
+    assert 0 < exc.value.details["retry_after"] <= FAILURE_WINDOW + 1
+    # Another user name from the same address is not affected.
+    assert auth.verify("uploader", "up-pw") == "uploader"
+
+
+def test_throttle_is_per_client_address(auth: Authenticator, users) -> None:
+    for _ in range(MAX_FAILURES):
+        auth.verify("reader", "guess")
+    with Flask("other").test_request_context(environ_base={"REMOTE_ADDR": "192.0.2.99"}):
+        assert auth.verify("reader", "read-pw") == "reader"
