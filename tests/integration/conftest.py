@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,20 +35,22 @@ def _tools_present() -> None:
 class Farm:
     """A running farm: its own redis-server, the master, and workers named by arch."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, extra_master: dict[str, Any] | None = None,
+                 extra_worker: dict[str, Any] | None = None) -> None:
         self.root = root
         self.redis = RedisServer(root / "redis")
         self.port = free_port()
         self.data_dir = root / "data"
-        self.config = write_config(root / "config.yaml", data_dir=self.data_dir, port=self.port,
-                                   broker_url=None, package_paths=[TEST_PACKAGES])
+        self.config = root / "config.yaml"
+        self.extra_master, self.extra_worker = extra_master, extra_worker
         self.master: Master | None = None
         self.workers: dict[str, Worker] = {}
 
     def start(self, worker_arches: dict[str, list[str]]) -> None:
         self.redis.start()
         write_config(self.config, data_dir=self.data_dir, port=self.port,
-                     broker_url=self.redis.url, package_paths=[TEST_PACKAGES])
+                     broker_url=self.redis.url, package_paths=[TEST_PACKAGES],
+                     extra_master=self.extra_master, extra_worker=self.extra_worker)
         self.master = Master(self.config, self.port, self.root / "master.log")
         self.master.start()
         for name, arches in worker_arches.items():

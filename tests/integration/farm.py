@@ -99,9 +99,14 @@ class RedisServer:
             s.sendall(b"PING\r\n")
             return s.recv(16).startswith(b"+PONG")
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None:
-            stop_process(self.proc)
+            stop_process(self.proc, sig)
+
+    def restart_empty(self) -> None:
+        """Kill this redis-server and start a fresh one on the same port: all data is lost."""
+        self.stop(signal.SIGKILL)
+        self.start()
 
 
 def write_config(path: Path, *, data_dir: Path, port: int, broker_url: str | None,
@@ -143,9 +148,11 @@ class Master:
 
     def start(self) -> None:
         with open(self.log, "ab") as out:
+            # Its own process group: a crash test kills gunicorn's arbiter and workers at once.
             self.proc = subprocess.Popen(
                 [str(BIN / "master"), "serve", "--config", str(self.config)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         wait_for(self._healthy, 30, f"the master on port {self.port} (log: {self.log})")
 
@@ -158,6 +165,13 @@ class Master:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc)
+
+    def crash(self) -> None:
+        """SIGKILL the master and its gunicorn workers, as when its machine dies."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
 
     def api(self, method: str, path: str, user: str | None = "admin", **kwargs: Any
             ) -> requests.Response:
@@ -334,3 +348,32 @@ def make_deb(workdir: Path, name: str, version: str, arch: str = "all",
                    check=True, capture_output=True)
     shutil.rmtree(root)
     return out
+
+
+FINAL = ("success", "failed", "dep-failed", "cancelled")
+
+
+def assert_consistent(master: Master, apt_root: Path,
+                      architectures: tuple[str, ...] = ("amd64", "arm64")) -> None:
+    """After a fault: every build final, every published archive listed exactly once where it
+    belongs, the packages API without duplicates, and a stock apt-get accepting the repository.
+    """
+    builds = master.api("GET", "/api/v1/builds?limit=1000").json()["builds"]
+    filenames: dict[str, int] = {}
+    for arch in architectures:
+        for stanza in parse_packages(master.index(arch)):
+            name = stanza["Filename"].rsplit("/", 1)[1]
+            filenames[name] = filenames.get(name, 0) + 1
+    for build in builds:
+        for job in build["jobs"]:
+            assert job["status"] in FINAL, f"build {build['id']} not final: {job}"
+            if job["status"] != "success":
+                continue
+            assert job["files"], job
+            for filename in job["files"]:
+                expected = len(architectures) if filename.endswith("_all.deb") else 1
+                assert filenames.get(filename) == expected, (filename, filenames)
+    published = [p["filename"] for p in master.api("GET", "/api/v1/packages").json()["packages"]]
+    assert len(published) == len(set(published)), published
+    apt = AptClient(apt_root, f"deb [trusted=yes] {master.url}/repo stable main", architectures)
+    apt.update()

@@ -110,3 +110,15 @@ def test_build_depends_checked_before_the_script(farm):
     assert "pkgfarm-no-such-package-exists" in job["error"]
     log = master.api("GET", f"/api/v1/builds/{missing['id']}/packages/itest-bdep-missing/log")
     assert "this script must not run" not in log.text.replace('echo "this script', "")
+
+
+def test_build_script_cannot_write_outside_its_folder(farm):
+    build = farm.master.wait_build(farm.master.submit(["itest-escape"]))
+    (job,) = build["jobs"]
+    assert job["status"] == "failed"
+    assert "may write only inside its own folder" in job["error"]
+    log = farm.master.api("GET", f"/api/v1/builds/{build['id']}/packages/itest-escape/log")
+    assert "Read-only file system" in log.text
+    assert not Path("/etc/pkgfarm-itest-escape").exists()
+    assert not list(Path(farm.root).rglob("pkgfarm-itest-escape"))
+    assert "itest-escape" not in farm.master.index("amd64")
