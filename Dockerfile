@@ -22,6 +22,7 @@ RUN apt-get update \
         python3-venv \
         python3-pip \
         dpkg-dev \
+        bubblewrap \
         fakeroot \
         ca-certificates \
         curl \
