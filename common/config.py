@@ -135,10 +135,25 @@ class WorkerSettings:
     #: (bubblewrap, in its own PID namespace); "none": it runs as the worker's user, for
     #: containers that are already disposable.
     sandbox: str = "bwrap"
+    #: "clean": every build runs in a fresh root made from a cached base of ``base_suite``
+    #: (its build dependencies installed inside it, the machine left as it was); "host": on
+    #: this machine (build dependencies installed here), confined by ``sandbox``.
+    environment: str = "clean"
+    #: the suite and mirror the clean base is made from (mmdebstrap --variant=buildd).
+    base_suite: str = "bookworm"
+    base_mirror: str = "http://deb.debian.org/debian"
+    #: where bases are cached; default: ``work_dir``/bases.
+    base_dir: str | None = None
+    #: a base older than this many seconds is made again before the next build.
+    base_max_age: int = 7 * 86400
 
     def __post_init__(self) -> None:
         if self.sandbox not in ("bwrap", "none"):
             raise ValueError("must be bwrap or none", "sandbox")
+        if self.environment not in ("clean", "host"):
+            raise ValueError("must be clean or host", "environment")
+        if self.base_max_age < 0:
+            raise ValueError("must not be negative", "base_max_age")
         if not self.master_url.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL", "master_url")
         for a in self.architectures:
@@ -161,6 +176,10 @@ class Settings:
     #: the Celery broker; unset means the master's private redis-server under data_dir.
     broker_url: str | None = None
     package_paths: tuple[str, ...] = ()
+    #: where Debian source packages are looked up: one-line apt sources such as
+    #: "deb-src [signed-by=…] http://deb.debian.org/debian bookworm main"; empty means the
+    #: sources this machine's apt already uses, as deb-src.
+    debian_sources: tuple[str, ...] = ()
     master: MasterSettings = field(default_factory=MasterSettings)
     repository: RepositorySettings = field(default_factory=RepositorySettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
@@ -233,7 +252,10 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         return str((base / os.path.expanduser(p)).resolve())
 
     master = dataclasses.replace(settings.master, data_dir=absolute(settings.master.data_dir))
-    worker = dataclasses.replace(settings.worker, work_dir=absolute(settings.worker.work_dir))
+    worker = dataclasses.replace(
+        settings.worker, work_dir=absolute(settings.worker.work_dir),
+        base_dir=absolute(settings.worker.base_dir or
+                          os.path.join(settings.worker.work_dir, "bases")))
     paths = tuple(absolute(p) for p in settings.package_paths)
     return dataclasses.replace(settings, master=master, worker=worker, package_paths=paths)
 

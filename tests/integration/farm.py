@@ -75,19 +75,20 @@ def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM,
 
 
 class RedisServer:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, host: str = "127.0.0.1") -> None:
         self.workdir = workdir
+        self.host = host
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            ["redis-server", "--port", str(self.port), "--bind", self.host, "--save", "",
              "--appendonly", "no", "--dir", str(self.workdir),
              "--logfile", str(self.workdir / "redis.log")],
             stdin=subprocess.DEVNULL,
@@ -95,7 +96,7 @@ class RedisServer:
         wait_for(self._ping, 10, "redis-server")
 
     def _ping(self) -> bool:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+        with socket.create_connection((self.host, self.port), timeout=1) as s:
             s.sendall(b"PING\r\n")
             return s.recv(16).startswith(b"+PONG")
 
@@ -131,6 +132,9 @@ def write_config(path: Path, *, data_dir: Path, port: int, broker_url: str | Non
             "password": PASSWORD,
             "work_dir": str(path.parent / "work"),
             "heartbeat_interval": 1,
+            # Most tests build YAML definitions on the host (bubblewrap-confined); the tests of
+            # clean environments ask for them.
+            "environment": "host",
             **(extra_worker or {}),
         },
     }
@@ -141,10 +145,10 @@ def write_config(path: Path, *, data_dir: Path, port: int, broker_url: str | Non
 
 
 class Master:
-    def __init__(self, config: Path, port: int, log: Path) -> None:
+    def __init__(self, config: Path, port: int, log: Path, *, host: str = "127.0.0.1") -> None:
         self.config, self.port, self.log = config, port, log
         self.proc: subprocess.Popen[bytes] | None = None
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"http://{host}:{port}"
 
     def start(self) -> None:
         with open(self.log, "ab") as out:
@@ -202,12 +206,17 @@ class Master:
 
 
 class Worker:
-    def __init__(self, config: Path, name: str, arches: list[str], log: Path) -> None:
+    def __init__(self, config: Path, name: str, arches: list[str], log: Path, *,
+                 prefix: list[str] | None = None) -> None:
         self.config, self.name, self.arches, self.log = config, name, arches, log
+        # Runs the worker through a command that execs it (e.g. `ip netns exec NS`), so the
+        # PID started here is still the worker's own.
+        self.prefix = list(prefix or [])
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        args = [str(BIN / "worker"), "run", "--config", str(self.config), "--name", self.name]
+        args = [*self.prefix, str(BIN / "worker"), "run", "--config", str(self.config),
+                "--name", self.name]
         for a in self.arches:
             args += ["--arch", a]
         with open(self.log, "ab") as out:
