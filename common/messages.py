@@ -99,6 +99,8 @@ class JobAssignment(Message):
     snapshot_b64: str
     #: the attempt is lost unless renewed within this many seconds
     lease_seconds: float = 90.0
+    #: apt sources a build may install from: the farm's own repository
+    apt_sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,8 @@ class JobReport(Message):
     status: str  # success | failed
     error: str | None = None
     files: tuple[str, ...] = ()
+    #: the manifest: the sha256 of every file in ``files``, checked against what was uploaded
+    sha256: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)

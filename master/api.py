@@ -8,6 +8,7 @@ project's exceptions and turned into JSON in one place (master.app).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import secrets
@@ -20,7 +21,7 @@ from flask import Blueprint, Response, request, send_from_directory, url_for
 
 from common import arch as archmod
 from common import debian
-from common.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
+from common.errors import BadRequest, Conflict, Forbidden, NotFound, PkgfarmError
 from common.messages import (
     ClaimRequest,
     Heartbeat,
@@ -30,8 +31,7 @@ from common.messages import (
     LocalJobRequest,
 )
 from common.states import JobState, build_state
-from master import debrepo
-from master.repository import Expected
+from master import buildlogs, debrepo
 from master.services import Services
 from master.store import Build, Job
 
@@ -58,7 +58,11 @@ def json_body(allowed: set[str], required: frozenset[str] | set[str] = frozenset
     return data
 
 
-def parse_message(cls: Any, data: dict[str, Any]) -> Any:
+def parse_message(cls: Any) -> Any:
+    """The request's JSON body as wire message ``cls``: unknown, missing or mistyped fields
+    are refused with 400, naming the field."""
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    data = json_body(allowed)
     try:
         return cls.from_json(data)
     except (ValueError, TypeError) as exc:
@@ -86,13 +90,12 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
     api = Blueprint("api", __name__, url_prefix="/api/v1")
     repo = Blueprint("repo", __name__, url_prefix="/repo")
     auth = svc.auth
-    logs_dir = Path(svc.settings.master.data_dir) / "logs"
     lease_seconds = svc.settings.master.lease_seconds
 
     # -- helpers -------------------------------------------------------------------------------
 
     def log_path(job: Job, attempt: int | None = None) -> Path:
-        return logs_dir / str(job.id) / f"{attempt or job.attempt}.log"
+        return buildlogs.log_path(svc.settings.master.data_dir, job, attempt)
 
     def job_json(job: Job) -> dict[str, Any]:
         return {
@@ -148,6 +151,8 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
             version=job.version, arch=job.arch, token=token,
             snapshot_b64=base64.b64encode(svc.store.job_snapshot(job.id)).decode(),
             lease_seconds=float(lease_seconds),
+            apt_sources=(f"deb [trusted=yes] {request.host_url}repo "
+                         f"{svc.settings.repository.suite} {svc.settings.repository.component}",),
         ).to_json()
 
     def start_log(job: Job) -> None:
@@ -184,6 +189,11 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
             },
             "broker": "ok" if svc.broker_reachable() else "unreachable",
         }
+
+    @api.get("/openapi.json")
+    def openapi() -> Any:
+        """The OpenAPI description of this API (master/openapi.yaml), as JSON."""
+        return svc.openapi()
 
     # -- builds --------------------------------------------------------------------------------
 
@@ -241,16 +251,41 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
         if len(jobs) > 1:
             raise BadRequest(f"{name} is built for {', '.join(j.arch for j in jobs)}: "
                              "choose one with ?arch=", field="arch")
-        path = log_path(jobs[0])
+        job = jobs[0]
+        if request.args.get("follow") not in (None, "", "0", "false"):
+            return Response(buildlogs.follow(svc.store, svc.settings.master.data_dir, job.id),
+                            mimetype="text/plain")
+        path = log_path(job)
         text = path.read_bytes() if path.is_file() else b""
         return Response(text, mimetype="text/plain")
+
+    @api.post("/builds/<int:build_id>/restart")
+    @auth.require("build")
+    def restart_build(build_id: int) -> Any:
+        restarted = svc.scheduler.restart(build_id)
+        found = svc.store.get_build(build_id)
+        assert found is not None
+        return {**build_json(*found), "restarted": restarted}
+
+    @api.post("/builds/<int:build_id>/cancel")
+    @auth.require("build")
+    def cancel_build(build_id: int) -> Any:
+        if svc.store.get_build(build_id) is None:
+            raise NotFound(f"no build {build_id}", build=build_id)
+        cancelled = svc.store.cancel_build(build_id)
+        for job in cancelled:
+            svc.repository.discard_staged(job.id)
+        found = svc.store.get_build(build_id)
+        assert found is not None
+        # A running attempt learns at its next lease renewal and stops its build.
+        return {**build_json(*found), "cancelled": [j.id for j in cancelled]}
 
     # -- the worker protocol ----------------------------------------------------------------------
 
     @api.post("/jobs/<int:job_id>/claim")
     @auth.require("upload")
     def claim(job_id: int) -> Any:
-        req = parse_message(ClaimRequest, json_body({"attempt", "worker"}, {"attempt", "worker"}))
+        req = parse_message(ClaimRequest)
         check_name(req.worker, "worker")
         check_attempt(req.attempt)
         job = svc.store.get_job(job_id)
@@ -270,8 +305,7 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
     @api.post("/jobs")
     @auth.require("upload")
     def create_local_job() -> Any:
-        req = parse_message(LocalJobRequest, json_body(
-            {"package", "version", "arch", "worker"}, {"package", "version", "arch", "worker"}))
+        req = parse_message(LocalJobRequest)
         check_name(req.worker, "worker")
         if not debian.PACKAGE_NAME_RE.fullmatch(req.package):
             raise BadRequest(f"{req.package!r} is not a package name", field="package")
@@ -290,7 +324,7 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
     @api.post("/jobs/<int:job_id>/lease")
     @auth.require("upload")
     def renew_lease(job_id: int) -> Any:
-        req = parse_message(LeaseRenewal, json_body({"attempt", "token"}, {"attempt", "token"}))
+        req = parse_message(LeaseRenewal)
         job = live_attempt(job_id, check_attempt(req.attempt), req.token)
         if not svc.store.renew_lease(job.id, req.attempt, lease_seconds):
             raise Conflict(f"attempt {req.attempt} of job {job_id} is no longer running")
@@ -316,30 +350,34 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
     @api.post("/jobs/<int:job_id>/report")
     @auth.require("upload")
     def report(job_id: int) -> Any:
-        req = parse_message(JobReport, json_body({"attempt", "token", "status", "error",
-                                                   "files"}, {"attempt", "token", "status"}))
+        req = parse_message(JobReport)
         job = live_attempt(job_id, check_attempt(req.attempt), req.token)
+        files: list[str] = []
         if req.status == JobState.SUCCESS:
-            if not req.files:
-                raise Unprocessable("a successful build must name the archives it uploaded")
-            for filename in req.files:
-                if svc.store.package_by_filename(filename) is None:
-                    raise Unprocessable(f"{filename} was never uploaded", filename=filename)
+            manifest = {name: str(req.sha256.get(name, "")) for name in req.files}
+            try:
+                files = svc.repository.publish_job(job, manifest, auth.current_user())
+            except PkgfarmError as exc:
+                # The set is refused whole; the attempt ends failed with the reason.
+                svc.store.finish(job.id, req.attempt, JobState.FAILED,
+                                 f"publication refused: {exc.message}", [])
+                svc.repository.discard_staged(job.id)
+                raise
             state, error = JobState.SUCCESS, None
         elif req.status == JobState.FAILED:
             state, error = JobState.FAILED, (req.error or "the build failed")[:4000]
+            svc.repository.discard_staged(job.id)
         else:
             raise BadRequest("status must be success or failed", field="status")
-        if not svc.store.finish(job.id, req.attempt, state, error, list(req.files)):
+        if not svc.store.finish(job.id, req.attempt, state, error, files):
             raise Conflict(f"attempt {req.attempt} of job {job_id} is no longer running")
+        svc.scheduler.enqueue_pending()  # jobs that waited for this one may start now
         return {"id": job.id, "status": state.value}
 
     @api.post("/workers/heartbeat")
     @auth.require("upload")
     def heartbeat() -> Any:
-        beat = parse_message(Heartbeat, json_body(
-            {"name", "architectures", "concurrency", "queues", "building", "leaving"},
-            {"name", "architectures", "concurrency"}))
+        beat = parse_message(Heartbeat)
         check_name(beat.name, "name")
         if not 1 <= beat.concurrency <= 1024:
             raise BadRequest("concurrency must be between 1 and 1024", field="concurrency")
@@ -398,20 +436,21 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
             filename = filename or file.filename or ""
             sha256 = sha256 or request.form.get("sha256", "")
             stream = file.stream
-        expected = job_id = None
         if "job" in request.args:
-            job_id = int_arg("job", lo=1)
-            job = live_attempt(job_id, int_arg("attempt", lo=1),
+            # A worker's file is staged; the attempt's report publishes the whole set.
+            job = live_attempt(int_arg("job", lo=1), int_arg("attempt", lo=1),
                                request.headers.get("X-Pkgfarm-Token", ""))
-            expected = Expected(job.package, job.version, job.arch)
-        elif "admin" not in auth.roles(auth.current_user() or ""):
+            receipt = svc.repository.stage_upload(stream, filename, sha256, job=job,
+                                                  content_length=request.content_length)
+            return receipt.to_json(), 201
+        if "admin" not in auth.roles(auth.current_user() or ""):
             # Workers publish only what a running attempt of theirs built; a person with the
             # admin role may still publish an archive by hand.
             raise Forbidden("an upload must name its job and attempt and carry the attempt's "
                             "token (X-Pkgfarm-Token); only admins upload without one")
         receipt = svc.repository.accept_upload(
-            stream, filename, sha256, uploader=auth.current_user(), expected=expected,
-            job_id=job_id, content_length=request.content_length)
+            stream, filename, sha256, uploader=auth.current_user(),
+            content_length=request.content_length)
         return receipt.to_json(), 200 if receipt.already_present else 201
 
     @api.get("/packages")
@@ -428,6 +467,14 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
              "in_index": r.id in indexed}
             for r in records
         ]}
+
+    @api.delete("/packages/<name>")
+    @auth.require("admin")
+    def remove_package(name: str) -> Any:
+        version = request.args.get("version")
+        arch = request.args.get("arch")
+        removed = svc.repository.remove(name, version, arch)
+        return {"removed": removed}
 
     # -- the repository ----------------------------------------------------------------------------
 

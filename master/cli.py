@@ -145,6 +145,38 @@ def user_add(name: str, roles: tuple[str, ...]) -> None:
     click.echo(yaml.safe_dump(entry, default_flow_style=None, sort_keys=False).rstrip())
 
 
+@cli.command("logs")
+@click.argument("build_id", type=int)
+@click.argument("name")
+@click.option("--arch", default=None, help="Which architecture's build, if several.")
+@click.option("--follow", "-f", is_flag=True, help="Keep showing new lines until it ends.")
+@config_option
+def logs(build_id: int, name: str, arch: str | None, follow: bool,
+         config_path: str | None) -> None:
+    """Show the build log of package NAME in build BUILD_ID."""
+    from master import buildlogs
+    from master.store import Store
+
+    settings = _settings(config_path)
+    store = Store(Path(settings.master.data_dir) / "state.db")
+    found = store.get_build(build_id)
+    if found is None:
+        raise click.ClickException(f"no build {build_id}")
+    jobs = [j for j in found[1] if j.package == name and arch in (None, j.arch)]
+    if len(jobs) != 1:
+        arches = ", ".join(j.arch for j in found[1] if j.package == name) or "none"
+        raise click.ClickException(f"build {build_id} has {len(jobs)} matching builds of "
+                                   f"{name} (architectures: {arches}); use --arch")
+    out = sys.stdout.buffer
+    if follow:
+        for chunk in buildlogs.follow(store, settings.master.data_dir, jobs[0].id):
+            out.write(chunk)
+            out.flush()
+    else:
+        path = buildlogs.log_path(settings.master.data_dir, jobs[0])
+        out.write(path.read_bytes() if path.is_file() else b"")
+
+
 @cli.command("repo-index")
 @config_option
 def repo_index(config_path: str | None) -> None:

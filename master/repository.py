@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,15 +24,16 @@ from typing import IO
 
 from common import debian
 from common.config import Settings
-from common.errors import BadRequest, Conflict, PayloadTooLarge, Unprocessable
+from common.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unprocessable
 from common.messages import UploadReceipt
 from master import debrepo
 from master.storage import LocalStorage, Storage
-from master.store import Store
+from master.store import Job, Store
 
 log = logging.getLogger(__name__)
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+BUILDINFO_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+_[0-9][A-Za-z0-9.+~-]*_[a-z0-9-]+\.buildinfo")
 CHUNK = 1024 * 1024
 
 
@@ -62,6 +64,7 @@ class Repository:
         self.storage: Storage = storage or LocalStorage(data_dir / "repo")
         self.incoming = data_dir / "incoming"
         self.incoming.mkdir(parents=True, exist_ok=True)
+        self.artifacts = data_dir / "artifacts"
         self.lock_path = data_dir / "index.lock"
 
     def discard_partial_uploads(self) -> None:
@@ -76,7 +79,141 @@ class Repository:
         expected: Expected | None = None, job_id: int | None = None,
         content_length: int | None = None,
     ) -> UploadReceipt:
+        """Publish one archive now (an admin's upload by hand)."""
         debname = check_filename(filename)
+        tmp, digests = self._receive_checked(stream, sha256, content_length)
+        try:
+            info = debrepo.inspect(tmp)
+            self._check_names(info, debname, expected)
+            key = debrepo.pool_key(info, self.repo.component)
+            receipt = self._publish(tmp, key, info, digests, uploader, job_id)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return receipt
+
+    def stage_upload(self, stream: IO[bytes], filename: str, sha256: str, *, job: Job,
+                     content_length: int | None = None) -> UploadReceipt:
+        """Keep one file of a running attempt aside until the attempt publishes its set.
+
+        Archives are checked as fully as for publication (and must be of the job's source,
+        version and architecture); a .buildinfo is kept with the build, not in the pool.
+        """
+        is_buildinfo = filename.endswith(".buildinfo")
+        if is_buildinfo:
+            if not BUILDINFO_RE.fullmatch(filename):
+                raise BadRequest(f"{filename!r} is not a .buildinfo name", field="filename")
+            debname = None
+        else:
+            debname = check_filename(filename)
+        tmp, digests = self._receive_checked(stream, sha256, content_length)
+        try:
+            record: dict[str, object] = {
+                "job_id": job.id, "attempt": job.attempt, "filename": filename,
+                "size": digests.size, "sha256": digests.sha256, "md5": digests.md5,
+                "sha1": digests.sha1, "stanza": None, "name": None, "version": None,
+                "arch": None, "pool_path": None,
+            }
+            if debname is not None:
+                info = debrepo.inspect(tmp)
+                self._check_names(info, debname, None)
+                wanted = (job.package, debian.strip_epoch(job.version), job.arch)
+                actual = (info.source, debian.strip_epoch(info.version), info.arch)
+                if actual != wanted:
+                    raise Unprocessable(
+                        f"this build makes packages of {job.package} {job.version} for "
+                        f"{job.arch}, not {info.name} ({info.source}) {info.version} "
+                        f"{info.arch}", field="filename")
+                key = debrepo.pool_key(info, self.repo.component)
+                record.update(kind="deb", stanza=debrepo.stanza(info, key, digests),
+                              name=info.name, version=info.version, arch=info.arch,
+                              pool_path=key)
+            else:
+                record["kind"] = "buildinfo"
+            folder = self.incoming / "staged" / f"{job.id}.{job.attempt}"
+            folder.mkdir(parents=True, exist_ok=True)
+            dest = folder / filename
+            os.replace(tmp, dest)
+            record["path"] = str(dest)
+            self.store.stage(record)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return UploadReceipt(filename=filename, pool_path=str(record["pool_path"] or ""),
+                             sha256=digests.sha256, size=digests.size)
+
+    def publish_job(self, job: Job, manifest: dict[str, str], uploader: str | None
+                    ) -> list[str]:
+        """Publish every archive an attempt staged, all together or none.
+
+        ``manifest`` maps each file the worker made to its sha256; it must match what was
+        staged exactly. Returns the archive file names now in the repository.
+        """
+        staged = {s["filename"]: s for s in self.store.staged(job.id, job.attempt)}
+        missing = sorted(set(manifest) - set(staged))
+        if missing:
+            raise Unprocessable(f"never uploaded: {', '.join(missing)}", files=missing)
+        for filename, sha in manifest.items():
+            if staged[filename]["sha256"] != sha.lower():
+                raise Unprocessable(f"{filename}: the manifest's sha256 differs from the "
+                                    "uploaded file's", filename=filename)
+        debs = [staged[f] for f in sorted(manifest) if staged[f]["kind"] == "deb"]
+        if not debs:
+            raise Unprocessable("a successful build must publish at least one archive")
+        generation = None
+        with self._index_lock():
+            new = []
+            for s in debs:
+                existing = self.store.package_by_filename(s["filename"])
+                if existing is None:
+                    new.append(s)
+                elif existing.sha256 != s["sha256"] and existing.job_id != job.id:
+                    raise Conflict(
+                        f"{s['filename']} is already published with different content "
+                        f"(sha256 {existing.sha256}); bump the version to publish a change",
+                        filename=s["filename"])
+            for s in new:
+                self.storage.put_file(Path(s["path"]), s["pool_path"])
+            if new:
+                now = time.time()
+                generation = self.store.add_packages([
+                    {"name": s["name"], "version": s["version"], "arch": s["arch"],
+                     "filename": s["filename"], "pool_path": s["pool_path"], "size": s["size"],
+                     "sha256": s["sha256"], "stanza": s["stanza"], "uploaded_at": now,
+                     "uploaded_by": uploader, "job_id": job.id}
+                    for s in new])
+        keep = self.artifacts / str(job.id)
+        for filename in manifest:
+            if staged[filename]["kind"] == "buildinfo":
+                keep.mkdir(parents=True, exist_ok=True)
+                os.replace(staged[filename]["path"], keep / filename)
+        self.discard_staged(job.id)
+        if generation is not None:
+            log.info("published %s for job %d", ", ".join(s["filename"] for s in new), job.id)
+            self.rebuild_index(generation)
+        return [s["filename"] for s in debs]
+
+    def discard_staged(self, job_id: int) -> None:
+        for path in self.store.drop_staged(job_id):
+            Path(path).unlink(missing_ok=True)
+        for folder in (self.incoming / "staged").glob(f"{job_id}.*"):
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def remove(self, name: str, version: str | None, arch: str | None) -> list[str]:
+        """Take archives out of the repository: the index first, then the pool."""
+        with self._index_lock():
+            generation, removed = self.store.remove_packages(name, version, arch)
+            if not removed:
+                raise NotFound(f"the repository holds no {name}"
+                               + (f" {version}" if version else "")
+                               + (f" for {arch}" if arch else ""), package=name)
+            debrepo.write_index(self.storage, self.repo, self.store.snapshot_for_index()[1])
+            self.store.set_index_generation(generation)
+            for rec in removed:
+                self.storage.delete(rec.pool_path)
+        return [rec.filename for rec in removed]
+
+    def _receive_checked(self, stream: IO[bytes], sha256: str, content_length: int | None
+                         ) -> tuple[Path, debrepo.Digests]:
+        """Stream the body to a temporary file and check its size and sha256."""
         sha256 = (sha256 or "").strip().lower()
         if not SHA256_RE.fullmatch(sha256):
             raise BadRequest("sha256 must be 64 hexadecimal digits", field="sha256")
@@ -91,13 +228,10 @@ class Repository:
                 raise Unprocessable(
                     f"checksum mismatch: the request says sha256 {sha256}, the body has "
                     f"{digests.sha256}", field="sha256")
-            info = debrepo.inspect(tmp)
-            self._check_names(info, debname, expected)
-            key = debrepo.pool_key(info, self.repo.component)
-            receipt = self._publish(tmp, key, info, digests, uploader, job_id)
-        finally:
+        except BaseException:
             tmp.unlink(missing_ok=True)
-        return receipt
+            raise
+        return tmp, digests
 
     def _receive(self, stream: IO[bytes], limit: int) -> Path:
         fd, name = tempfile.mkstemp(dir=self.incoming, prefix="upload-", suffix=".part")

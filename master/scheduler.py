@@ -17,21 +17,45 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
 
 from celery import Celery
 
 from common import arch as archmod
 from common.config import Settings
 from common.definition import find_definition, snapshot
-from common.errors import BadRequest, DefinitionError
+from common.errors import BadRequest, DefinitionError, NotFound, Unprocessable
 from common.messages import BuildTask
 from common.queues import BUILD_TASK
-from master.store import Store
+from common.states import JobState
+from master.store import PlannedJob, Store
 
 log = logging.getLogger(__name__)
 
 #: The key the master keeps in the broker's Redis; its absence means the data was lost.
 BROKER_MARKER = "pkgfarm:broker-marker"
+
+
+RESTARTABLE = frozenset({JobState.FAILED, JobState.DEP_FAILED, JobState.CANCELLED})
+
+
+def relation_names(relations: tuple[str, ...] | list[str]) -> list[str]:
+    """The package names a list of relations mentions (every alternative)."""
+    return [alt.strip().split()[0].split(":")[0].split("(")[0]
+            for relation in relations for alt in relation.split("|") if alt.strip()]
+
+
+@dataclass(frozen=True)
+class Buildable:
+    """One package of a build set: what it is, where it builds, what it makes and needs."""
+
+    name: str
+    version: str
+    arches: tuple[str, ...]
+    snapshot: bytes
+    provides: frozenset[str]
+    needs: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -46,9 +70,86 @@ class Scheduler:
         self.store = store
         self.celery = celery
 
+    def plan_one(self, name: str, arch: str | None) -> Buildable:
+        """What building ``name`` means: a YAML definition, else a Debian source package."""
+        served = self.settings.repository.architectures
+        requested = None if arch == archmod.ALL else arch
+        try:
+            definition = find_definition(name, self.settings.package_paths)
+        except NotFound as missing:
+            return self._plan_debian_source(name, requested, missing)
+        arches = definition.build_arches(served, requested)
+        arches = [a for a in arches if a == archmod.ALL or a in served]
+        if not arches:
+            raise DefinitionError(
+                f"{name} builds only for {', '.join(definition.architecture)}, which this "
+                f"repository does not serve ({', '.join(served)})", package=name)
+        return Buildable(
+            name=name, version=definition.full_version, arches=tuple(arches),
+            snapshot=snapshot(definition), provides=frozenset({definition.name}),
+            needs=frozenset(relation_names(definition.build_depends)),
+        )
+
+    def _plan_debian_source(self, ref: str, requested: str | None,
+                            missing: NotFound) -> Buildable:
+        try:
+            from common.debsource import snapshot_debian_source
+
+            from master import debsources
+        except ImportError:
+            raise missing from None
+        served = self.settings.repository.architectures
+        state_dir = Path(self.settings.master.data_dir) / "apt"
+        source, files = debsources.resolve_with_files(ref, self.settings, state_dir)
+        arches = source.build_arches(list(served), requested)
+        if not arches:
+            raise DefinitionError(f"{source.name} builds for {' '.join(source.architecture)}, "
+                                  f"which this repository does not serve", package=ref)
+        return Buildable(
+            name=source.name, version=source.version, arches=tuple(arches),
+            snapshot=snapshot_debian_source(source, files),
+            provides=frozenset(b for b, _ in source.binaries),
+            needs=frozenset(source.build_depends),
+        )
+
+    def plan(self, packages: list[str], arch: str | None) -> tuple[list[Buildable],
+                                                                    list[PlannedJob]]:
+        """Every job of a build set, each waiting for the in-set packages it needs.
+
+        A package needs another of the set when one of its build dependencies is a binary the
+        other makes. Its job for an architecture waits for the other's jobs of the same
+        architecture and of ``all`` (or all of them, when it has neither). A cycle is refused,
+        naming the packages in it.
+        """
+        buildables = [self.plan_one(name, arch) for name in packages]
+        by_binary = {binary: b.name for b in buildables for binary in b.provides}
+        graph = {b.name: {by_binary[n] for n in b.needs if n in by_binary} - {b.name}
+                 for b in buildables}
+        try:
+            order = list(TopologicalSorter(graph).static_order())
+        except CycleError as exc:
+            cycle = exc.args[1]
+            raise Unprocessable(
+                f"the packages depend on each other in a cycle: {' -> '.join(cycle)}",
+                cycle=cycle) from None
+        by_name = {b.name: b for b in buildables}
+        jobs: list[PlannedJob] = []
+        index: dict[str, list[tuple[int, str]]] = {}
+        for name in order:
+            b = by_name[name]
+            for job_arch in b.arches:
+                deps: list[int] = []
+                for needed in sorted(graph[name]):
+                    theirs = index[needed]
+                    same = [i for i, a in theirs if a in (job_arch, archmod.ALL)]
+                    deps.extend(same or [i for i, _ in theirs])
+                index.setdefault(name, []).append((len(jobs), job_arch))
+                jobs.append(PlannedJob(b.name, b.version, job_arch, b.snapshot, tuple(deps)))
+        return buildables, jobs
+
     def submit(self, packages: list[str], arch: str | None = None,
                requested_by: str | None = None) -> Submitted:
-        """Validate every definition, record the build, then queue its jobs."""
+        """Validate every package, record the build, then queue the jobs that may start."""
         if not packages:
             raise BadRequest("packages must name at least one package", field="packages")
         if len(set(packages)) != len(packages):
@@ -59,22 +160,27 @@ class Scheduler:
         if arch is not None and arch != archmod.ALL and arch not in served:
             raise BadRequest(f"this repository does not serve {arch} (it serves "
                              f"{', '.join(served)})", field="arch")
-        planned: list[tuple[str, str, str, bytes]] = []
-        for name in packages:
-            definition = find_definition(name, self.settings.package_paths)
-            arches = definition.build_arches(served, None if arch == archmod.ALL else arch)
-            arches = [a for a in arches if a == archmod.ALL or a in served]
-            if not arches:
-                raise DefinitionError(
-                    f"{name} builds only for {', '.join(definition.architecture)}, which this "
-                    f"repository does not serve ({', '.join(served)})", package=name)
-            snap = snapshot(definition)
-            planned.extend((name, definition.full_version, a, snap) for a in arches)
+        _, planned = self.plan(packages, arch)
         build_id, job_ids = self.store.create_build(list(packages), arch, requested_by, planned)
-        jobs = [(job_id, p[0], p[1], p[2]) for job_id, p in zip(job_ids, planned, strict=True)]
-        for job_id, _, _, job_arch in jobs:
-            self.enqueue(job_id, 1, job_arch)
+        jobs = [(job_id, p.package, p.version, p.arch)
+                for job_id, p in zip(job_ids, planned, strict=True)]
+        self.enqueue_pending()
         return Submitted(build_id, jobs)
+
+    def restart(self, build_id: int) -> list[int]:
+        """Queue again the failed, dep-failed and cancelled jobs of a build, as they are now."""
+        found = self.store.get_build(build_id)
+        if found is None:
+            raise NotFound(f"no build {build_id}", build=build_id)
+        _, jobs = found
+        retry = sorted({j.package for j in jobs if j.state in RESTARTABLE})
+        snapshots = {}
+        for name in retry:
+            b = self.plan_one(name, None)
+            snapshots[name] = (b.version, b.snapshot)
+        restarted = self.store.restart_jobs(build_id, snapshots)
+        self.enqueue_pending()
+        return restarted
 
     def enqueue(self, job_id: int, attempt: int, arch: str) -> bool:
         try:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import yaml
 from celery import Celery
 
 from common.config import Settings
@@ -26,6 +28,7 @@ class Services:
     scheduler: Scheduler
     celery: Celery
     auth: Authenticator
+    _openapi: dict[str, Any] | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -39,6 +42,12 @@ class Services:
             celery=celery,
             auth=Authenticator(settings.master.users),
         )
+
+    def openapi(self) -> dict[str, Any]:
+        if self._openapi is None:
+            text = (Path(__file__).parent / "openapi.yaml").read_text()
+            self._openapi = yaml.safe_load(text)
+        return self._openapi
 
     def broker_reachable(self) -> bool:
         try:

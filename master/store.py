@@ -45,7 +45,25 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL,
     error       TEXT,
     files       TEXT NOT NULL DEFAULT '[]',
+    depends_on  TEXT NOT NULL DEFAULT '[]', -- ids of jobs of the same build that must succeed
     snapshot    BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS staged (
+    job_id    INTEGER NOT NULL REFERENCES jobs(id),
+    attempt   INTEGER NOT NULL,
+    filename  TEXT NOT NULL,
+    kind      TEXT NOT NULL,              -- deb (for the pool) or buildinfo (kept with the build)
+    path      TEXT NOT NULL,
+    size      INTEGER NOT NULL,
+    sha256    TEXT NOT NULL,
+    md5       TEXT NOT NULL,
+    sha1      TEXT NOT NULL,
+    stanza    TEXT,
+    name      TEXT,
+    version   TEXT,
+    arch      TEXT,
+    pool_path TEXT,
+    PRIMARY KEY (job_id, attempt, filename)
 );
 CREATE INDEX IF NOT EXISTS jobs_build ON jobs(build_id);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
@@ -96,6 +114,7 @@ class Job:
     finished_at: float | None
     error: str | None
     files: tuple[str, ...]
+    depends_on: tuple[int, ...] = ()
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -107,6 +126,7 @@ class Job:
             lease_expires=row["lease_expires"], queued_at=row["queued_at"],
             started_at=row["started_at"], finished_at=row["finished_at"], error=row["error"],
             files=tuple(json.loads(row["files"])),
+            depends_on=tuple(json.loads(row["depends_on"])),
         )
 
 
@@ -137,7 +157,7 @@ class PackageRecord:
 
 _JOB_COLUMNS = ("id, build_id, package, version, arch, state, attempt, enqueued, worker, "
                 "claimed_by, token_hash, lease_expires, queued_at, started_at, finished_at, "
-                "error, files")
+                "error, files, depends_on")
 
 
 class Store:
@@ -184,9 +204,12 @@ class Store:
 
     def create_build(
         self, packages: list[str], arch: str | None, requested_by: str | None,
-        jobs: list[tuple[str, str, str, bytes]],
+        jobs: list[PlannedJob],
     ) -> tuple[int, list[int]]:
-        """Record a build and its jobs (package, version, arch, snapshot) in one transaction."""
+        """Record a build and its jobs in one transaction; returns the build and job ids.
+
+        A job's ``depends_on`` holds indexes into ``jobs``; they are stored as job ids.
+        """
         now = time.time()
         with self.write() as db:
             cur = db.execute(
@@ -195,12 +218,14 @@ class Store:
             )
             build_id = cur.lastrowid
             assert build_id is not None
-            job_ids = []
-            for package, version, job_arch, snap in jobs:
+            job_ids: list[int] = []
+            for job in jobs:
+                deps = [job_ids[i] for i in job.depends_on]
                 cur = db.execute(
-                    "INSERT INTO jobs(build_id, package, version, arch, state, queued_at, snapshot)"
-                    " VALUES (?,?,?,?,?,?,?)",
-                    (build_id, package, version, job_arch, JobState.QUEUED.value, now, snap),
+                    "INSERT INTO jobs(build_id, package, version, arch, state, queued_at, "
+                    "snapshot, depends_on) VALUES (?,?,?,?,?,?,?,?)",
+                    (build_id, job.package, job.version, job.arch, JobState.QUEUED.value, now,
+                     job.snapshot, json.dumps(deps)),
                 )
                 assert cur.lastrowid is not None
                 job_ids.append(cur.lastrowid)
@@ -247,13 +272,24 @@ class Store:
             db.execute("UPDATE jobs SET enqueued=1 WHERE id=? AND attempt=?", (job_id, attempt))
 
     def jobs_to_enqueue(self) -> list[Job]:
-        """Queued jobs whose current attempt never reached the broker."""
+        """Queued jobs whose current attempt never reached the broker and may run now.
+
+        A job waits until every job it depends on has succeeded.
+        """
         with self.read() as db:
             rows = db.execute(
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state=? AND enqueued=0 ORDER BY id",
                 (JobState.QUEUED.value,),
             ).fetchall()
-        return [Job.from_row(r) for r in rows]
+            jobs = [Job.from_row(r) for r in rows]
+            needed = {d for j in jobs for d in j.depends_on}
+            states: dict[int, str] = {}
+            if needed:
+                marks = ",".join("?" * len(needed))
+                states = dict(db.execute(f"SELECT id, state FROM jobs WHERE id IN ({marks})",
+                                         list(needed)).fetchall())
+        return [j for j in jobs
+                if all(states.get(d) == JobState.SUCCESS.value for d in j.depends_on)]
 
     def claim(self, job_id: int, attempt: int, worker: str, user: str | None,
               token_hash: str, lease_seconds: float) -> bool:
@@ -340,7 +376,74 @@ class Store:
                 (state.value, time.time(), error, json.dumps(files), job_id, attempt,
                  JobState.BUILDING.value),
             )
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            if state != JobState.SUCCESS:
+                _fail_dependents(db, job_id)
+            return True
+
+    def cancel_build(self, build_id: int) -> list[Job]:
+        """Cancel every job of a build that has not ended; returns the jobs cancelled."""
+        with self.write() as db:
+            rows = db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE build_id=? AND state IN (?,?)",
+                (build_id, JobState.QUEUED.value, JobState.BUILDING.value),
+            ).fetchall()
+            db.execute(
+                "UPDATE jobs SET state=?, finished_at=?, error=?, lease_expires=NULL, "
+                "token_hash=NULL WHERE build_id=? AND state IN (?,?)",
+                (JobState.CANCELLED.value, time.time(), "cancelled", build_id,
+                 JobState.QUEUED.value, JobState.BUILDING.value),
+            )
+        return [Job.from_row(r) for r in rows]
+
+    def restart_jobs(self, build_id: int, snapshots: dict[str, tuple[str, bytes]]) -> list[int]:
+        """Queue again every failed, dep-failed or cancelled job of a build as a new attempt.
+
+        ``snapshots`` maps a package to its (version, snapshot) as it is now, so a fixed
+        definition is what the new attempt builds.
+        """
+        restartable = (JobState.FAILED.value, JobState.DEP_FAILED.value,
+                       JobState.CANCELLED.value)
+        with self.write() as db:
+            rows = db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE build_id=? AND state IN (?,?,?)",
+                (build_id, *restartable),
+            ).fetchall()
+            for row in rows:
+                version, snap = snapshots.get(row["package"], (row["version"], None))
+                db.execute(
+                    "UPDATE jobs SET state=?, attempt=attempt+1, enqueued=0, worker=NULL, "
+                    "claimed_by=NULL, token_hash=NULL, lease_expires=NULL, started_at=NULL, "
+                    "finished_at=NULL, error=NULL, files='[]', version=?, "
+                    "snapshot=COALESCE(?, snapshot), queued_at=? WHERE id=?",
+                    (JobState.QUEUED.value, version, snap, time.time(), row["id"]),
+                )
+        return [r["id"] for r in rows]
+
+    # -- staged uploads ----------------------------------------------------------------------
+
+    def stage(self, rec: dict[str, Any]) -> None:
+        with self.write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO staged(job_id, attempt, filename, kind, path, size, "
+                "sha256, md5, sha1, stanza, name, version, arch, pool_path) VALUES "
+                "(:job_id, :attempt, :filename, :kind, :path, :size, :sha256, :md5, :sha1, "
+                ":stanza, :name, :version, :arch, :pool_path)", rec)
+
+    def staged(self, job_id: int, attempt: int) -> list[dict[str, Any]]:
+        with self.read() as db:
+            rows = db.execute("SELECT * FROM staged WHERE job_id=? AND attempt=?",
+                              (job_id, attempt)).fetchall()
+        return [dict(r) for r in rows]
+
+    def drop_staged(self, job_id: int) -> list[str]:
+        """Forget every staged file of a job; returns their paths for removal."""
+        with self.write() as db:
+            paths = [r[0] for r in db.execute("SELECT path FROM staged WHERE job_id=?",
+                                               (job_id,))]
+            db.execute("DELETE FROM staged WHERE job_id=?", (job_id,))
+        return paths
 
     def building_jobs(self) -> list[Job]:
         with self.read() as db:
@@ -363,6 +466,38 @@ class Store:
             db.execute("UPDATE meta SET value=value+1 WHERE key='packages_generation'")
             return int(db.execute(
                 "SELECT value FROM meta WHERE key='packages_generation'").fetchone()[0])
+
+    def add_packages(self, recs: list[dict[str, Any]]) -> int:
+        """Record several archives in one transaction: an index shows all of them or none."""
+        with self.write() as db:
+            for rec in recs:
+                db.execute(
+                    "INSERT INTO packages(name, version, arch, filename, pool_path, size, "
+                    "sha256, stanza, uploaded_at, uploaded_by, job_id) VALUES "
+                    "(:name, :version, :arch, :filename, :pool_path, :size, :sha256, :stanza, "
+                    ":uploaded_at, :uploaded_by, :job_id)",
+                    rec,
+                )
+            db.execute("UPDATE meta SET value=value+1 WHERE key='packages_generation'")
+            return int(db.execute(
+                "SELECT value FROM meta WHERE key='packages_generation'").fetchone()[0])
+
+    def remove_packages(self, name: str, version: str | None, arch: str | None
+                        ) -> tuple[int, list[PackageRecord]]:
+        """Forget published archives of ``name``; returns the new generation and what went."""
+        query, args = "SELECT * FROM packages WHERE name=?", [name]
+        if version is not None:
+            query, args = query + " AND version=?", [*args, version]
+        if arch is not None:
+            query, args = query + " AND arch=?", [*args, arch]
+        with self.write() as db:
+            rows = [PackageRecord(**dict(r)) for r in db.execute(query, args)]
+            for rec in rows:
+                db.execute("DELETE FROM packages WHERE id=?", (rec.id,))
+            db.execute("UPDATE meta SET value=value+1 WHERE key='packages_generation'")
+            gen = int(db.execute(
+                "SELECT value FROM meta WHERE key='packages_generation'").fetchone()[0])
+        return gen, rows
 
     def package_by_filename(self, filename: str) -> PackageRecord | None:
         with self.read() as db:
@@ -416,6 +551,33 @@ class Store:
                 (time.time() - ttl,),
             ).fetchall()
         return [(r["name"], json.loads(r["info"]), r["last_seen"]) for r in rows]
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    package: str
+    version: str
+    arch: str
+    snapshot: bytes
+    #: indexes of the jobs (in the same plan) that must succeed first
+    depends_on: tuple[int, ...] = ()
+
+
+def _fail_dependents(db: sqlite3.Connection, failed_id: int) -> None:
+    """Mark every queued job that needs ``failed_id`` (directly or not) dep-failed."""
+    failed = db.execute("SELECT build_id, package, arch FROM jobs WHERE id=?",
+                        (failed_id,)).fetchone()
+    todo = [(failed_id, f"{failed['package']} ({failed['arch']})")]
+    while todo:
+        job_id, what = todo.pop()
+        for row in db.execute("SELECT id, depends_on, package, arch FROM jobs "
+                              "WHERE build_id=? AND state=?",
+                              (failed["build_id"], JobState.QUEUED.value)).fetchall():
+            if job_id in json.loads(row["depends_on"]):
+                db.execute("UPDATE jobs SET state=?, finished_at=?, error=? WHERE id=?",
+                           (JobState.DEP_FAILED.value, time.time(),
+                            f"needs {what}, which did not build", row["id"]))
+                todo.append((row["id"], what))
 
 
 def _build_from_row(row: sqlite3.Row) -> Build:

@@ -126,16 +126,18 @@ class MasterClient:
             return False
         return True
 
-    def append_log(self, assignment: JobAssignment, text: str) -> None:
+    def append_log(self, assignment: JobAssignment, text: str,
+                   retry_for: float | None = None) -> None:
         self._request("POST", f"/api/v1/jobs/{assignment.job_id}/log",
                       params={"attempt": assignment.attempt}, data=text.encode(),
                       headers={"X-Pkgfarm-Token": assignment.token,
-                               "Content-Type": "text/plain; charset=utf-8"})
+                               "Content-Type": "text/plain; charset=utf-8"},
+                      retry_for=retry_for)
 
     def report(self, assignment: JobAssignment, status: str, error: str | None = None,
-               files: list[str] | None = None) -> None:
+               files: list[str] | None = None, sha256: dict[str, str] | None = None) -> None:
         report = JobReport(attempt=assignment.attempt, token=assignment.token, status=status,
-                           error=error, files=tuple(files or ()))
+                           error=error, files=tuple(files or ()), sha256=sha256 or {})
         self._request("POST", f"/api/v1/jobs/{assignment.job_id}/report", json=report.to_json())
 
     def upload(self, archive: Path, assignment: JobAssignment | None = None) -> UploadReceipt:

@@ -41,6 +41,57 @@ class Outcome(NamedTuple):
     files: list[str]
 
 
+class LogStreamer(threading.Thread):
+    """Sends what the build log gained to the master every few seconds, while it builds."""
+
+    def __init__(self, client: MasterClient, assignment: JobAssignment, path: Path,
+                 interval: float = 2.0) -> None:
+        super().__init__(name=f"log-{assignment.job_id}", daemon=True)
+        self.client, self.assignment, self.path = client, assignment, path
+        self.interval = interval
+        self.sent = 0
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            try:
+                self.send()
+            except Conflict:
+                return  # the attempt is over; the lease keeper stops the build
+
+    def send(self) -> None:
+        """Send everything not sent yet (also called once more at the end)."""
+        with self.lock:
+            try:
+                with open(self.path, "rb") as fh:
+                    fh.seek(self.sent)
+                    chunk = fh.read(8 * 1024 * 1024)
+            except FileNotFoundError:
+                return
+            if not chunk:
+                return
+            try:
+                self.client.append_log(self.assignment, chunk.decode("utf-8", "replace"),
+                                       retry_for=self.interval)
+            except Conflict:
+                raise
+            except PkgfarmError as exc:
+                log.warning("log of job %d not sent yet: %s", self.assignment.job_id,
+                            exc.message)
+                return
+            self.sent += len(chunk)
+
+    def finish(self) -> None:
+        self.stopping.set()
+        self.join(timeout=30)
+        while True:
+            before = self.sent
+            self.send()
+            if self.sent == before:
+                return
+
+
 class LeaseKeeper(threading.Thread):
     """Renews an attempt's lease; sets `lost` when the master says it is no longer ours."""
 
@@ -94,8 +145,11 @@ def execute_attempt(settings: Settings, client: MasterClient, assignment: JobAss
                                     dir=settings.worker.work_dir))
     keeper = LeaseKeeper(client, assignment)
     keeper.start()
+    log_file = workdir / "build.log"
+    log_file.touch()
+    streamer = LogStreamer(client, assignment, log_file)
+    streamer.start()
     try:
-        log_file = workdir / "build.log"
         with open(log_file, "w", encoding="utf-8", errors="replace") as out:
             status, error, files = _build_and_upload(settings, client, assignment, prepare,
                                                      workdir, out, keeper.lost, say)
@@ -103,22 +157,24 @@ def execute_attempt(settings: Settings, client: MasterClient, assignment: JobAss
         if keeper.lost.is_set():
             return lost
         try:
-            _send_log(client, assignment, log_file)
-            client.report(assignment, status, error, files)
+            streamer.finish()
+            client.report(assignment, status, error, [f for f, _ in files], dict(files))
         except Conflict as exc:
             log.warning("job %d attempt %d: %s", assignment.job_id, assignment.attempt,
                         exc.message)
             return lost
-        return Outcome(status, error, files)
+        return Outcome(status, error, [f for f, _ in files])
     finally:
         keeper.stop()
+        streamer.stopping.set()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _build_and_upload(settings: Settings, client: MasterClient, assignment: JobAssignment,
                       prepare: Callable[[Path], PackageDefinition], workdir: Path, out: IO[str],
                       lost: threading.Event, say: Say | None
-                      ) -> tuple[str, str | None, list[str]]:
+                      ) -> tuple[str, str | None, list[tuple[str, str]]]:
+    """Build and upload; the files are (name, sha256) pairs for the report's manifest."""
     def note(message: str) -> None:
         out.write(f"pkgfarm: {message}\n")
         out.flush()
@@ -135,13 +191,14 @@ def _build_and_upload(settings: Settings, client: MasterClient, assignment: JobA
             sandbox=settings.worker.sandbox, cancel=lost,
         )
         files = []
-        for archive in result.archives:
+        extra = [p for p in [getattr(result, "buildinfo", None)] if p is not None]
+        for artifact in [*result.archives, *extra]:
             if lost.is_set():
                 raise BuildCancelled("the attempt was taken away before the upload")
-            receipt = client.upload(archive, assignment)
-            note(f"uploaded {receipt.filename} to {receipt.pool_path}"
-                 + (" (already there)" if receipt.already_present else ""))
-            files.append(receipt.filename)
+            receipt = client.upload(artifact, assignment)
+            note(f"uploaded {receipt.filename} ({receipt.size} bytes, sha256 "
+                 f"{receipt.sha256[:12]}…)")
+            files.append((receipt.filename, receipt.sha256))
     except BuildFailed as exc:
         note(f"build failed: {exc.message}")
         return "failed", exc.message, []
@@ -153,16 +210,6 @@ def _build_and_upload(settings: Settings, client: MasterClient, assignment: JobA
         note(f"worker error: {exc}")
         return "failed", f"worker error: {exc}", []
     return "success", None, files
-
-
-def _send_log(client: MasterClient, assignment: JobAssignment, log_file: Path) -> None:
-    text = log_file.read_text(encoding="utf-8", errors="replace")
-    try:
-        client.append_log(assignment, text)
-    except Conflict:
-        raise
-    except PkgfarmError as exc:
-        log.warning("could not send the log of job %d: %s", assignment.job_id, exc.message)
 
 
 def make_worker_app(settings: Settings, worker_name: str) -> Celery:

@@ -87,9 +87,12 @@ class RedisServer:
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # Protected mode refuses every client that is not on loopback; a test that binds
+        # another (private, test-made) address turns it off.
+        protected = [] if self.host == "127.0.0.1" else ["--protected-mode", "no"]
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", self.host, "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir),
+            ["redis-server", "--port", str(self.port), "--bind", self.host, *protected,
+             "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
              "--logfile", str(self.workdir / "redis.log")],
             stdin=subprocess.DEVNULL,
         )
@@ -342,7 +345,7 @@ def running(*parts: Any) -> Iterator[None]:
 
 
 def make_deb(workdir: Path, name: str, version: str, arch: str = "all",
-             payload: bytes = b"data\n") -> Path:
+             payload: bytes = b"data\n", source: str | None = None) -> Path:
     """A small valid .deb made with dpkg-deb, for upload tests."""
     root = workdir / f"{name}-{version}-{arch}"
     (root / "DEBIAN").mkdir(parents=True)
@@ -350,6 +353,7 @@ def make_deb(workdir: Path, name: str, version: str, arch: str = "all",
     (root / "usr/share" / name / "payload").write_bytes(payload)
     (root / "DEBIAN/control").write_text(
         f"Package: {name}\nVersion: {version}\nArchitecture: {arch}\n"
+        + (f"Source: {source}\n" if source else "") +
         f"Maintainer: Test <test@example.org>\nDescription: test package {name}\n"
         " Made by the pkgfarm tests.\n")
     out = workdir / f"{name}_{version.split(':')[-1]}_{arch}.deb"

@@ -164,7 +164,7 @@ def test_upload_authority_of_attempts(master, tmp_path):
     assert upload(master, deb, user="worker", job=job).status_code == 201
     report = master.api("POST", f"/api/v1/jobs/{job['job_id']}/report", user="worker", json={
         "attempt": job["attempt"], "token": job["token"], "status": "success",
-        "files": [deb.name]})
+        "files": [deb.name], "sha256": {deb.name: hashlib.sha256(deb.read_bytes()).hexdigest()}})
     assert report.status_code == 200, report.text
     # The attempt is finished: nothing more may be published or reported with it.
     newer = make_deb(tmp_path / "newer", "up-auth", "1.0-2")
@@ -176,3 +176,45 @@ def test_upload_authority_of_attempts(master, tmp_path):
     build = master.api("GET", f"/api/v1/builds/{job['build_id']}").json()
     assert build["status"] == "success"
     assert [j["files"] for j in build["jobs"]] == [[deb.name]]
+
+
+def report(master: Master, job: dict[str, Any], debs: list[Path],
+           sha256: dict[str, str] | None = None) -> requests.Response:
+    sums = {d.name: hashlib.sha256(d.read_bytes()).hexdigest() for d in debs}
+    return master.api("POST", f"/api/v1/jobs/{job['job_id']}/report", user="worker", json={
+        "attempt": job["attempt"], "token": job["token"], "status": "success",
+        "files": [d.name for d in debs], "sha256": {**sums, **(sha256 or {})}})
+
+
+def test_a_set_of_archives_is_published_whole_or_not_at_all(master, tmp_path):
+    debs = [make_deb(tmp_path, name, "2.0-1", source="up-set")
+            for name in ("up-set", "up-set-doc", "up-set-data")]
+    before = repo_files(master.data_dir)
+
+    # One file's checksum in the manifest is wrong: nothing of the set is published.
+    job = local_job(master, "up-set", "2.0-1")
+    for deb in debs:
+        assert upload(master, deb, user="worker", job=job).status_code == 201
+    assert repo_files(master.data_dir) == before  # staged, not published
+    refused = report(master, job, debs, {debs[1].name: "0" * 64})
+    assert refused.status_code == 422
+    assert repo_files(master.data_dir) == before
+    build = master.api("GET", f"/api/v1/builds/{job['build_id']}").json()
+    assert build["jobs"][0]["status"] == "failed"
+    assert "publication refused" in build["jobs"][0]["error"]
+
+    # A file named in the manifest was never uploaded: refused too.
+    job = local_job(master, "up-set", "2.0-1")
+    for deb in debs[:2]:
+        assert upload(master, deb, user="worker", job=job).status_code == 201
+    assert report(master, job, debs).status_code == 422
+    assert repo_files(master.data_dir) == before
+
+    # The whole set, right: all three appear in one index generation.
+    job = local_job(master, "up-set", "2.0-1")
+    for deb in debs:
+        assert upload(master, deb, user="worker", job=job).status_code == 201
+    assert report(master, job, debs).status_code == 200
+    listed = {s["Package"] for s in parse_packages(master.index("amd64"))}
+    assert {"up-set", "up-set-doc", "up-set-data"} <= listed
+    assert not list((master.data_dir / "incoming").rglob("*.deb"))
