@@ -126,7 +126,8 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
             "jobs": [job_json(j) for j in jobs],
         }
 
-    def live_attempt(job_id: int, attempt: int, token: str) -> Job:
+    def live_attempt(job_id: int, attempt: int, token: str,
+                     also: tuple[JobState, ...] = ()) -> Job:
         """The job, if the caller holds its current, running attempt (409/403 otherwise).
 
         The attempt must be the job's current one and still running (else 409: finished,
@@ -136,7 +137,8 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
         job = svc.store.get_job(job_id)
         if job is None:
             raise Forbidden(f"job {job_id} was never given to anyone", job=job_id)
-        if job.attempt != attempt or job.state != JobState.BUILDING or job.token_hash is None:
+        running = job.state == JobState.BUILDING or job.state in also
+        if job.attempt != attempt or not running or job.token_hash is None:
             raise Conflict(f"attempt {attempt} of job {job_id} is not running (the job is "
                            f"{job.state.value}, attempt {job.attempt})", state=job.state.value)
         if not hmac.compare_digest(token_hash(token), job.token_hash):
@@ -334,7 +336,9 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
     @auth.require("upload")
     def append_log(job_id: int) -> Any:
         attempt = int_arg("attempt", lo=1)
-        job = live_attempt(job_id, attempt, request.headers.get("X-Pkgfarm-Token", ""))
+        # A cancelled attempt may still send the rest of its log.
+        job = live_attempt(job_id, attempt, request.headers.get("X-Pkgfarm-Token", ""),
+                           also=(JobState.CANCELLED,))
         path = log_path(job, attempt)
         path.parent.mkdir(parents=True, exist_ok=True)
         chunk = request.get_data(cache=False)

@@ -389,9 +389,10 @@ class Store:
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE build_id=? AND state IN (?,?)",
                 (build_id, JobState.QUEUED.value, JobState.BUILDING.value),
             ).fetchall()
+            # The token stays: a stopped attempt may still send the rest of its log.
             db.execute(
-                "UPDATE jobs SET state=?, finished_at=?, error=?, lease_expires=NULL, "
-                "token_hash=NULL WHERE build_id=? AND state IN (?,?)",
+                "UPDATE jobs SET state=?, finished_at=?, error=?, lease_expires=NULL "
+                "WHERE build_id=? AND state IN (?,?)",
                 (JobState.CANCELLED.value, time.time(), "cancelled", build_id,
                  JobState.QUEUED.value, JobState.BUILDING.value),
             )

@@ -11,6 +11,7 @@ elsewhere), the build is stopped and nothing more is sent for it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -153,8 +154,10 @@ def execute_attempt(settings: Settings, client: MasterClient, assignment: JobAss
         with open(log_file, "w", encoding="utf-8", errors="replace") as out:
             status, error, files = _build_and_upload(settings, client, assignment, prepare,
                                                      workdir, out, keeper.lost, say)
-        lost = Outcome("lost", "the master gave this attempt to another worker", [])
+        lost = Outcome("lost", "the master took this attempt back", [])
         if keeper.lost.is_set():
+            with contextlib.suppress(PkgfarmError):
+                streamer.finish()  # a cancelled attempt's log is still kept
             return lost
         try:
             streamer.finish()
