@@ -36,6 +36,8 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "PKGFARM_WORKER_NAME": ("worker", "name"),
     "PKGFARM_WORKER_USERNAME": ("worker", "username"),
     "PKGFARM_WORKER_PASSWORD": ("worker", "password"),
+    "PKGFARM_S3_ACCESS_KEY_ID": ("storage", "access_key_id"),
+    "PKGFARM_S3_SECRET_ACCESS_KEY": ("storage", "secret_access_key"),
 }
 
 
@@ -116,6 +118,34 @@ class RepositorySettings:
 
 
 @dataclass(frozen=True)
+class StorageSettings:
+    """Where the pool and the published index live: the master's disk, or an S3 bucket."""
+
+    backend: str = "local"
+    bucket: str | None = None
+    #: an S3-compatible endpoint (MinIO, Ceph, moto); unset: AWS itself.
+    endpoint_url: str | None = None
+    region: str | None = None
+    #: a key prefix inside the bucket, such as "debian/"
+    prefix: str = ""
+    #: credentials; better from the environment (PKGFARM_S3_ACCESS_KEY_ID, …) or boto3's own
+    #: configuration (AWS_ACCESS_KEY_ID, instance roles).
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    #: how /repo/ serves files from S3: "redirect" (a presigned URL) or "proxy" (through the
+    #: master).
+    serve: str = "proxy"
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("local", "s3"):
+            raise ValueError("must be local or s3", "backend")
+        if self.backend == "s3" and not self.bucket:
+            raise ValueError("is required when backend is s3", "bucket")
+        if self.serve not in ("redirect", "proxy"):
+            raise ValueError("must be redirect or proxy", "serve")
+
+
+@dataclass(frozen=True)
 class WorkerSettings:
     master_url: str = "http://127.0.0.1:8080"
     username: str = "worker"
@@ -182,6 +212,7 @@ class Settings:
     debian_sources: tuple[str, ...] = ()
     master: MasterSettings = field(default_factory=MasterSettings)
     repository: RepositorySettings = field(default_factory=RepositorySettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
 
     @property
