@@ -104,8 +104,31 @@ class RepositorySettings:
     architectures: tuple[str, ...] = ("amd64",)
     origin: str = "pkgfarm"
     label: str = "pkgfarm"
+    #: more suites served besides ``suite`` (where builds publish), e.g. [testing]; packages
+    #: reach them by promotion.
+    suites: tuple[str, ...] = ()
+    #: more components besides ``component``.
+    components: tuple[str, ...] = ()
+    #: an ASCII-armoured secret key (made by `master key-generate`); unset: unsigned indexes.
+    signing_key: str | None = None
+    #: versions of each package (per architecture) kept in the pool; older ones are removed.
+    keep_versions: int = 3
+
+    @property
+    def all_suites(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((self.suite, *self.suites)))
+
+    @property
+    def all_components(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((self.component, *self.components)))
 
     def __post_init__(self) -> None:
+        if self.keep_versions < 1:
+            raise ValueError("must be at least 1", "keep_versions")
+        for key in ("suites", "components"):
+            for value in getattr(self, key):
+                if not value or "/" in value or value.startswith(".") or " " in value:
+                    raise ValueError(f"{value!r} is not a plain name", key)
         if not self.architectures:
             raise ValueError("must list at least one architecture", "architectures")
         for a in self.architectures:

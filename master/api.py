@@ -190,6 +190,7 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
                 "architectures": list(repo_settings.architectures),
             },
             "broker": "ok" if svc.broker_reachable() else "unreachable",
+            "signing_key": svc.repository.signer.fingerprint if svc.repository.signer else None,
         }
 
     @api.get("/openapi.json")
@@ -471,6 +472,33 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
              "in_index": r.id in indexed}
             for r in records
         ]}
+
+    @api.get("/packages/<name>")
+    @auth.require("read")
+    def package_versions(name: str) -> Any:
+        """Every version of ``name`` the pool keeps (for rollback), and where each is served."""
+        records = svc.store.packages(name)
+        if not records:
+            raise NotFound(f"the repository holds no {name}", package=name)
+        versions: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in records:
+            entry = versions.setdefault((r.version, r.arch), {
+                "version": r.version, "arch": r.arch, "filename": r.filename,
+                "pool_path": r.pool_path, "size": r.size, "sha256": r.sha256, "suites": []})
+            entry["suites"].append(r.suite)
+        ordered = sorted(versions.values(), key=lambda e: debian.version_key(e["version"]),
+                         reverse=True)
+        return {"name": name, "versions": ordered}
+
+    @api.post("/packages/<name>/promote")
+    @auth.require("admin")
+    def promote(name: str) -> Any:
+        data = json_body({"version", "from", "to"})
+        for key in ("version", "from", "to"):
+            if not isinstance(data.get(key), str) or not data[key]:
+                raise BadRequest(f"{key} is required and must be a string", field=key)
+        files = svc.repository.promote(name, data["version"], data["from"], data["to"])
+        return {"promoted": files, "suite": data["to"]}
 
     @api.delete("/packages/<name>")
     @auth.require("admin")

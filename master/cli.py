@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -57,9 +58,9 @@ def serve(config_path: str | None) -> None:
     # Nobody could renew a lease while the master was away: give running attempts a fresh one.
     services.store.extend_all_leases(settings.master.lease_seconds)
     services.repository.discard_partial_uploads()
-    suite = settings.repository.suite
-    if not (Path(settings.master.data_dir) / "repo" / "dists" / suite / "Release").exists():
-        services.repository.rebuild_index()
+    # Every start renders the index afresh: new settings (suites, architectures, a signing key)
+    # take effect, and an index a crash left half-written is made whole.
+    services.repository.rebuild_index(full=True)
     if not settings.master.users:
         log.warning("no users are configured: nobody can queue builds or upload "
                     "(add entries made by `master user-add`)")
@@ -103,6 +104,10 @@ def serve(config_path: str | None) -> None:
         stop.set()
         if embedded is not None:
             embedded.stop()
+        if services.repository.signer is not None:
+            # gpg started an agent for the master's keyring; it goes with the master.
+            subprocess.run(["gpgconf", "--homedir", str(services.repository.signer.home),
+                            "--kill", "all"], capture_output=True)
 
 
 @cli.command("package-add")
@@ -178,14 +183,38 @@ def logs(build_id: int, name: str, arch: str | None, follow: bool,
 
 
 @cli.command("repo-index")
+@click.option("--full", is_flag=True, help="Render every index group again (recovery).")
 @config_option
-def repo_index(config_path: str | None) -> None:
+def repo_index(full: bool, config_path: str | None) -> None:
     """Rewrite the repository index from the recorded packages."""
     from master.services import Services
 
     services = Services.build(_settings(config_path))
-    services.repository.rebuild_index()
-    click.echo(f"index written for suite {services.settings.repository.suite}")
+    services.repository.rebuild_index(full=full)
+    click.echo(f"index written for {', '.join(services.settings.repository.all_suites)}")
+
+
+@cli.command("key-generate")
+@click.option("--output", type=click.Path(dir_okay=False), required=True,
+              help="Where to write the secret key (ASCII armour, mode 0600).")
+@click.option("--name", default="pkgfarm repository signing key", show_default=True)
+@click.option("--email", default="pkgfarm@localhost", show_default=True)
+def key_generate(output: str, name: str, email: str) -> None:
+    """Make a repository signing key; prints its fingerprint and the config line."""
+    import os
+
+    from master.signing import generate_key
+
+    path = Path(output)
+    if path.exists():
+        raise click.ClickException(f"{path} exists; not overwriting a key")
+    fingerprint, secret = generate_key(name, email)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(secret)
+    click.echo(f"fingerprint: {fingerprint}", err=True)
+    click.echo("# add to the config file:")
+    click.echo(f"repository:\n  signing_key: {path.resolve()}")
 
 
 def main() -> None:

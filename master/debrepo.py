@@ -2,14 +2,17 @@
 
 This module is the format seam: the rest of the master hands it archives and records and never
 looks inside a .deb or an index itself. Another format (RPM, say) would be a sibling module with
-the same four functions: ``inspect``, ``pool_key``, ``stanza`` and ``write_index``.
+the same functions: ``inspect``, ``pool_key``, ``stanza``, ``newest`` and ``render_release``
+(the incremental writer in master/index.py assembles the files from them).
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
+import lzma
+import struct
 import subprocess
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -20,7 +23,6 @@ from debian.deb822 import Deb822
 from common import debian
 from common.config import RepositorySettings
 from common.errors import Unprocessable
-from master.storage import Storage
 from master.store import PackageRecord
 
 REQUIRED_FIELDS = ("Package", "Version", "Architecture", "Maintainer", "Description")
@@ -109,17 +111,18 @@ def _hashes(data: bytes) -> tuple[str, str, str]:
             hashlib.sha256(data).hexdigest())
 
 
-def render_release(repo: RepositorySettings, files: dict[str, bytes], date: float | None = None
-                   ) -> bytes:
+def render_release(repo: RepositorySettings, suite: str, files: dict[str, bytes],
+                   date: float | None = None) -> bytes:
     lines = [
         f"Origin: {repo.origin}",
         f"Label: {repo.label}",
-        f"Suite: {repo.suite}",
-        f"Codename: {repo.suite}",
+        f"Suite: {suite}",
+        f"Codename: {suite}",
         f"Date: {formatdate(date, usegmt=True)}",
         f"Architectures: {' '.join(repo.architectures)}",
-        f"Components: {repo.component}",
+        f"Components: {' '.join(repo.all_components)}",
         "Description: packages built by pkgfarm",
+        "Acquire-By-Hash: yes",
     ]
     sums = {name: _hashes(data) for name, data in sorted(files.items())}
     for title, idx in (("MD5Sum", 0), ("SHA1", 1), ("SHA256", 2)):
@@ -129,21 +132,60 @@ def render_release(repo: RepositorySettings, files: dict[str, bytes], date: floa
     return ("\n".join(lines) + "\n").encode()
 
 
-def write_index(storage: Storage, repo: RepositorySettings,
-                records: list[PackageRecord]) -> dict[str, bytes]:
-    """Write every index file of the suite, ``Release`` last; returns what was written."""
-    files: dict[str, bytes] = {}
-    for arch in repo.architectures:
-        base = f"{repo.component}/binary-{arch}"
-        packages = render_packages(newest(records, arch))
-        files[f"{base}/Packages"] = packages
-        files[f"{base}/Packages.gz"] = gzip.compress(packages, mtime=0)
-        files[f"{base}/Release"] = (
-            f"Archive: {repo.suite}\nComponent: {repo.component}\nOrigin: {repo.origin}\n"
-            f"Label: {repo.label}\nArchitecture: {arch}\n"
-        ).encode()
-    for name, data in files.items():
-        storage.put_bytes(f"dists/{repo.suite}/{name}", data)
-    release = render_release(repo, files)
-    storage.put_bytes(f"dists/{repo.suite}/Release", release)
-    return {**files, "Release": release}
+# -- xz: one stream framed from separately compressed blocks -----------------------------------
+#
+# apt reads only the first stream of a .xz file, so cached pieces cannot simply be concatenated
+# as whole streams (gzip members can). Instead each piece is compressed as a one-block stream,
+# its block is kept, and `xz_stream` frames the kept blocks with a stream header, an index of
+# their sizes and a footer, as the .xz format (tukaani.org/xz/xz-file-format.txt) lays out.
+
+_XZ_MAGIC = b"\xfd7zXZ\x00"
+_XZ_FLAGS = b"\x00\x01"  # check type: CRC32
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def xz_block(data: bytes) -> tuple[bytes, int, int]:
+    """``data`` as one xz block: (block bytes, unpadded size, uncompressed size)."""
+    if not data:
+        return b"", 0, 0
+    stream = lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, preset=6)
+    backward = (struct.unpack("<I", stream[-8:-4])[0] + 1) * 4
+    index_start = len(stream) - 12 - backward
+    index = stream[index_start:-12]
+    count, pos = _read_varint(index, 1)
+    if index[0] != 0 or count != 1:
+        raise ValueError("liblzma made more than one block")
+    unpadded, pos = _read_varint(index, pos)
+    size, _ = _read_varint(index, pos)
+    return stream[12:index_start], unpadded, size
+
+
+def xz_stream(blocks: list[tuple[bytes, int, int]]) -> bytes:
+    """One .xz stream holding ``blocks`` (from `xz_block`) in order."""
+    header = _XZ_MAGIC + _XZ_FLAGS + struct.pack("<I", zlib.crc32(_XZ_FLAGS))
+    index = b"\x00" + _varint(len(blocks)) + b"".join(
+        _varint(unpadded) + _varint(size) for _, unpadded, size in blocks)
+    index += b"\x00" * (-len(index) % 4)
+    index += struct.pack("<I", zlib.crc32(index))
+    backward = struct.pack("<I", len(index) // 4 - 1)
+    footer = struct.pack("<I", zlib.crc32(backward + _XZ_FLAGS)) + backward + _XZ_FLAGS + b"YZ"
+    return header + b"".join(block for block, _, _ in blocks) + index + footer

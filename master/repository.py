@@ -27,6 +27,8 @@ from common.config import Settings
 from common.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unprocessable
 from common.messages import UploadReceipt
 from master import debrepo
+from master.index import IndexWriter, group_of
+from master.signing import KEY_FILE, Signer
 from master.storage import LocalStorage, Storage
 from master.store import Job, Store
 
@@ -56,7 +58,8 @@ def check_filename(filename: str) -> debian.DebName:
 
 
 class Repository:
-    def __init__(self, settings: Settings, store: Store, storage: Storage | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store, storage: Storage | None = None,
+                 signer: Signer | None = None) -> None:
         self.settings = settings
         self.repo = settings.repository
         self.store = store
@@ -66,6 +69,8 @@ class Repository:
         self.incoming.mkdir(parents=True, exist_ok=True)
         self.artifacts = data_dir / "artifacts"
         self.lock_path = data_dir / "index.lock"
+        self.signer = signer
+        self.index = IndexWriter(self.repo, store, self.storage, signer)
 
     def discard_partial_uploads(self) -> None:
         """Remove what uploads cut short by a crash left in incoming/ (never in the pool)."""
@@ -173,13 +178,11 @@ class Repository:
             for s in new:
                 self.storage.put_file(Path(s["path"]), s["pool_path"])
             if new:
-                now = time.time()
-                generation = self.store.add_packages([
-                    {"name": s["name"], "version": s["version"], "arch": s["arch"],
-                     "filename": s["filename"], "pool_path": s["pool_path"], "size": s["size"],
-                     "sha256": s["sha256"], "stanza": s["stanza"], "uploaded_at": now,
-                     "uploaded_by": uploader, "job_id": job.id}
-                    for s in new])
+                generation = self.store.add_packages([self._record(
+                    name=s["name"], version=s["version"], arch=s["arch"],
+                    filename=s["filename"], pool_path=s["pool_path"], size=s["size"],
+                    sha256=s["sha256"], stanza=s["stanza"], uploaded_by=uploader,
+                    job_id=job.id) for s in new])
         keep = self.artifacts / str(job.id)
         for filename in manifest:
             if staged[filename]["kind"] == "buildinfo":
@@ -189,7 +192,61 @@ class Repository:
         if generation is not None:
             log.info("published %s for job %d", ", ".join(s["filename"] for s in new), job.id)
             self.rebuild_index(generation)
+            self.apply_retention({(s["name"], s["arch"]) for s in new})
         return [s["filename"] for s in debs]
+
+    def _record(self, *, suite: str | None = None, **fields: object) -> dict[str, object]:
+        name = str(fields["name"])
+        return {"suite": suite or self.repo.suite, "component": self.repo.component,
+                "grp": group_of(name), "uploaded_at": time.time(), **fields}
+
+    def promote(self, name: str, version: str, source: str, target: str) -> list[str]:
+        """Publish in suite ``target`` the archives of ``name`` ``version`` that ``source``
+        has, without building them again (the same pool files)."""
+        for suite in (source, target):
+            if suite not in self.repo.all_suites:
+                raise NotFound(f"this repository has no suite {suite!r} (it has "
+                               f"{', '.join(self.repo.all_suites)})", suite=suite)
+        if source == target:
+            raise BadRequest("promote to another suite", field="to")
+        records = [r for r in self.store.packages(name)
+                   if r.suite == source and r.version == version]
+        if not records:
+            raise NotFound(f"{source} holds no {name} {version}", package=name)
+        with self._index_lock():
+            generation = self.store.add_packages([
+                {**{k: getattr(r, k) for k in (
+                    "component", "grp", "name", "version", "arch", "filename", "pool_path",
+                    "size", "sha256", "stanza", "uploaded_by", "job_id")},
+                 "suite": target, "uploaded_at": time.time()} for r in records])
+        self.rebuild_index(generation)
+        return [r.filename for r in records]
+
+    def apply_retention(self, keys: set[tuple[str, str]]) -> list[str]:
+        """Keep ``keep_versions`` versions of each (name, arch) in the pool: remove older
+        ones, unless a suite's index still serves them."""
+        keep = self.repo.keep_versions
+        removed: list[str] = []
+        for name, arch in sorted(keys):
+            records = [r for r in self.store.packages(name) if r.arch == arch]
+            versions = sorted({r.version for r in records}, key=debian.version_key,
+                              reverse=True)
+            served = {max((r.version for r in records if r.suite == s),
+                          key=debian.version_key, default=None) for s in self.repo.all_suites}
+            doomed = [r for r in records
+                      if r.version not in versions[:keep] and r.version not in served]
+            if not doomed:
+                continue
+            with self._index_lock():
+                generation = self.store.delete_records([r.id for r in doomed])
+            self.rebuild_index(generation)
+            for rec in doomed:
+                if not self.store.pool_path_in_use(rec.pool_path):
+                    self.storage.delete(rec.pool_path)
+                    removed.append(rec.filename)
+        if removed:
+            log.info("retention removed %s", ", ".join(removed))
+        return removed
 
     def discard_staged(self, job_id: int) -> None:
         for path in self.store.drop_staged(job_id):
@@ -205,11 +262,11 @@ class Repository:
                 raise NotFound(f"the repository holds no {name}"
                                + (f" {version}" if version else "")
                                + (f" for {arch}" if arch else ""), package=name)
-            debrepo.write_index(self.storage, self.repo, self.store.snapshot_for_index()[1])
-            self.store.set_index_generation(generation)
-            for rec in removed:
+        self.rebuild_index(generation)
+        for rec in removed:
+            if not self.store.pool_path_in_use(rec.pool_path):
                 self.storage.delete(rec.pool_path)
-        return [rec.filename for rec in removed]
+        return sorted({rec.filename for rec in removed})
 
     def _receive_checked(self, stream: IO[bytes], sha256: str, content_length: int | None
                          ) -> tuple[Path, debrepo.Digests]:
@@ -307,14 +364,14 @@ class Repository:
                                      sha256=existing.sha256, size=existing.size,
                                      already_present=True)
             self.storage.put_file(tmp, key)
-            generation = self.store.add_package({
-                "name": info.name, "version": info.version, "arch": info.arch,
-                "filename": filename, "pool_path": key, "size": digests.size,
-                "sha256": digests.sha256, "stanza": debrepo.stanza(info, key, digests),
-                "uploaded_at": time.time(), "uploaded_by": uploader, "job_id": job_id,
-            })
+            generation = self.store.add_packages([self._record(
+                name=info.name, version=info.version, arch=info.arch, filename=filename,
+                pool_path=key, size=digests.size, sha256=digests.sha256,
+                stanza=debrepo.stanza(info, key, digests), uploaded_by=uploader,
+                job_id=job_id)])
         log.info("published %s (%d bytes) from %s", key, digests.size, uploader)
         self.rebuild_index(generation)
+        self.apply_retention({(info.name, info.arch)})
         return UploadReceipt(filename=filename, pool_path=key, sha256=digests.sha256,
                              size=digests.size)
 
@@ -329,16 +386,22 @@ class Repository:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def rebuild_index(self, at_least: int | None = None) -> bool:
+    def rebuild_index(self, at_least: int | None = None, full: bool = False) -> bool:
         """Write the index if it is older than generation ``at_least`` (always if None).
 
-        Returns whether this call wrote it. A caller whose upload was already folded into a
-        rebuild that another process just wrote returns at once.
+        Returns whether this call wrote it. A caller whose change was already folded into a
+        rebuild that another process just wrote returns at once. ``full`` renders every
+        group again from the recorded packages (recovery, or a first start).
         """
         with self._index_lock():
             if at_least is not None and self.store.index_generation() >= at_least:
                 return False
-            generation, records = self.store.snapshot_for_index()
-            debrepo.write_index(self.storage, self.repo, records)
+            generation = self.store.packages_generation()
+            if full or at_least is None:
+                self.index.write(full=True)
+            else:
+                self.index.write()
             self.store.set_index_generation(generation)
+        if self.signer is not None:
+            self.storage.put_bytes(KEY_FILE, self.signer.public_key())
         return True

@@ -15,6 +15,7 @@ from common.queues import make_celery
 from master.auth import Authenticator
 from master.repository import Repository
 from master.scheduler import Scheduler
+from master.signing import Signer
 from master.store import Store
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,14 @@ class Services:
     def build(cls, settings: Settings) -> Services:
         store = Store(Path(settings.master.data_dir) / "state.db")
         celery = make_celery(settings)
+        signer = None
+        if settings.repository.signing_key:
+            signer = Signer.from_key_file(settings.repository.signing_key,
+                                          settings.master.data_dir)
         return cls(
             settings=settings,
             store=store,
-            repository=Repository(settings, store),
+            repository=Repository(settings, store, signer=signer),
             scheduler=Scheduler(settings, store, celery),
             celery=celery,
             auth=Authenticator(settings.master.users),

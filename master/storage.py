@@ -25,6 +25,9 @@ class Storage(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def list(self, prefix: str) -> list[tuple[str, float]]:
+        """Keys under ``prefix`` with their modification times."""
+
     def local_path(self, key: str) -> Path:
         """A path on this machine that serves ``key`` (FileNotFoundError if absent)."""
 
@@ -78,6 +81,13 @@ class LocalStorage:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def list(self, prefix: str) -> list[tuple[str, float]]:
+        base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root.resolve()
+        if not base.is_dir():
+            return []
+        return [(p.relative_to(self.root.resolve()).as_posix(), p.stat().st_mtime)
+                for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")]
 
     def local_path(self, key: str) -> Path:
         path = self._path(key)

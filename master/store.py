@@ -69,19 +69,34 @@ CREATE INDEX IF NOT EXISTS jobs_build ON jobs(build_id);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS packages (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    suite       TEXT NOT NULL,
+    component   TEXT NOT NULL,
+    grp         INTEGER NOT NULL,          -- the index group (master.index.group_of(name))
     name        TEXT NOT NULL,
     version     TEXT NOT NULL,
     arch        TEXT NOT NULL,
-    filename    TEXT NOT NULL UNIQUE,
+    filename    TEXT NOT NULL,
     pool_path   TEXT NOT NULL,
     size        INTEGER NOT NULL,
     sha256      TEXT NOT NULL,
     stanza      TEXT NOT NULL,             -- the Packages entry, computed once at upload
     uploaded_at REAL NOT NULL,
     uploaded_by TEXT,
-    job_id      INTEGER
+    job_id      INTEGER,
+    UNIQUE (suite, component, filename)
 );
 CREATE INDEX IF NOT EXISTS packages_name ON packages(name);
+CREATE INDEX IF NOT EXISTS packages_group ON packages(suite, component, grp);
+CREATE TABLE IF NOT EXISTS index_dirty (
+    suite TEXT NOT NULL, component TEXT NOT NULL, grp INTEGER NOT NULL,
+    PRIMARY KEY (suite, component, grp)
+);
+CREATE TABLE IF NOT EXISTS index_groups (
+    suite TEXT NOT NULL, component TEXT NOT NULL, arch TEXT NOT NULL, grp INTEGER NOT NULL,
+    plain BLOB NOT NULL, gz BLOB NOT NULL, xz BLOB NOT NULL,
+    xz_unpadded INTEGER NOT NULL, xz_size INTEGER NOT NULL,
+    PRIMARY KEY (suite, component, arch, grp)
+);
 CREATE TABLE IF NOT EXISTS workers (
     name      TEXT PRIMARY KEY,
     info      TEXT NOT NULL,
@@ -142,6 +157,9 @@ class Build:
 @dataclass(frozen=True)
 class PackageRecord:
     id: int
+    suite: str
+    component: str
+    grp: int
     name: str
     version: str
     arch: str
@@ -454,34 +472,21 @@ class Store:
 
     # -- packages ------------------------------------------------------------------------------
 
-    def add_package(self, rec: dict[str, Any]) -> int:
-        """Record a published archive; returns the packages generation it belongs to."""
-        with self.write() as db:
-            db.execute(
-                "INSERT INTO packages(name, version, arch, filename, pool_path, size, sha256, "
-                "stanza, uploaded_at, uploaded_by, job_id) VALUES "
-                "(:name, :version, :arch, :filename, :pool_path, :size, :sha256, :stanza, "
-                ":uploaded_at, :uploaded_by, :job_id)",
-                rec,
-            )
-            db.execute("UPDATE meta SET value=value+1 WHERE key='packages_generation'")
-            return int(db.execute(
-                "SELECT value FROM meta WHERE key='packages_generation'").fetchone()[0])
-
     def add_packages(self, recs: list[dict[str, Any]]) -> int:
-        """Record several archives in one transaction: an index shows all of them or none."""
+        """Record archives in one transaction (an index shows all of them or none); returns
+        the packages generation they belong to."""
         with self.write() as db:
             for rec in recs:
                 db.execute(
-                    "INSERT INTO packages(name, version, arch, filename, pool_path, size, "
-                    "sha256, stanza, uploaded_at, uploaded_by, job_id) VALUES "
-                    "(:name, :version, :arch, :filename, :pool_path, :size, :sha256, :stanza, "
-                    ":uploaded_at, :uploaded_by, :job_id)",
+                    "INSERT OR REPLACE INTO packages(suite, component, grp, name, version, "
+                    "arch, filename, pool_path, size, sha256, stanza, uploaded_at, "
+                    "uploaded_by, job_id) VALUES (:suite, :component, :grp, :name, :version, "
+                    ":arch, :filename, :pool_path, :size, :sha256, :stanza, :uploaded_at, "
+                    ":uploaded_by, :job_id)",
                     rec,
                 )
-            db.execute("UPDATE meta SET value=value+1 WHERE key='packages_generation'")
-            return int(db.execute(
-                "SELECT value FROM meta WHERE key='packages_generation'").fetchone()[0])
+                _mark_dirty(db, rec["suite"], rec["component"], rec["grp"])
+            return _bump_generation(db)
 
     def remove_packages(self, name: str, version: str | None, arch: str | None
                         ) -> tuple[int, list[PackageRecord]]:
@@ -495,14 +500,82 @@ class Store:
             rows = [PackageRecord(**dict(r)) for r in db.execute(query, args)]
             for rec in rows:
                 db.execute("DELETE FROM packages WHERE id=?", (rec.id,))
-            db.execute("UPDATE meta SET value=value+1 WHERE key='packages_generation'")
-            gen = int(db.execute(
-                "SELECT value FROM meta WHERE key='packages_generation'").fetchone()[0])
+                _mark_dirty(db, rec.suite, rec.component, rec.grp)
+            gen = _bump_generation(db)
         return gen, rows
+
+    def delete_records(self, ids: list[int]) -> int:
+        """Forget the given package rows (retention); returns the new generation."""
+        with self.write() as db:
+            for rec_id in ids:
+                row = db.execute("SELECT suite, component, grp FROM packages WHERE id=?",
+                                 (rec_id,)).fetchone()
+                if row is not None:
+                    db.execute("DELETE FROM packages WHERE id=?", (rec_id,))
+                    _mark_dirty(db, row["suite"], row["component"], row["grp"])
+            return _bump_generation(db)
+
+    def pool_path_in_use(self, pool_path: str) -> bool:
+        with self.read() as db:
+            return db.execute("SELECT 1 FROM packages WHERE pool_path=? LIMIT 1",
+                              (pool_path,)).fetchone() is not None
+
+    # -- the incremental index ---------------------------------------------------------------
+
+    def dirty_groups(self) -> set[tuple[str, str, int]]:
+        with self.read() as db:
+            return {(r[0], r[1], r[2]) for r in
+                    db.execute("SELECT suite, component, grp FROM index_dirty")}
+
+    def clear_dirty(self, groups: set[tuple[str, str, int]]) -> None:
+        with self.write() as db:
+            db.executemany("DELETE FROM index_dirty WHERE suite=? AND component=? AND grp=?",
+                           list(groups))
+
+    def mark_all_dirty(self, suites: tuple[str, ...], components: tuple[str, ...],
+                       groups: int) -> None:
+        with self.write() as db:
+            for suite in suites:
+                for comp in components:
+                    for grp in range(groups):
+                        _mark_dirty(db, suite, comp, grp)
+
+    def records_in_groups(self, groups: set[tuple[str, str, int]]) -> list[PackageRecord]:
+        wanted = set(groups)
+        with self.read() as db:
+            rows = db.execute("SELECT * FROM packages").fetchall() if len(wanted) > 64 else [
+                r for key in wanted for r in db.execute(
+                    "SELECT * FROM packages WHERE suite=? AND component=? AND grp=?", key)]
+        return [PackageRecord(**dict(r)) for r in rows
+                if (r["suite"], r["component"], r["grp"]) in wanted]
+
+    def save_groups(self, pieces: dict[tuple[str, str, int, str], Any]) -> None:
+        with self.write() as db:
+            for (suite, comp, grp, arch), p in pieces.items():
+                db.execute(
+                    "INSERT OR REPLACE INTO index_groups(suite, component, arch, grp, plain, "
+                    "gz, xz, xz_unpadded, xz_size) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (suite, comp, arch, grp, p.plain, p.gz, p.xz, p.xz_unpadded, p.xz_size))
+
+    def groups(self, suite: str, component: str, arch: str) -> list[IndexGroup]:
+        """The cached pieces of one Packages file, in group order (empty groups left out)."""
+        with self.read() as db:
+            rows = db.execute(
+                "SELECT plain, gz, xz, xz_unpadded, xz_size FROM index_groups "
+                "WHERE suite=? AND component=? AND arch=? AND length(plain)>0 ORDER BY grp",
+                (suite, component, arch)).fetchall()
+        return [IndexGroup(bytes(r["plain"]), bytes(r["gz"]), bytes(r["xz"]),
+                           r["xz_unpadded"], r["xz_size"]) for r in rows]
 
     def package_by_filename(self, filename: str) -> PackageRecord | None:
         with self.read() as db:
             row = db.execute("SELECT * FROM packages WHERE filename=?", (filename,)).fetchone()
+        return PackageRecord(**dict(row)) if row else None
+
+    def package_in(self, suite: str, component: str, filename: str) -> PackageRecord | None:
+        with self.read() as db:
+            row = db.execute("SELECT * FROM packages WHERE suite=? AND component=? AND "
+                             "filename=?", (suite, component, filename)).fetchone()
         return PackageRecord(**dict(row)) if row else None
 
     def packages(self, name: str | None = None) -> list[PackageRecord]:
@@ -514,13 +587,10 @@ class Store:
                                   (name,)).fetchall()
         return [PackageRecord(**dict(r)) for r in rows]
 
-    def snapshot_for_index(self) -> tuple[int, list[PackageRecord]]:
-        """The packages generation and every package, read in one consistent transaction."""
+    def packages_generation(self) -> int:
         with self.read() as db:
-            gen = int(db.execute(
+            return int(db.execute(
                 "SELECT value FROM meta WHERE key='packages_generation'").fetchone()[0])
-            rows = db.execute("SELECT * FROM packages ORDER BY name, id").fetchall()
-        return gen, [PackageRecord(**dict(r)) for r in rows]
 
     def index_generation(self) -> int:
         with self.read() as db:
@@ -555,6 +625,17 @@ class Store:
 
 
 @dataclass(frozen=True)
+class IndexGroup:
+    """One group's share of a Packages file: its text, gzip member and xz block."""
+
+    plain: bytes
+    gz: bytes
+    xz: bytes
+    xz_unpadded: int
+    xz_size: int
+
+
+@dataclass(frozen=True)
 class PlannedJob:
     package: str
     version: str
@@ -579,6 +660,17 @@ def _fail_dependents(db: sqlite3.Connection, failed_id: int) -> None:
                            (JobState.DEP_FAILED.value, time.time(),
                             f"needs {what}, which did not build", row["id"]))
                 todo.append((row["id"], what))
+
+
+def _mark_dirty(db: sqlite3.Connection, suite: str, component: str, grp: int) -> None:
+    db.execute("INSERT OR IGNORE INTO index_dirty(suite, component, grp) VALUES (?,?,?)",
+               (suite, component, grp))
+
+
+def _bump_generation(db: sqlite3.Connection) -> int:
+    db.execute("UPDATE meta SET value=value+1 WHERE key='packages_generation'")
+    return int(db.execute(
+        "SELECT value FROM meta WHERE key='packages_generation'").fetchone()[0])
 
 
 def _build_from_row(row: sqlite3.Row) -> Build:

@@ -67,18 +67,20 @@ class MasterClient:
         self.timeout = timeout
 
     def _request(self, method: str, path: str, *, retry_for: float | None = None,
-                 body_path: Path | None = None, **kwargs: Any) -> requests.Response:
+                 body_path: Path | None = None, timeout: float | None = None,
+                 **kwargs: Any) -> requests.Response:
         deadline = time.monotonic() + (self.retry_for if retry_for is None else retry_for)
+        timeout = self.timeout if timeout is None else timeout
         delay = 0.5
         while True:
             try:
                 if body_path is not None:
                     with open(body_path, "rb") as fh:
                         resp = self.session.request(method, self.base + path, data=fh,
-                                                    timeout=self.timeout, **kwargs)
+                                                    timeout=timeout, **kwargs)
                 else:
-                    resp = self.session.request(method, self.base + path,
-                                                timeout=self.timeout, **kwargs)
+                    resp = self.session.request(method, self.base + path, timeout=timeout,
+                                                **kwargs)
             except requests.RequestException as exc:
                 problem = f"cannot reach the master at {self.base}: {exc.__class__.__name__}"
             else:
@@ -119,9 +121,10 @@ class MasterClient:
     def renew_lease(self, assignment: JobAssignment, retry_for: float) -> bool:
         """True if renewed; False when the master says the attempt is no longer ours."""
         try:
+            # A renewal that hangs on a dead link must not outlive the lease it renews.
             self._request("POST", f"/api/v1/jobs/{assignment.job_id}/lease",
                           json=LeaseRenewal(assignment.attempt, assignment.token).to_json(),
-                          retry_for=retry_for)
+                          retry_for=retry_for, timeout=max(retry_for, 1.0))
         except (Conflict, NotFound, Forbidden):
             return False
         return True

@@ -6,7 +6,9 @@ import gzip
 import hashlib
 import io
 import itertools
+import lzma
 import random
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from common.config import RepositorySettings, settings_from_dict
 from common.errors import BadRequest, Conflict, PayloadTooLarge, Unprocessable
 from common.messages import UploadReceipt
 from master import debrepo
+from master.index import IndexWriter, group_of
 from master.repository import Expected, Repository
 from master.storage import LocalStorage
 from master.store import PackageRecord, Store
@@ -33,7 +36,8 @@ def record(name: str, version: str, arch: str) -> PackageRecord:
     stanza = (f"Package: {name}\nVersion: {version}\nArchitecture: {arch}\n"
               f"Maintainer: Jane Doe <jane@example.org>\nFilename: {pool_path}\nSize: 100\n"
               f"SHA256: {sha}\nDescription: {name}\n")
-    return PackageRecord(id=next(_ids), name=name, version=version, arch=arch,
+    return PackageRecord(id=next(_ids), suite="stable", component="main",
+                         grp=group_of(name), name=name, version=version, arch=arch,
                          filename=filename, pool_path=pool_path, size=100, sha256=sha,
                          stanza=stanza, uploaded_at=0.0, uploaded_by="tests", job_id=None)
 
@@ -123,7 +127,7 @@ def test_render_release_lists_every_file() -> None:
         "main/binary-amd64/Packages.gz": gzip.compress(b"Package: a\n", mtime=0),
         "main/binary-arm64/Packages": b"",
     }
-    text = debrepo.render_release(repo, files, date=0).decode()
+    text = debrepo.render_release(repo, "trixie", files, date=0).decode()
     fields, sums = parse_release(text)
     assert fields["Origin"] == "Acme"
     assert fields["Label"] == "AcmeL"
@@ -132,6 +136,7 @@ def test_render_release_lists_every_file() -> None:
     assert fields["Architectures"] == "amd64 arm64"
     assert fields["Components"] == "main"
     assert fields["Date"] == "Thu, 01 Jan 1970 00:00:00 GMT"
+    assert fields["Acquire-By-Hash"] == "yes"
     assert set(sums) == {"MD5Sum", "SHA1", "SHA256"}
     for title, algo in (("MD5Sum", "md5"), ("SHA1", "sha1"), ("SHA256", "sha256")):
         assert set(sums[title]) == set(files)
@@ -139,60 +144,96 @@ def test_render_release_lists_every_file() -> None:
             assert sums[title][name] == (hashlib.new(algo, data).hexdigest(), len(data))
 
 
-# -- write_index -----------------------------------------------------------------------------
+# -- the incremental index writer -------------------------------------------------------------
 
 
-def test_write_index_writes_packages_gz_and_release(tmp_path: Path) -> None:
-    storage = LocalStorage(tmp_path)
+def write_index(tmp_path: Path, repo: RepositorySettings, recs: list[PackageRecord],
+                full: bool = True) -> tuple[Path, Store]:
+    """Record ``recs`` in a real store and write the index through a LocalStorage."""
+    store = Store(tmp_path / "state.db")
+    store.add_packages([{k: getattr(r, k) for k in (
+        "suite", "component", "grp", "name", "version", "arch", "filename", "pool_path",
+        "size", "sha256", "stanza", "uploaded_at", "uploaded_by", "job_id")} for r in recs])
+    IndexWriter(repo, store, LocalStorage(tmp_path / "repo")).write(full=full)
+    return tmp_path / "repo" / "dists" / repo.suite, store
+
+
+def test_index_writes_packages_gz_xz_release_and_by_hash(tmp_path: Path) -> None:
     repo = RepositorySettings(architectures=("amd64", "arm64"))
     recs = [record("hello", "1.0-1", "amd64"), record("hello", "1.1-1", "amd64"),
             record("hello", "1.0-1", "arm64"), record("common", "2.0-1", "all")]
-    written = debrepo.write_index(storage, repo, recs)
+    dists, _ = write_index(tmp_path, repo, recs)
 
-    dists = tmp_path / "dists" / "stable"
-    expected_files = {f"main/binary-{a}/{n}" for a in ("amd64", "arm64")
-                      for n in ("Packages", "Packages.gz", "Release")}
-    assert set(written) == expected_files | {"Release"}
-    on_disk = {p.relative_to(dists).as_posix() for p in dists.rglob("*") if p.is_file()}
-    assert on_disk == expected_files | {"Release"}  # and no temporary leftovers
+    index_files = {f"main/binary-{a}/{n}" for a in ("amd64", "arm64")
+                   for n in ("Packages", "Packages.gz", "Packages.xz", "Release")}
+    on_disk = {p.relative_to(dists).as_posix() for p in dists.rglob("*")
+               if p.is_file() and "by-hash" not in p.parts}
+    assert on_disk == index_files | {"Release"}  # no temporary leftovers, unsigned
 
     for arch, wanted in (("amd64", {"common": "2.0-1", "hello": "1.1-1"}),
                          ("arm64", {"common": "2.0-1", "hello": "1.0-1"})):
         base = dists / "main" / f"binary-{arch}"
         packages = (base / "Packages").read_bytes()
         assert gzip.decompress((base / "Packages.gz").read_bytes()) == packages
+        assert lzma.decompress((base / "Packages.xz").read_bytes()) == packages
         stanzas = list(Deb822.iter_paragraphs(packages.decode()))
         assert {s["Package"]: s["Version"] for s in stanzas} == wanted
-        assert [s["Package"] for s in stanzas] == sorted(wanted)
         arch_release = Deb822((base / "Release").read_text())
         assert arch_release["Architecture"] == arch
         assert arch_release["Archive"] == "stable"
-        assert arch_release["Component"] == "main"
+        for name in ("Packages", "Packages.gz", "Packages.xz"):
+            data = (base / name).read_bytes()
+            by_hash = base / "by-hash" / "SHA256" / hashlib.sha256(data).hexdigest()
+            assert by_hash.read_bytes() == data
 
     fields, sums = parse_release((dists / "Release").read_text())
     assert fields["Architectures"] == "amd64 arm64"
+    assert fields["Acquire-By-Hash"] == "yes"
     for title, algo in (("MD5Sum", "md5"), ("SHA1", "sha1"), ("SHA256", "sha256")):
-        assert set(sums[title]) == expected_files
+        assert set(sums[title]) == index_files
         for name, (digest, size) in sums[title].items():
             data = (dists / name).read_bytes()
             assert digest == hashlib.new(algo, data).hexdigest()
             assert size == len(data)
 
 
-def test_write_index_of_an_empty_repository(tmp_path: Path) -> None:
-    debrepo.write_index(LocalStorage(tmp_path), RepositorySettings(), [])
-    base = tmp_path / "dists" / "stable" / "main" / "binary-amd64"
+def test_index_of_an_empty_repository(tmp_path: Path) -> None:
+    dists, _ = write_index(tmp_path, RepositorySettings(), [])
+    base = dists / "main" / "binary-amd64"
     assert (base / "Packages").read_bytes() == b""
     assert gzip.decompress((base / "Packages.gz").read_bytes()) == b""
-    assert (tmp_path / "dists" / "stable" / "Release").is_file()
+    assert lzma.decompress((base / "Packages.xz").read_bytes()) == b""
+    assert (dists / "Release").is_file()
 
 
-def test_packages_gz_is_reproducible(tmp_path: Path) -> None:
-    recs = [record("hello", "1.0-1", "amd64")]
-    first = debrepo.write_index(LocalStorage(tmp_path / "a"), RepositorySettings(), recs)
-    second = debrepo.write_index(LocalStorage(tmp_path / "b"), RepositorySettings(), recs)
-    key = "main/binary-amd64/Packages.gz"
-    assert first[key] == second[key]
+def test_incremental_write_equals_full_write(tmp_path: Path) -> None:
+    """Rendering only the dirty groups gives the same files as rendering everything."""
+    repo = RepositorySettings(architectures=("amd64",))
+    recs = [record(f"pkg{i:03d}", "1.0-1", "amd64") for i in range(300)]
+    dists, store = write_index(tmp_path / "a", repo, recs)
+    newer = record("pkg007", "1.1-1", "amd64")
+    store.add_packages([{k: getattr(newer, k) for k in (
+        "suite", "component", "grp", "name", "version", "arch", "filename", "pool_path",
+        "size", "sha256", "stanza", "uploaded_at", "uploaded_by", "job_id")}])
+    assert store.dirty_groups() == {("stable", "main", group_of("pkg007"))}
+    IndexWriter(repo, store, LocalStorage(tmp_path / "a" / "repo")).write()
+    assert store.dirty_groups() == set()
+    full, _ = write_index(tmp_path / "b", repo, [*recs, newer])
+    for name in ("Packages", "Packages.gz", "Packages.xz"):
+        got = (dists / "main/binary-amd64" / name).read_bytes()
+        assert got == (full / "main/binary-amd64" / name).read_bytes(), name
+    versions_listed = {s["Package"]: s["Version"] for s in Deb822.iter_paragraphs(
+        (dists / "main/binary-amd64/Packages").read_text())}
+    assert versions_listed["pkg007"] == "1.1-1"
+    assert len(versions_listed) == 300
+
+
+def test_xz_stream_of_many_blocks_is_one_valid_stream() -> None:
+    pieces = [f"Package: p{i}\nVersion: 1\n\n".encode() * (i + 1) for i in range(20)]
+    data = debrepo.xz_stream([debrepo.xz_block(p) for p in pieces])
+    assert lzma.decompress(data) == b"".join(pieces)
+    assert subprocess.run(["xz", "-t"], input=data).returncode == 0
+    assert lzma.decompress(debrepo.xz_stream([])) == b""
 
 
 # -- Repository: accepting uploads -----------------------------------------------------------
@@ -445,7 +486,7 @@ def test_empty_body_is_a_bad_request(farm: Farm) -> None:
 def test_rebuild_index_skips_when_up_to_date(farm: Farm, make_deb: MakeDeb) -> None:
     farm.upload(make_deb("hello", "1.0-1", "amd64"))
     generation = farm.store.index_generation()
-    assert generation == 1
+    assert generation == farm.store.packages_generation()
     assert farm.repo.rebuild_index(generation) is False
     assert farm.repo.rebuild_index() is True
     assert farm.store.index_generation() == generation
