@@ -1,0 +1,128 @@
+"""Copying the repository from one storage to another: local disk to S3, S3 to local, bucket to
+bucket.
+
+Every key of the source (the pool and the published index) is streamed to a temporary file,
+hashed on the way, written to the destination with its atomic `put_file`, then read back and
+checked by size and sha256. A key the destination already holds with the same content is left
+alone, so running the migration again copies only what is missing or different; nothing is
+ever deleted from either side.
+
+Keys go over in the order a client needs them: the pool first, then the by-hash copies, then
+the indexes, and each suite's Release, Release.gpg and InRelease last, so a client that reads
+the destination during a migration sees the old index or a complete new one. Stop the master
+(or at least its uploads) while migrating: an index written meanwhile may be missed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO
+
+from master.storage import CHUNK, Storage
+
+RELEASE_FILES = ("Release", "Release.gpg", "InRelease")
+
+
+def copy_order(key: str) -> tuple[int, str]:
+    """Sort key: pool (and anything else), by-hash copies, indexes, top-level Release files."""
+    if not key.startswith("dists/"):
+        rank = 0
+    elif "/by-hash/" in key:
+        rank = 1
+    elif key.count("/") == 2 and key.rsplit("/", 1)[1] in RELEASE_FILES:
+        rank = 3
+    else:
+        rank = 2
+    return rank, key
+
+
+def digest(storage: Storage, key: str) -> tuple[int, str]:
+    """(size, sha256) of ``key`` in ``storage``, streamed."""
+    sha = hashlib.sha256()
+    size = 0
+    with storage.open(key) as fh:
+        while chunk := fh.read(CHUNK):
+            size += len(chunk)
+            sha.update(chunk)
+    return size, sha.hexdigest()
+
+
+def _fetch(source: Storage, key: str, work: Path) -> tuple[Path, int, str]:
+    """Stream ``key`` to a temporary file in ``work``: (the file, its size, its sha256)."""
+    fd, name = tempfile.mkstemp(dir=work, prefix="copy-")
+    path = Path(name)
+    sha = hashlib.sha256()
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as out, source.open(key) as fh:
+            while chunk := fh.read(CHUNK):
+                size += len(chunk)
+                sha.update(chunk)
+                out.write(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path, size, sha.hexdigest()
+
+
+def _holds(dest: Storage, key: str, size: int, sha256: str) -> bool:
+    """Whether ``dest`` already holds ``key`` with this content."""
+    try:
+        if dest.size(key) != size:
+            return False
+        return digest(dest, key) == (size, sha256)
+    except FileNotFoundError:
+        return False
+
+
+def migrate(source: Storage, dest: Storage, out: IO[str] | None = None, *,
+            tmp_dir: Path | None = None) -> int:
+    """Copy every key of ``source`` to ``dest``; returns how many files were copied.
+
+    Progress goes to ``out`` (one line per copied file, then a summary). Raises `OSError` if a
+    copy cannot be written or reads back different from the source (the message names the key).
+    ``tmp_dir`` holds the file in transit (default: the system's temporary folder).
+    """
+
+    def say(line: str) -> None:
+        if out is not None:
+            out.write(line + "\n")
+            out.flush()
+
+    keys = sorted((key for key, _ in source.list("")), key=copy_order)
+    copied = present = vanished = 0
+    with tempfile.TemporaryDirectory(dir=tmp_dir, prefix="pkgfarm-migrate-") as work:
+        for key in keys:
+            try:
+                tmp, size, sha256 = _fetch(source, key, Path(work))
+            except FileNotFoundError:
+                # Removed since the listing (an old by-hash copy expiring, say): nothing to do.
+                vanished += 1
+                say(f"skipped {key}: no longer in the source")
+                continue
+            try:
+                if _holds(dest, key, size, sha256):
+                    present += 1
+                    continue
+                dest.put_file(tmp, key)
+            finally:
+                tmp.unlink(missing_ok=True)
+            try:
+                got = digest(dest, key)
+            except FileNotFoundError as exc:
+                raise OSError(f"{key} was copied to {dest!r} but cannot be read back there"
+                              ) from exc
+            if got != (size, sha256):
+                raise OSError(
+                    f"{key} reads back from {dest!r} as {got[0]} bytes with sha256 {got[1]}, "
+                    f"not {size} bytes with sha256 {sha256} as in {source!r}")
+            copied += 1
+            say(f"copied {key} ({size} bytes)")
+    summary = f"{copied} copied, {present} already present"
+    if vanished:
+        summary += f", {vanished} gone from the source meanwhile"
+    say(f"{summary} ({source!r} -> {dest!r})")
+    return copied
