@@ -13,11 +13,12 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, request, send_from_directory, url_for
+from flask import Blueprint, Response, redirect, request, send_from_directory, url_for
 
 from common import arch as archmod
 from common import debian
@@ -33,6 +34,7 @@ from common.messages import (
 from common.states import JobState, build_state
 from master import buildlogs, debrepo
 from master.services import Services
+from master.storage import LocalStorage
 from master.store import Build, Job
 
 #: The largest build log kept per attempt; what comes after is dropped with a note.
@@ -515,7 +517,24 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
     def serve(path: str) -> Any:
         if not path or path.endswith("/"):
             raise NotFound("directory listings are not served")
-        return send_from_directory(Path(svc.settings.master.data_dir) / "repo", path,
-                                   max_age=0)
+        storage = svc.repository.storage
+        if isinstance(storage, LocalStorage):
+            return send_from_directory(storage.root, path, max_age=0)
+        try:
+            if svc.settings.storage.serve == "redirect":
+                if not storage.exists(path):
+                    raise FileNotFoundError(path)
+                return redirect(storage.url(path, expires=600) or "", code=302)
+            size = storage.size(path)
+            stream = storage.open(path)
+        except (FileNotFoundError, ValueError):
+            raise NotFound(f"/repo/{path} does not exist") from None
+
+        def body() -> Iterator[bytes]:
+            with stream:
+                while chunk := stream.read(1024 * 1024):
+                    yield chunk
+        return Response(body(), mimetype="application/octet-stream",
+                        headers={"Content-Length": str(size)})
 
     return [api, repo]

@@ -16,6 +16,7 @@ from werkzeug.security import generate_password_hash
 
 from common import cli as clitools
 from common.config import ROLES, Settings, load_settings
+from common.errors import ConfigError
 from common.logs import setup_logging
 
 log = logging.getLogger("pkgfarm.master")
@@ -55,6 +56,7 @@ def serve(config_path: str | None) -> None:
         embedded = EmbeddedRedis(settings.embedded_broker_socket)
         embedded.start()
     services = Services.build(settings)
+    _check_storage(services.repository.storage)
     # Nobody could renew a lease while the master was away: give running attempts a fresh one.
     services.store.extend_all_leases(settings.master.lease_seconds)
     services.repository.discard_partial_uploads()
@@ -108,6 +110,16 @@ def serve(config_path: str | None) -> None:
             # gpg started an agent for the master's keyring; it goes with the master.
             subprocess.run(["gpgconf", "--homedir", str(services.repository.signer.home),
                             "--kill", "all"], capture_output=True)
+
+
+def _check_storage(storage: object) -> None:
+    from master.storage import S3Storage
+
+    if isinstance(storage, S3Storage):
+        try:
+            storage.check()
+        except OSError as exc:
+            raise ConfigError(f"storage: {exc}", key="storage.bucket") from exc
 
 
 @cli.command("package-add")
@@ -192,6 +204,27 @@ def repo_index(full: bool, config_path: str | None) -> None:
     services = Services.build(_settings(config_path))
     services.repository.rebuild_index(full=full)
     click.echo(f"index written for {', '.join(services.settings.repository.all_suites)}")
+
+
+@cli.command("repo-migrate")
+@click.option("--to", "target", type=click.Choice(["s3", "local"]), required=True,
+              help="s3: copy data_dir/repo into the bucket of the config's storage section; "
+                   "local: the other way.")
+@config_option
+def repo_migrate(target: str, config_path: str | None) -> None:
+    """Copy the whole repository between the local disk and S3 (stop the master first)."""
+    from master.migrate import migrate
+    from master.storage import LocalStorage, storage_from_settings
+
+    settings = _settings(config_path)
+    if settings.storage.backend != "s3":
+        raise click.ClickException("the config's storage section must name the S3 bucket "
+                                   "(storage: {backend: s3, bucket: …})")
+    local = LocalStorage(Path(settings.master.data_dir) / "repo")
+    bucket = storage_from_settings(settings)
+    source, dest = (local, bucket) if target == "s3" else (bucket, local)
+    copied = migrate(source, dest, sys.stderr)
+    click.echo(f"{copied} file(s) copied to {target}")
 
 
 @cli.command("key-generate")

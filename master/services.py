@@ -16,6 +16,7 @@ from master.auth import Authenticator
 from master.repository import Repository
 from master.scheduler import Scheduler
 from master.signing import Signer
+from master.storage import storage_from_settings
 from master.store import Store
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ class Services:
         return cls(
             settings=settings,
             store=store,
-            repository=Repository(settings, store, signer=signer),
+            repository=Repository(settings, store, storage_from_settings(settings),
+                                  signer=signer),
             scheduler=Scheduler(settings, store, celery),
             celery=celery,
             auth=Authenticator(settings.master.users),

@@ -36,13 +36,14 @@ class Farm:
     """A running farm: its own redis-server, the master, and workers named by arch."""
 
     def __init__(self, root: Path, extra_master: dict[str, Any] | None = None,
-                 extra_worker: dict[str, Any] | None = None) -> None:
+                 extra_worker: dict[str, Any] | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
         self.root = root
         self.redis = RedisServer(root / "redis")
         self.port = free_port()
         self.data_dir = root / "data"
         self.config = root / "config.yaml"
-        self.extra_master, self.extra_worker = extra_master, extra_worker
+        self.extra_master, self.extra_worker, self.extra = extra_master, extra_worker, extra
         self.master: Master | None = None
         self.workers: dict[str, Worker] = {}
 
@@ -50,7 +51,8 @@ class Farm:
         self.redis.start()
         write_config(self.config, data_dir=self.data_dir, port=self.port,
                      broker_url=self.redis.url, package_paths=[TEST_PACKAGES],
-                     extra_master=self.extra_master, extra_worker=self.extra_worker)
+                     extra_master=self.extra_master, extra_worker=self.extra_worker,
+                     extra=self.extra)
         self.master = Master(self.config, self.port, self.root / "master.log")
         self.master.start()
         for name, arches in worker_arches.items():

@@ -116,7 +116,8 @@ class RedisServer:
 def write_config(path: Path, *, data_dir: Path, port: int, broker_url: str | None,
                  package_paths: list[Path], architectures: tuple[str, ...] = ("amd64", "arm64"),
                  extra_master: dict[str, Any] | None = None,
-                 extra_worker: dict[str, Any] | None = None) -> Path:
+                 extra_worker: dict[str, Any] | None = None,
+                 extra: dict[str, Any] | None = None) -> Path:
     config: dict[str, Any] = {
         "package_paths": [str(p) for p in package_paths],
         "master": {
@@ -143,6 +144,7 @@ def write_config(path: Path, *, data_dir: Path, port: int, broker_url: str | Non
     }
     if broker_url:
         config["broker_url"] = broker_url
+    config.update(extra or {})
     path.write_text(yaml.safe_dump(config))
     return path
 

@@ -17,7 +17,12 @@ def _contents(deb: Path, member: str) -> str:
 
 
 def test_build_set_reaches_apt(farm, tmp_path):
-    master = farm.master
+    check_build_set(farm.master, tmp_path)
+
+
+def check_build_set(master, tmp_path) -> None:
+    """A set of all, amd64-only and arm64-only definitions, built on the workers their
+    architecture tags allow, and read back with a stock apt-get."""
     build_id = master.submit(["itest-all", "itest-amd64", "itest-arm64"])
     build = master.wait_build(build_id)
 
