@@ -47,7 +47,10 @@ def _iso(ts: float | None) -> str | None:
 
 def json_body(allowed: set[str], required: frozenset[str] | set[str] = frozenset()
               ) -> dict[str, Any]:
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # nesting deep enough to exhaust the parser
+        data = None
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
     unknown = sorted(set(data) - allowed)
@@ -164,6 +167,14 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
 
+    def flag_arg(name: str) -> bool:
+        raw = request.args.get(name, "").lower()
+        if raw in ("", "0", "false", "no"):
+            return False
+        if raw in ("1", "true", "yes"):
+            return True
+        raise BadRequest(f"{name} must be true or false", field=name)
+
     def int_arg(name: str, default: int | None = None, lo: int = 0, hi: int = 2**31) -> int:
         raw = request.args.get(name)
         if raw is None:
@@ -232,7 +243,7 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
         offset = int_arg("offset", 0)
         return {"builds": [build_json(b, j) for b, j in svc.store.list_builds(limit, offset)]}
 
-    @api.get("/builds/<int:build_id>")
+    @api.get("/builds/<id:build_id>")
     @auth.require("read")
     def get_build(build_id: int) -> Any:
         found = svc.store.get_build(build_id)
@@ -240,7 +251,7 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
             raise NotFound(f"no build {build_id}", build=build_id)
         return build_json(*found)
 
-    @api.get("/builds/<int:build_id>/packages/<name>/log")
+    @api.get("/builds/<id:build_id>/packages/<name>/log")
     @auth.require("read")
     def build_log(build_id: int, name: str) -> Any:
         found = svc.store.get_build(build_id)
@@ -257,14 +268,14 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
             raise BadRequest(f"{name} is built for {', '.join(j.arch for j in jobs)}: "
                              "choose one with ?arch=", field="arch")
         job = jobs[0]
-        if request.args.get("follow") not in (None, "", "0", "false"):
+        if flag_arg("follow"):
             return Response(buildlogs.follow(svc.store, svc.settings.master.data_dir, job.id),
                             mimetype="text/plain")
         path = log_path(job)
         text = path.read_bytes() if path.is_file() else b""
         return Response(text, mimetype="text/plain")
 
-    @api.post("/builds/<int:build_id>/restart")
+    @api.post("/builds/<id:build_id>/restart")
     @auth.require("build")
     def restart_build(build_id: int) -> Any:
         restarted = svc.scheduler.restart(build_id)
@@ -272,7 +283,7 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
         assert found is not None
         return {**build_json(*found), "restarted": restarted}
 
-    @api.post("/builds/<int:build_id>/cancel")
+    @api.post("/builds/<id:build_id>/cancel")
     @auth.require("build")
     def cancel_build(build_id: int) -> Any:
         if svc.store.get_build(build_id) is None:
@@ -287,7 +298,7 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
 
     # -- the worker protocol ----------------------------------------------------------------------
 
-    @api.post("/jobs/<int:job_id>/claim")
+    @api.post("/jobs/<id:job_id>/claim")
     @auth.require("upload")
     def claim(job_id: int) -> Any:
         req = parse_message(ClaimRequest)
@@ -326,7 +337,7 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
         start_log(job)
         return assignment(job, token), 201
 
-    @api.post("/jobs/<int:job_id>/lease")
+    @api.post("/jobs/<id:job_id>/lease")
     @auth.require("upload")
     def renew_lease(job_id: int) -> Any:
         req = parse_message(LeaseRenewal)
@@ -335,7 +346,7 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
             raise Conflict(f"attempt {req.attempt} of job {job_id} is no longer running")
         return {"id": job.id, "attempt": req.attempt, "lease_seconds": lease_seconds}
 
-    @api.post("/jobs/<int:job_id>/log")
+    @api.post("/jobs/<id:job_id>/log")
     @auth.require("upload")
     def append_log(job_id: int) -> Any:
         attempt = int_arg("attempt", lo=1)
@@ -354,7 +365,7 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
                 fh.write(chunk)
         return {"size": path.stat().st_size}
 
-    @api.post("/jobs/<int:job_id>/report")
+    @api.post("/jobs/<id:job_id>/report")
     @auth.require("upload")
     def report(job_id: int) -> Any:
         req = parse_message(JobReport)
@@ -465,10 +476,12 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
     def packages() -> Any:
         name = request.args.get("name")
         records = svc.store.packages(name)
-        indexed = {r.id for a in svc.settings.repository.architectures
-                   for r in debrepo.newest(records, a)}
+        indexed = {r.id for suite in svc.settings.repository.all_suites
+                   for a in svc.settings.repository.architectures
+                   for r in debrepo.newest([x for x in records if x.suite == suite], a)}
         return {"packages": [
-            {"name": r.name, "version": r.version, "arch": r.arch, "filename": r.filename,
+            {"name": r.name, "version": r.version, "arch": r.arch, "suite": r.suite,
+             "component": r.component, "filename": r.filename,
              "pool_path": r.pool_path, "size": r.size, "sha256": r.sha256,
              "uploaded_at": _iso(r.uploaded_at), "uploaded_by": r.uploaded_by,
              "in_index": r.id in indexed}

@@ -6,7 +6,8 @@ import logging
 from typing import Any
 
 from flask import Flask, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import IntegerConverter
 
 from common.config import Settings, load_settings
 from common.errors import PkgfarmError
@@ -21,10 +22,19 @@ MAX_JSON_BYTES = 1024 * 1024
 MAX_LOG_CHUNK_BYTES = 64 * 1024 * 1024
 
 
+class RecordId(IntegerConverter):
+    """A positive id that fits SQLite's integers; anything larger is simply not found."""
+
+    def __init__(self, map: Any) -> None:
+        super().__init__(map, min=1, max=2**63 - 1)
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     services = Services.build(settings)
-    app = Flask("pkgfarm.master")
+    # No static folder: every route is the API's or the repository's, and each is checked.
+    app = Flask("pkgfarm.master", static_folder=None)
+    app.url_map.converters["id"] = RecordId
     # Werkzeug refuses a larger body with 413 before a view reads it (a little slack for forms).
     app.config["MAX_CONTENT_LENGTH"] = settings.master.max_upload_bytes + 1024 * 1024
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -62,7 +72,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:
-        return jsonify(error=exc.description or exc.name), exc.code or 500
+        response = jsonify(error=exc.description or exc.name)
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response, exc.code or 500
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Any:
