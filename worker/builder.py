@@ -1,21 +1,18 @@
 """Turning a package definition into a .deb in a fresh working directory.
 
 The build script runs in the unpacked sources with ``$DESTDIR`` pointing at an empty tree, in a
-session of its own so that a time limit stops the script and everything it started. The control
-file is generated here from the definition (never from the script), and dpkg-deb packs the tree
-with root ownership.
+build environment (worker/environment.py: this machine, confined by bubblewrap, or a clean root
+of its own) that stops the script and everything it started on a time limit. The control file
+is generated here from the definition (never from the script), and dpkg-deb packs the tree with
+root ownership. `BuildResult` is also what worker/debsource.py returns for Debian sources.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import signal
 import subprocess
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -25,14 +22,33 @@ from debian.deb822 import Deb822
 from common import arch as archmod
 from common import debian
 from common.definition import SNAPSHOT_SOURCES, PackageDefinition
-from common.errors import BuildCancelled, BuildFailed
+from common.errors import BuildFailed
+from worker.environment import (
+    BuildEnvironment,
+    HostEnvironment,
+    Log,
+    missing_packages,
+    run_process,
+    sandboxed,
+)
 
-Log = Callable[[str], None]
+__all__ = [
+    "BuildOutput", "BuildResult", "build_definition", "control_fields", "install_build_depends",
+    "installed_size_kib", "missing_packages", "run_process", "sandboxed",
+]
 
 
 @dataclass(frozen=True)
-class BuildOutput:
+class BuildResult:
+    """What a build made: its archives, and for a Debian source its .buildinfo and .changes."""
+
     archives: list[Path]
+    buildinfo: Path | None = None
+    changes: Path | None = None
+
+
+#: The name this result had before Debian sources were built.
+BuildOutput = BuildResult
 
 
 def control_fields(definition: PackageDefinition, arch: str, installed_size_kib: int) -> Deb822:
@@ -83,113 +99,25 @@ def _md5sums(root: Path) -> str:
     return "".join(lines)
 
 
-def missing_packages(names: list[str] | tuple[str, ...]) -> list[str]:
-    """Which of the build dependencies (bare package names) dpkg does not have installed."""
-    missing = []
-    for relation in names:
-        name = relation.split()[0].split(":")[0]
-        out = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Status}", name],
-                             capture_output=True, text=True)
-        if out.returncode != 0 or out.stdout.strip() != "installed":
-            missing.append(name)
-    return missing
-
-
 def install_build_depends(definition: PackageDefinition, allowed: bool, log: Log,
                           out: IO[str]) -> None:
-    missing = missing_packages(definition.build_depends)
-    if not missing:
-        return
-    if not allowed or os.geteuid() != 0:
-        raise BuildFailed(f"missing build dependencies: {', '.join(missing)} (this worker "
-                          "does not install packages; install them or run as root)")
-    log(f"installing build dependencies: {' '.join(missing)}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    result = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *missing],
-                            stdout=out, stderr=subprocess.STDOUT, env=env)
-    if result.returncode != 0:
-        raise BuildFailed(f"apt-get could not install the build dependencies: "
-                          f"{', '.join(missing)}")
-
-
-def sandboxed(argv: list[str], workdir: Path, cwd: Path, sandbox: str) -> list[str]:
-    """Wrap ``argv`` (to run in ``cwd``) so that it can write only inside ``workdir``.
-
-    With bubblewrap the whole system is mounted read-only, /tmp is private, ``workdir`` is the
-    one writable place, and the script runs in its own PID namespace that dies with bwrap, so
-    killing bwrap stops everything the script started.
-    """
-    if sandbox == "none":
-        return argv
-    if shutil.which("bwrap") is None:
-        raise BuildFailed("worker.sandbox is bwrap but bubblewrap is not installed "
-                          "(apt-get install bubblewrap, or set worker.sandbox: none)")
-    private_tmp = "/tmp"  # noqa: S108 (a fresh tmpfs inside the sandbox, not the host's /tmp)
-    return ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-            "--tmpfs", private_tmp, "--bind", str(workdir), str(workdir),
-            "--unshare-pid", "--die-with-parent", "--new-session",
-            "--chdir", str(cwd), *argv]
-
-
-def run_script(script: str, cwd: Path, env: dict[str, str], timeout: float, out: IO[str],
-               *, sandbox: str = "none", cancel: threading.Event | None = None) -> None:
-    """Run the build script with bash -e in its own session; kill the whole group on timeout.
-
-    ``cancel`` stops the build from another thread (the attempt was taken away).
-    """
-    workdir = cwd.parent
-    script_path = workdir / "build.sh"
-    script_path.write_text("set -eu\numask 022\n" + script)
-    argv = sandboxed(["bash", str(script_path)], workdir, cwd, sandbox)
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            try:
-                code = proc.wait(timeout=0.5)
-                break
-            except subprocess.TimeoutExpired:
-                if cancel is not None and cancel.is_set():
-                    _kill_group(proc)
-                    raise BuildCancelled("the build was stopped: this attempt is no longer "
-                                         "this worker's") from None
-                if time.monotonic() > deadline:
-                    _kill_group(proc)
-                    raise BuildFailed(f"the build script ran longer than its limit of "
-                                      f"{timeout:.0f} s and was stopped") from None
-    except BaseException:
-        _kill_group(proc)
-        raise
-    if code != 0:
-        hint = ""
-        if sandbox != "none":
-            hint = " (it may write only inside its own folder and $DESTDIR)"
-        raise BuildFailed(f"the build script failed with exit status {code}{hint}")
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=5)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """Install the definition's missing build dependencies on this machine (host mode)."""
+    HostEnvironment(Path.cwd(), install_deps=allowed, log=log).install(
+        list(definition.build_depends), out)
 
 
 def build_definition(
     definition: PackageDefinition, arch: str, workdir: Path, out: IO[str], log: Log,
     *, timeout: float, install_deps: bool = True, sandbox: str = "none",
-    cancel: threading.Event | None = None,
-) -> BuildOutput:
+    cancel: threading.Event | None = None, environment: BuildEnvironment | None = None,
+) -> BuildResult:
     """Build ``definition`` for ``arch`` inside ``workdir`` (which holds the unpacked snapshot).
 
     ``workdir`` must contain ``sources/`` (the build's working directory); the package tree is
-    made in ``workdir/root`` and the archive in ``workdir/out``.
+    made in ``workdir/root`` and the archive in ``workdir/out``. The build dependencies are
+    installed and the script run in ``environment`` (its folder must hold ``workdir``); by
+    default a `HostEnvironment` of ``workdir`` with ``install_deps`` and ``sandbox``, as before
+    clean environments. The archive is packed here with dpkg-deb either way.
     """
     if definition.architecture != archmod.ALL and not archmod.is_known(arch):
         raise BuildFailed(f"unknown architecture {arch!r}")
@@ -199,7 +127,9 @@ def build_definition(
     destdir.mkdir()
     outdir = workdir / "out"
     outdir.mkdir()
-    install_build_depends(definition, install_deps, log, out)
+    if environment is None:
+        environment = HostEnvironment(workdir, sandbox=sandbox, install_deps=install_deps,
+                                      log=log, timeout=timeout, cancel=cancel)
 
     env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -214,9 +144,12 @@ def build_definition(
         # The snapshot's time (see common.definition.snapshot): unchanged input, same archive.
         "SOURCE_DATE_EPOCH": str(int(definition.path.stat().st_mtime)),
     }
-    log(f"building {definition.name} {definition.full_version} for {arch}")
-    out.flush()
-    run_script(definition.build, srcdir, env, timeout, out, sandbox=sandbox, cancel=cancel)
+    with environment:
+        environment.install(list(definition.build_depends), out)
+        log(f"building {definition.name} {definition.full_version} for {arch}")
+        script_path = workdir / "build.sh"
+        script_path.write_text("set -eu\numask 022\n" + definition.build)
+        environment.run(["bash", str(script_path)], srcdir, env, timeout, out, cancel)
 
     if (destdir / "DEBIAN").exists():
         raise BuildFailed("the build script must not write $DESTDIR/DEBIAN; pkgfarm makes it")
@@ -241,4 +174,4 @@ def build_definition(
     if result.returncode != 0:
         raise BuildFailed(f"dpkg-deb could not pack the package (exit status {result.returncode})")
     log(f"built {filename} ({archive.stat().st_size} bytes)")
-    return BuildOutput([archive])
+    return BuildResult([archive])
