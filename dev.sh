@@ -13,8 +13,9 @@ cd "$(dirname "$0")"
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-RUNTIME_DEBS="python3 python3-venv python3-pip redis-server dpkg-dev fakeroot xz-utils bubblewrap ca-certificates"
-TEST_DEBS="docker-compose apt-utils"
+RUNTIME_DEBS="python3 python3-venv python3-pip redis-server dpkg-dev fakeroot xz-utils zstd
+  bubblewrap mmdebstrap gnupg git ca-certificates"
+TEST_DEBS="docker-compose apt-utils iproute2"
 
 install_debs() {
     local missing=()

@@ -227,6 +227,13 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
         arch = data.get("arch")
         if arch is not None and not isinstance(arch, str):
             raise BadRequest("arch must be a string", field="arch")
+        references = [p for p in packages if not debian.PACKAGE_NAME_RE.fullmatch(p)]
+        if references and "admin" not in auth.roles(auth.current_user() or ""):
+            # A .dsc URL or path, or a git repository, makes the master read files and reach
+            # other hosts: only admins may ask for that; names are for everyone with `build`.
+            raise Forbidden(f"only admins may build from a URL, a path or a git repository "
+                            f"({references[0]!r}); others name packages",
+                            field="packages")
         submitted = svc.scheduler.submit(packages, arch, auth.current_user())
         return {
             "id": submitted.build_id,

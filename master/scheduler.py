@@ -23,7 +23,9 @@ from pathlib import Path
 from celery import Celery
 
 from common import arch as archmod
+from common import debresolve
 from common.config import Settings
+from common.debsource import snapshot_debian_source
 from common.definition import find_definition, snapshot
 from common.errors import BadRequest, DefinitionError, NotFound, Unprocessable
 from common.messages import BuildTask
@@ -92,15 +94,13 @@ class Scheduler:
 
     def _plan_debian_source(self, ref: str, requested: str | None,
                             missing: NotFound) -> Buildable:
-        try:
-            from common.debsource import snapshot_debian_source
-
-            from master import debsources
-        except ImportError:
-            raise missing from None
         served = self.settings.repository.architectures
         state_dir = Path(self.settings.master.data_dir) / "apt"
-        source, files = debsources.resolve_with_files(ref, self.settings, state_dir)
+        try:
+            source, files = debresolve.resolve_with_files(ref, self.settings, state_dir)
+        except NotFound:
+            raise NotFound(f"{missing.message}; and no Debian source package named {ref!r}",
+                           package=ref) from None
         arches = source.build_arches(list(served), requested)
         if not arches:
             raise DefinitionError(f"{source.name} builds for {' '.join(source.architecture)}, "

@@ -13,9 +13,11 @@ import click
 
 from common import arch as archmod
 from common import cli as clitools
+from common import debresolve
 from common.config import Settings, load_settings
-from common.definition import PackageDefinition, find_definition, snapshot, unpack_snapshot
-from common.errors import BuildFailed, PkgfarmError
+from common.debsource import snapshot_debian_source
+from common.definition import find_definition, snapshot
+from common.errors import BuildFailed, NotFound, PkgfarmError
 from common.logs import setup_logging
 from common.messages import Heartbeat
 from worker.client import MasterClient
@@ -141,25 +143,51 @@ def package_add(name: str, now: bool, arch: str | None, config_path: str | None)
         click.echo(f"queued {name} as build {build['id']}", err=True)
         click.echo(build["id"])
         return
-    definition = find_definition(name, settings.package_paths)
-    target = _local_arch(settings, definition.architecture, arch)
     repo = client.health()["repository"]
-    assignment = client.create_local_job(definition.name, definition.full_version,
-                                         target, settings.worker.display_name)
-    click.echo(f"building {definition.name} {definition.full_version} for {target} as build "
-               f"{assignment.build_id}", err=True)
+    try:
+        definition = find_definition(name, settings.package_paths)
+    except NotFound as missing:
+        definition, not_defined = None, missing
+    if definition is not None:
+        targets = [_local_arch(settings, definition.architecture, arch)]
+        package, version, data = definition.name, definition.full_version, snapshot(definition)
+    else:
+        # No YAML definition: a Debian source package (name, .dsc or git reference).
+        state = Path(settings.worker.work_dir) / "apt-lookup"
+        try:
+            source, files = debresolve.resolve_with_files(name, settings, state)
+        except NotFound:
+            raise NotFound(f"{not_defined.message}; and no Debian source package named "
+                           f"{name!r}", package=name) from None
+        mine = set(settings.worker.architectures)
+        targets = [a for a in source.build_arches(list(repo["architectures"]), arch)
+                   if a == archmod.ALL or a in mine]
+        if not targets:
+            raise BuildFailed(f"{source.name} builds for {' '.join(source.architecture)}; "
+                              f"this worker builds {', '.join(sorted(mine))}")
+        package, version = source.name, source.version
+        data = snapshot_debian_source(source, files)
+    for target in targets:
+        _build_now(settings, client, repo, package, version, target, data)
 
-    def prepare(workdir: Path) -> PackageDefinition:
-        return unpack_snapshot(snapshot(definition), workdir)
 
-    outcome = execute_attempt(settings, client, assignment, prepare,
+def _build_now(settings: Settings, client: MasterClient, repo: dict[str, Any], package: str,
+               version: str, target: str, data: bytes) -> None:
+    """One local build: recorded by the master, built here, published, found in the index."""
+    assignment = client.create_local_job(package, version, target,
+                                         settings.worker.display_name)
+    click.echo(f"building {package} {version} for {target} as build {assignment.build_id}",
+               err=True)
+    outcome = execute_attempt(settings, client, assignment, data,
                               say=lambda message: click.echo(message, err=True))
     if outcome.status != "success":
         raise PkgfarmError(f"{outcome.error} (log: {settings.worker.master_url.rstrip('/')}"
-                           f"/api/v1/builds/{assignment.build_id}/packages/{definition.name}"
-                           f"/log)")
-    index_arch = target if target != archmod.ALL else repo["architectures"][0]
+                           f"/api/v1/builds/{assignment.build_id}/packages/{package}/log)")
     for filename in outcome.files:
+        if not filename.endswith(".deb"):
+            continue
+        file_arch = filename[:-4].rsplit("_", 1)[1]
+        index_arch = file_arch if file_arch != archmod.ALL else repo["architectures"][0]
         if not client.index_lists(filename, repo["suite"], repo["component"], index_arch):
             raise PkgfarmError(f"{filename} was uploaded but the index of "
                                f"{repo['suite']}/{repo['component']} does not list it "

@@ -24,12 +24,15 @@ from typing import IO, NamedTuple
 from celery import Celery
 
 from common.config import Settings
-from common.definition import PackageDefinition, unpack_snapshot
+from common.debsource import is_debian_source_snapshot, unpack_debian_source
+from common.definition import unpack_snapshot
 from common.errors import BuildCancelled, BuildFailed, Conflict, PkgfarmError, Unavailable
 from common.messages import BuildTask, JobAssignment
 from common.queues import BUILD_TASK, make_celery
-from worker.builder import build_definition
+from worker.builder import BuildResult, build_definition
 from worker.client import MasterClient
+from worker.debsource import build_source, fetch
+from worker.environment import environment_for
 
 log = logging.getLogger(__name__)
 
@@ -128,15 +131,12 @@ def run_job(settings: Settings, task: BuildTask, worker_name: str,
         log.info("job %d attempt %d is stale; dropping the message", task.job_id, task.attempt)
         return "stale"
 
-    def prepare(workdir: Path) -> PackageDefinition:
-        return unpack_snapshot(base64.b64decode(assignment.snapshot_b64), workdir)
-
-    return execute_attempt(settings, client, assignment, prepare).status
+    snapshot = base64.b64decode(assignment.snapshot_b64)
+    return execute_attempt(settings, client, assignment, snapshot).status
 
 
 def execute_attempt(settings: Settings, client: MasterClient, assignment: JobAssignment,
-                    prepare: Callable[[Path], PackageDefinition], say: Say | None = None
-                    ) -> Outcome:
+                    snapshot: bytes, say: Say | None = None) -> Outcome:
     """Build, upload and report one attempt the master gave this worker.
 
     The status is "success", "failed", or "lost" when the master took the attempt away.
@@ -152,7 +152,7 @@ def execute_attempt(settings: Settings, client: MasterClient, assignment: JobAss
     streamer.start()
     try:
         with open(log_file, "w", encoding="utf-8", errors="replace") as out:
-            status, error, files = _build_and_upload(settings, client, assignment, prepare,
+            status, error, files = _build_and_upload(settings, client, assignment, snapshot,
                                                      workdir, out, keeper.lost, say)
         lost = Outcome("lost", "the master took this attempt back", [])
         if keeper.lost.is_set():
@@ -173,8 +173,26 @@ def execute_attempt(settings: Settings, client: MasterClient, assignment: JobAss
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def build(settings: Settings, assignment: JobAssignment, snapshot: bytes, workdir: Path,
+          out: IO[str], note: Say, cancel: threading.Event) -> BuildResult:
+    """Build a job's snapshot (a YAML definition or a Debian source) in the environment the
+    worker is configured for, with the farm's own repository as an apt source."""
+    ws = settings.worker
+    is_source = is_debian_source_snapshot(snapshot)
+    with environment_for(ws, assignment.arch, workdir, list(assignment.apt_sources), out=out,
+                         log=note, cancel=cancel, label_only=not is_source) as env:
+        if is_source:
+            source, local = unpack_debian_source(snapshot, workdir / "snapshot")
+            tree = fetch(source, workdir / "src", out, local,
+                         state_dir=Path(ws.work_dir) / "apt-sources", cancel=cancel)
+            return build_source(tree, assignment.arch, env, out, ws.build_timeout, cancel)
+        definition = unpack_snapshot(snapshot, workdir / "def")
+        return build_definition(definition, assignment.arch, workdir / "def", out, note,
+                                timeout=ws.build_timeout, cancel=cancel, environment=env)
+
+
 def _build_and_upload(settings: Settings, client: MasterClient, assignment: JobAssignment,
-                      prepare: Callable[[Path], PackageDefinition], workdir: Path, out: IO[str],
+                      snapshot: bytes, workdir: Path, out: IO[str],
                       lost: threading.Event, say: Say | None
                       ) -> tuple[str, str | None, list[tuple[str, str]]]:
     """Build and upload; the files are (name, sha256) pairs for the report's manifest."""
@@ -186,15 +204,9 @@ def _build_and_upload(settings: Settings, client: MasterClient, assignment: JobA
     note(f"job {assignment.job_id} attempt {assignment.attempt}: {assignment.package} "
          f"{assignment.version} for {assignment.arch}")
     try:
-        definition = prepare(workdir / "def")
-        result = build_definition(
-            definition, assignment.arch, workdir / "def", out, note,
-            timeout=settings.worker.build_timeout,
-            install_deps=settings.worker.install_build_depends,
-            sandbox=settings.worker.sandbox, cancel=lost,
-        )
+        result = build(settings, assignment, snapshot, workdir, out, note, lost)
         files = []
-        extra = [p for p in [getattr(result, "buildinfo", None)] if p is not None]
+        extra = [result.buildinfo] if result.buildinfo is not None else []
         for artifact in [*result.archives, *extra]:
             if lost.is_set():
                 raise BuildCancelled("the attempt was taken away before the upload")

@@ -144,9 +144,23 @@ def write_config(path: Path, *, data_dir: Path, port: int, broker_url: str | Non
     }
     if broker_url:
         config["broker_url"] = broker_url
+    # Names that no definition matches are looked up as Debian sources. Most tests need no
+    # real archive for that: a local deb-src repository with one unrelated source answers
+    # "not found" at once. Tests of Debian sources set debian_sources themselves.
+    config["debian_sources"] = [local_deb_src(path.parent / "deb-src")]
     config.update(extra or {})
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def local_deb_src(folder: Path) -> str:
+    """A flat deb-src repository holding one unrelated source; its one-line entry."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "Sources").write_text(
+        "Package: pkgfarm-unrelated\nBinary: pkgfarm-unrelated\nVersion: 1.0\n"
+        "Architecture: all\nFormat: 3.0 (native)\nDirectory: .\nFiles:\n"
+        " 00000000000000000000000000000000 1 pkgfarm-unrelated_1.0.dsc\n")
+    return f"deb-src [trusted=yes] file:{folder} ./"
 
 
 class Master:

@@ -23,10 +23,10 @@ import yaml
 
 from common.config import Settings, WorkerSettings, host_arch
 from common.debian import strip_epoch
+from common.debresolve import resolve, resolve_with_files
 from common.debsource import snapshot_debian_source, unpack_debian_source
 from common.definition import parse_definition
 from common.errors import BuildFailed
-from master.debsources import resolve, resolve_with_files
 from tests.unit import native_source
 from worker.builder import build_definition
 from worker.debsource import build_source, fetch

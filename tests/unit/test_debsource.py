@@ -19,6 +19,7 @@ from debian.deb822 import Dsc
 
 from common.aptsources import AptState, machine_deb_src_lines
 from common.config import Settings, settings_from_dict
+from common.debresolve import reference_kind, resolve, resolve_with_files
 from common.debsource import (
     GIT_TREE_FILE,
     DebianSource,
@@ -31,7 +32,6 @@ from common.debsource import (
 )
 from common.definition import parse_definition, snapshot
 from common.errors import BuildFailed, DefinitionError, NotFound
-from master.debsources import reference_kind, resolve, resolve_with_files
 from tests.unit import native_source
 from worker.debsource import binary_kinds, fetch
 

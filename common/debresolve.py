@@ -1,4 +1,6 @@
-"""Resolving a reference to a Debian source package, for the master to plan and snapshot it.
+"""Resolving a reference to a Debian source package, to plan and snapshot a build of it.
+
+The master uses it to plan builds; `worker package-add NAME --now` uses it to build here.
 
 A reference is one of:
 
