@@ -348,6 +348,25 @@ def repo_files(data_dir: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
+def standalone_master(root: Path, extra_master: dict[str, Any] | None = None,
+                      repository: dict[str, Any] | None = None) -> Iterator[Master]:
+    """A master under gunicorn with its own redis-server and no workers (uploads by hand,
+    API tests). ``repository`` adds keys to the config's repository section."""
+    redis = RedisServer(root / "redis")
+    port = free_port()
+    config = write_config(root / "config.yaml", data_dir=root / "data", port=port,
+                          broker_url=redis.url, package_paths=[], extra_master=extra_master)
+    if repository:
+        data = yaml.safe_load(config.read_text())
+        data["repository"].update(repository)
+        config.write_text(yaml.safe_dump(data))
+    master = Master(config, port, root / "master.log")
+    master.data_dir = root / "data"
+    with running(redis, master):
+        yield master
+
+
+@contextlib.contextmanager
 def running(*parts: Any) -> Iterator[None]:
     started = []
     try:

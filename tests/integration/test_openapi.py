@@ -27,11 +27,8 @@ from tests.integration.farm import (
     BIN,
     PASSWORD,
     Master,
-    RedisServer,
-    free_port,
     make_deb,
-    running,
-    write_config,
+    standalone_master,
 )
 
 API_PREFIX = "/api/v1"
@@ -50,15 +47,9 @@ RUN_TIMEOUT = 100
 def master(tmp_path_factory):
     """A master with its own redis-server and no workers, with some data in it."""
     root = tmp_path_factory.mktemp("openapi")
-    redis = RedisServer(root / "redis")
-    port = free_port()
     # Long leases and worker TTL: nothing changes under the fuzzer while it runs.
-    config = write_config(root / "config.yaml", data_dir=root / "data", port=port,
-                          broker_url=redis.url, package_paths=[],
-                          extra_master={"max_upload_bytes": 500_000, "lease_seconds": 3600,
-                                        "worker_ttl": 3600})
-    m = Master(config, port, root / "master.log")
-    with running(redis, m):
+    with standalone_master(root, extra_master={"max_upload_bytes": 500_000,
+                                               "lease_seconds": 3600, "worker_ttl": 3600}) as m:
         seed_data(m, root / "debs")
         yield m
 

@@ -12,19 +12,15 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
 
 from tests.integration.farm import (
     BIN,
     PASSWORD,
     AptClient,
     Master,
-    RedisServer,
-    free_port,
     make_deb,
     parse_packages,
-    running,
-    write_config,
+    standalone_master,
 )
 
 
@@ -46,18 +42,8 @@ def keys(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def master(tmp_path_factory, keys) -> Master:
-    root = tmp_path_factory.mktemp("repo")
-    redis = RedisServer(root / "redis")
-    port = free_port()
-    config = write_config(root / "config.yaml", data_dir=root / "data", port=port,
-                          broker_url=redis.url, package_paths=[])
-    data = yaml.safe_load(config.read_text())
-    data["repository"].update(signing_key=str(keys["farm"]), suites=["testing"],
-                              keep_versions=2)
-    config.write_text(yaml.safe_dump(data))
-    m = Master(config, port, root / "master.log")
-    m.data_dir = root / "data"
-    with running(redis, m):
+    with standalone_master(tmp_path_factory.mktemp("repo"), repository={
+            "signing_key": str(keys["farm"]), "suites": ["testing"], "keep_versions": 2}) as m:
         yield m
 
 

@@ -19,13 +19,9 @@ from common.config import settings_from_dict
 from master.app import create_app
 from tests.integration.farm import (
     PASSWORD,
-    Master,
-    RedisServer,
-    free_port,
     make_deb,
-    running,
+    standalone_master,
     wait_for,
-    write_config,
 )
 
 #: The rules anybody may call without credentials. Every other rule must answer 401.
@@ -52,13 +48,7 @@ VARIABLE = re.compile(r"<(?:(?P<converter>[^:<>()]+)(?:\([^)]*\))?:)?(?P<name>[^
 @pytest.fixture(scope="module")
 def master(tmp_path_factory):
     """A master with its own redis-server and no workers."""
-    root = tmp_path_factory.mktemp("routeauth")
-    redis = RedisServer(root / "redis")
-    port = free_port()
-    config = write_config(root / "config.yaml", data_dir=root / "data", port=port,
-                          broker_url=redis.url, package_paths=[])
-    m = Master(config, port, root / "master.log")
-    with running(redis, m):
+    with standalone_master(tmp_path_factory.mktemp("routeauth")) as m:
         yield m
 
 

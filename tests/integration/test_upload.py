@@ -15,28 +15,18 @@ from tests.integration.farm import (
     PASSWORD,
     AptClient,
     Master,
-    RedisServer,
-    free_port,
     make_deb,
     parse_packages,
     repo_files,
-    running,
-    write_config,
+    standalone_master,
 )
 
 
 @pytest.fixture(scope="module")
 def master(tmp_path_factory):
     """A master with its own redis-server and no workers: uploads only."""
-    root = tmp_path_factory.mktemp("upload")
-    redis = RedisServer(root / "redis")
-    port = free_port()
-    config = write_config(root / "config.yaml", data_dir=root / "data", port=port,
-                          broker_url=redis.url, package_paths=[],
-                          extra_master={"max_upload_bytes": 200_000})
-    m = Master(config, port, root / "master.log")
-    m.data_dir = root / "data"
-    with running(redis, m):
+    with standalone_master(tmp_path_factory.mktemp("upload"),
+                           extra_master={"max_upload_bytes": 200_000}) as m:
         yield m
 
 
