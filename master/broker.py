@@ -8,8 +8,11 @@ the same socket path from the same config.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -19,6 +22,18 @@ import redis
 from common.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: a session of its own (a Ctrl-C of the master's terminal is
+    the master's to handle), and SIGTERM when the master dies, even by SIGKILL, so that a
+    restarted master finds the socket free. The append-only file keeps the queue."""
+    os.setsid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
 class EmbeddedRedis:
@@ -56,7 +71,7 @@ class EmbeddedRedis:
              "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "everysec",
              "--save", "", "--maxmemory-policy", "noeviction",
              "--logfile", str(self.dir / "redis.log")],
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -130,6 +130,12 @@ def test_embedded_broker_and_worker_drop_out(tmp_path):
         assert "Package: itest-all" in master.index("amd64")
         # The arm64 job is still queued, in the store and in the private Redis's AOF.
         assert master.api("GET", f"/api/v1/builds/{waiting}").json()["status"] == "queued"
+        # A crash of the master takes its private Redis down too, so a new master can start.
+        master.crash()
+        wait_for(lambda: not _redis_answers(tmp_path / "d/redis/redis.sock"), 10,
+                 "the private redis-server to stop with the master")
+        master.start()
+        assert master.api("GET", f"/api/v1/builds/{waiting}").json()["status"] == "queued"
 
 
 def _redis_answers(sock) -> bool:
