@@ -23,19 +23,7 @@ from common import arch as archmod
 from common import debian
 from common.definition import SNAPSHOT_SOURCES, PackageDefinition
 from common.errors import BuildFailed
-from worker.environment import (
-    BuildEnvironment,
-    HostEnvironment,
-    Log,
-    missing_packages,
-    run_process,
-    sandboxed,
-)
-
-__all__ = [
-    "BuildOutput", "BuildResult", "build_definition", "control_fields", "install_build_depends",
-    "installed_size_kib", "missing_packages", "run_process", "sandboxed",
-]
+from worker.environment import BuildEnvironment, HostEnvironment, Log
 
 
 @dataclass(frozen=True)
@@ -45,10 +33,6 @@ class BuildResult:
     archives: list[Path]
     buildinfo: Path | None = None
     changes: Path | None = None
-
-
-#: The name this result had before Debian sources were built.
-BuildOutput = BuildResult
 
 
 def control_fields(definition: PackageDefinition, arch: str, installed_size_kib: int) -> Deb822:
@@ -97,13 +81,6 @@ def _md5sums(root: Path) -> str:
         digest = hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
         lines.append(f"{digest}  {rel.as_posix()}\n")
     return "".join(lines)
-
-
-def install_build_depends(definition: PackageDefinition, allowed: bool, log: Log,
-                          out: IO[str]) -> None:
-    """Install the definition's missing build dependencies on this machine (host mode)."""
-    HostEnvironment(Path.cwd(), install_deps=allowed, log=log).install(
-        list(definition.build_depends), out)
 
 
 def build_definition(
