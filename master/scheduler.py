@@ -14,6 +14,7 @@ marked not-enqueued; `enqueue_pending` sends it later, so an accepted build is n
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import uuid
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ class Scheduler:
         self.settings = settings
         self.store = store
         self.celery = celery
+        self.lock_path = Path(settings.master.data_dir) / "enqueue.lock"
 
     def plan_one(self, name: str, arch: str | None) -> Buildable:
         """What building ``name`` means: a YAML definition, else a Debian source package."""
@@ -183,6 +185,8 @@ class Scheduler:
         return restarted
 
     def enqueue(self, job_id: int, attempt: int, arch: str) -> bool:
+        """Send one attempt's message, then mark it sent (a crash in between sends it twice,
+        which the claim makes harmless; the other order could lose it)."""
         try:
             self.celery.send_task(BUILD_TASK, kwargs=BuildTask(job_id, attempt).to_json(),
                                   queue=archmod.queue_for(arch))
@@ -193,11 +197,25 @@ class Scheduler:
         return True
 
     def enqueue_pending(self) -> int:
-        """Queue every job whose message never reached the broker; returns how many were sent."""
-        sent = 0
-        for job in self.store.jobs_to_enqueue():
-            sent += self.enqueue(job.id, job.attempt, job.arch)
-        return sent
+        """Queue every job whose message never reached the broker; returns how many were sent.
+
+        Submissions, reports and the housekeeping thread of every master process call this;
+        one sender at a time (a file lock) keeps them from sending the same job twice. A
+        caller that finds the lock taken returns: the sender at work, or the next housekeeping
+        tick, sends what it would have.
+        """
+        with open(self.lock_path, "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0
+            sent = 0
+            while True:  # again, for jobs recorded while this batch was being sent
+                jobs = self.store.jobs_to_enqueue()
+                batch = sum(self.enqueue(job.id, job.attempt, job.arch) for job in jobs)
+                sent += batch
+                if batch < len(jobs) or not jobs:  # done, or the broker is away
+                    return sent
 
     def requeue_expired(self) -> int:
         expired = self.store.requeue_expired()
