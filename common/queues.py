@@ -36,8 +36,9 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_acks_late": True,
         "worker_prefetch_multiplier": 1,
         "worker_disable_prefetch": True,
-        # A fresh pool process for every build: nothing one build leaves in memory reaches the next.
-        "worker_max_tasks_per_child": 1,
+        # Pool processes are kept between builds: a build runs in its own process tree (a
+        # clean root or bubblewrap) anyway, and replacing the pool process after every task
+        # left received messages waiting up to Celery's 5 s pool-maintenance tick.
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "task_send_sent_event": False,

@@ -63,6 +63,9 @@ def serve(config_path: str | None) -> None:
     # Every start renders the index afresh: new settings (suites, architectures, a signing key)
     # take effect, and an index a crash left half-written is made whole.
     services.repository.rebuild_index(full=True)
+    # Before the first request: set the broker marker (or find it gone and send queued jobs
+    # again), so a build submitted in the first seconds is not taken for a lost one.
+    services.scheduler.tick()
     if not settings.master.users:
         log.warning("no users are configured: nobody can queue builds or upload "
                     "(add entries made by `master user-add`)")
