@@ -539,7 +539,12 @@ def create_blueprints(svc: Services) -> list[Blueprint]:
             raise NotFound("directory listings are not served")
         storage = svc.repository.storage
         if isinstance(storage, LocalStorage):
-            return send_from_directory(storage.root, path, max_age=0)
+            # Index files under dists/ change in place, possibly twice within a second, and
+            # If-Modified-Since has one-second resolution: answer them whole, always. Pool and
+            # by-hash files never change, so conditional requests are safe for them.
+            changing = path.startswith("dists/") and "/by-hash/" not in path
+            return send_from_directory(storage.root, path, max_age=0,
+                                       conditional=not changing)
         try:
             if svc.settings.storage.serve == "redirect":
                 if not storage.exists(path):

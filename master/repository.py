@@ -278,9 +278,8 @@ class Repository:
         if content_length is not None and content_length > limit:
             raise PayloadTooLarge(f"archive is larger than the limit of {limit} bytes",
                                   limit=limit)
-        tmp = self._receive(stream, limit)
+        tmp, digests = self._receive(stream, limit)
         try:
-            digests = self._digest_file(tmp, limit)
             if digests.sha256 != sha256:
                 raise Unprocessable(
                     f"checksum mismatch: the request says sha256 {sha256}, the body has "
@@ -290,9 +289,13 @@ class Repository:
             raise
         return tmp, digests
 
-    def _receive(self, stream: IO[bytes], limit: int) -> Path:
+    def _receive(self, stream: IO[bytes], limit: int) -> tuple[Path, debrepo.Digests]:
+        """Write the body to a temporary file beside the pool, hashing it as it arrives."""
         fd, name = tempfile.mkstemp(dir=self.incoming, prefix="upload-", suffix=".part")
         path = Path(name)
+        md5 = hashlib.md5(usedforsecurity=False)
+        sha1 = hashlib.sha1(usedforsecurity=False)
+        sha256 = hashlib.sha256()
         try:
             size = 0
             with os.fdopen(fd, "wb") as out:
@@ -305,26 +308,16 @@ class Repository:
                         raise PayloadTooLarge(
                             f"archive is larger than the limit of {limit} bytes", limit=limit)
                     out.write(chunk)
+                    md5.update(chunk)
+                    sha1.update(chunk)
+                    sha256.update(chunk)
             if size == 0:
                 raise BadRequest("the request body is empty; send the archive as the body")
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        return path
-
-    @staticmethod
-    def _digest_file(path: Path, limit: int) -> debrepo.Digests:
-        md5 = hashlib.md5(usedforsecurity=False)
-        sha1 = hashlib.sha1(usedforsecurity=False)
-        sha256 = hashlib.sha256()
-        size = 0
-        with open(path, "rb") as fh:
-            while chunk := fh.read(CHUNK):
-                size += len(chunk)
-                md5.update(chunk)
-                sha1.update(chunk)
-                sha256.update(chunk)
-        return debrepo.Digests(size, md5.hexdigest(), sha1.hexdigest(), sha256.hexdigest())
+        return path, debrepo.Digests(size, md5.hexdigest(), sha1.hexdigest(),
+                                     sha256.hexdigest())
 
     def _check_names(self, info: debrepo.ArchiveInfo, debname: debian.DebName,
                      expected: Expected | None) -> None:

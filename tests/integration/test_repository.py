@@ -218,3 +218,15 @@ def test_index_matches_apt_ftparchive(master, tmp_path):
 
 def _newer(a: str, b: str) -> bool:
     return subprocess.run(["dpkg", "--compare-versions", a, "gt", b]).returncode == 0
+
+
+def test_changed_index_is_never_answered_not_modified(master, tmp_path):
+    """Two index writes within one second: a client asking If-Modified-Since still gets the
+    new Release (its modification time has only one-second resolution)."""
+    url = f"{master.url}/repo/dists/stable/Release"
+    first = requests.get(url, timeout=10)
+    assert upload(master, make_deb(tmp_path, "same-second", "1.0-1")).status_code == 201
+    again = requests.get(url, timeout=10, headers={
+        "If-Modified-Since": first.headers.get("Last-Modified", "")})
+    assert again.status_code == 200
+    assert again.content != first.content
