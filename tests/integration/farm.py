@@ -403,25 +403,31 @@ FINAL = ("success", "failed", "dep-failed", "cancelled")
 
 def assert_consistent(master: Master, apt_root: Path,
                       architectures: tuple[str, ...] = ("amd64", "arm64")) -> None:
-    """After a fault: every build final, every published archive listed exactly once where it
-    belongs, the packages API without duplicates, and a stock apt-get accepting the repository.
+    """After a fault: every build final; every archive of every successful job listed exactly
+    once in each index it belongs to (each architecture's for `all`); the packages API without
+    duplicates; and a stock apt-get accepting the repository.
     """
     builds = master.api("GET", "/api/v1/builds?limit=1000").json()["builds"]
-    filenames: dict[str, int] = {}
+    listed: dict[str, dict[str, int]] = {}
     for arch in architectures:
+        counts = listed.setdefault(arch, {})
         for stanza in parse_packages(master.index(arch)):
-            name = stanza["Filename"].rsplit("/", 1)[1]
-            filenames[name] = filenames.get(name, 0) + 1
+            filename = stanza["Filename"].rsplit("/", 1)[1]
+            counts[filename] = counts.get(filename, 0) + 1
     for build in builds:
         for job in build["jobs"]:
-            assert job["status"] in FINAL, f"build {build['id']} not final: {job}"
+            assert job["status"] in FINAL, f"build {build['id']} is not final: {job}"
             if job["status"] != "success":
                 continue
-            assert job["files"], job
-            for filename in job["files"]:
-                expected = len(architectures) if filename.endswith("_all.deb") else 1
-                assert filenames.get(filename) == expected, (filename, filenames)
-    published = [p["filename"] for p in master.api("GET", "/api/v1/packages").json()["packages"]]
+            archives = [f for f in job["files"] if f.endswith(".deb")]
+            assert archives, job
+            for filename in archives:
+                arches = architectures if filename.endswith("_all.deb") else (
+                    filename[:-4].rsplit("_", 1)[1],)
+                for arch in arches:
+                    assert listed[arch].get(filename) == 1, (arch, filename, listed)
+    published = [(p["suite"], p["filename"])
+                 for p in master.api("GET", "/api/v1/packages").json()["packages"]]
     assert len(published) == len(set(published)), published
     apt = AptClient(apt_root, f"deb [trusted=yes] {master.url}/repo stable main", architectures)
     apt.update()

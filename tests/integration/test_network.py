@@ -22,11 +22,13 @@ from typing import Any
 import pytest
 
 from tests.integration.farm import (
+    FINAL,
     TEST_PACKAGES,
     AptClient,
     Master,
     RedisServer,
     Worker,
+    assert_consistent,
     free_port,
     parse_packages,
     sha256_file,
@@ -38,7 +40,6 @@ pytestmark = pytest.mark.timeout(240)
 
 LEASE = 6  # master.lease_seconds: workers renew every LEASE / 4
 ARCHES = ("amd64", "arm64")
-FINAL = ("success", "failed", "dep-failed", "cancelled")
 NS_USER, HOST_USER = "worker2", "worker"  # who uploaded shows in the packages API
 
 # gunicorn's access log: '%(h)s %(u)s "%(r)s" %(s)s %(b)s %(M)sms'
@@ -251,31 +252,6 @@ def assert_published_once(farm: NetFarm, name: str, uploaded_by: str) -> dict[st
     return record
 
 
-def assert_consistent(farm: NetFarm, apt_root: Path) -> None:
-    """Every build final, every successful job's archives indexed exactly once, apt content."""
-    builds = farm.master.api("GET", "/api/v1/builds?limit=1000").json()["builds"]
-    listed: dict[str, dict[str, int]] = {}
-    for arch in ARCHES:
-        for stanza in parse_packages(farm.master.index(arch)):
-            counts = listed.setdefault(arch, {})
-            filename = stanza["Filename"].rsplit("/", 1)[1]
-            counts[filename] = counts.get(filename, 0) + 1
-    for build in builds:
-        for job in build["jobs"]:
-            assert job["status"] in FINAL, f"build {build['id']} is not final: {job}"
-            if job["status"] != "success":
-                continue
-            archives = [f for f in job["files"] if f.endswith(".deb")]
-            assert archives, job
-            for filename in archives:
-                for arch in ARCHES if job["arch"] == "all" else (job["arch"],):
-                    assert listed.get(arch, {}).get(filename) == 1, (arch, filename, listed)
-    published = [p["filename"] for p in
-                 farm.master.api("GET", "/api/v1/packages").json()["packages"]]
-    assert len(published) == len(set(published)), published
-    AptClient(apt_root, f"deb [trusted=yes] {farm.master.url}/repo stable main", ARCHES).update()
-
-
 def test_worker_cut_off_longer_than_the_lease_loses_the_build(net_farm, link, tmp_path):
     farm, master = net_farm, net_farm.master
     build_id = master.submit(["itest-net-cut"])
@@ -325,7 +301,7 @@ def test_worker_cut_off_longer_than_the_lease_loses_the_build(net_farm, link, tm
     apt.update()
     deb = apt.download("itest-net-cut")
     assert sha256_file(deb) == record["sha256"]
-    assert_consistent(farm, tmp_path / "apt-check")
+    assert_consistent(farm.master, tmp_path / "apt-check", ARCHES)
 
 
 def test_short_cut_within_the_lease_keeps_the_build(net_farm, link, tmp_path):
@@ -346,4 +322,4 @@ def test_short_cut_within_the_lease_keeps_the_build(net_farm, link, tmp_path):
     calls = farm.job_requests(farm.net.ns_addr, job["id"])
     assert not [m.group(0) for m in calls if m["status"] == "409"], calls
     assert_published_once(farm, "itest-net-blip", uploaded_by=NS_USER)
-    assert_consistent(farm, tmp_path / "apt-check")
+    assert_consistent(farm.master, tmp_path / "apt-check", ARCHES)
