@@ -10,6 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# The interpreter the virtualenv is made from: Debian's own Python by default, which is what
+# users of a stock Debian 12 have. Choose another on purpose with PKGFARM_PYTHON=/path/to/python3.
+PYTHON="${PKGFARM_PYTHON:-/usr/bin/python3}"
+
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
@@ -33,9 +37,14 @@ install_debs() {
 
 setup_python() {
     local stamp=".venv/.pkgfarm-installed"
+    # A virtualenv made from another interpreter than the one asked for is made again.
+    if [ -x .venv/bin/python ] && [ "$(.venv/bin/python -c 'import sys; print(sys._base_executable)' 2>/dev/null)" != "$("$PYTHON" -c 'import sys; print(sys.executable)')" ]; then
+        echo "==> .venv was made from another Python; making it again from $PYTHON"
+        rm -rf .venv
+    fi
     if [ ! -x .venv/bin/python ]; then
-        echo "==> python3 -m venv .venv"
-        python3 -m venv .venv
+        echo "==> $PYTHON -m venv .venv ($("$PYTHON" --version))"
+        "$PYTHON" -m venv .venv
     fi
     # Reinstall only when the project's metadata changed since the last set-up.
     if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then

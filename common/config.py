@@ -9,7 +9,9 @@ wrong type or bad value raises `ConfigError` naming the key (for example
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import subprocess
 import types
 import typing
@@ -30,15 +32,31 @@ ROLES = ("read", "build", "upload", "admin")
 #: Environment variables that override one key each (secrets and deployment-specific values).
 ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "PKGFARM_BROKER_URL": ("broker_url",),
+    "PKGFARM_BROKER_CA_FILE": ("broker_ca_file",),
     "PKGFARM_DATA_DIR": ("master", "data_dir"),
     "PKGFARM_BIND": ("master", "bind"),
     "PKGFARM_MASTER_URL": ("worker", "master_url"),
     "PKGFARM_WORKER_NAME": ("worker", "name"),
     "PKGFARM_WORKER_USERNAME": ("worker", "username"),
     "PKGFARM_WORKER_PASSWORD": ("worker", "password"),
+    "PKGFARM_CA_FILE": ("worker", "ca_file"),
     "PKGFARM_S3_ACCESS_KEY_ID": ("storage", "access_key_id"),
     "PKGFARM_S3_SECRET_ACCESS_KEY": ("storage", "secret_access_key"),
 }
+
+
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or name of a bind setting) is this machine only."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def host_arch() -> str:
@@ -54,18 +72,27 @@ def host_arch() -> str:
 
 @dataclass(frozen=True)
 class UserSettings:
-    password_hash: str
+    #: a werkzeug hash, as `master user-add` prints it ...
+    password_hash: str | None = None
+    #: ... or the name of an environment variable that holds the password itself, read by the
+    #: master when it starts (containers: the deployer sets it, e.g. in a .env file).
+    password_env: str | None = None
     roles: tuple[str, ...] = ("read",)
 
     def __post_init__(self) -> None:
         for role in self.roles:
             if role not in ROLES:
                 raise ValueError(f"unknown role {role!r} (known: {', '.join(ROLES)})", "roles")
-        if ":" not in self.password_hash:
+        if (self.password_hash is None) == (self.password_env is None):
+            raise ValueError("give exactly one of password_hash and password_env",
+                             "password_hash")
+        if self.password_hash is not None and ":" not in self.password_hash:
             raise ValueError(
                 "must be a werkzeug password hash such as 'scrypt:…' (see `master user-add`)",
                 "password_hash",
             )
+        if self.password_env is not None and not ENV_NAME_RE.fullmatch(self.password_env):
+            raise ValueError("must be the name of an environment variable", "password_env")
 
 
 @dataclass(frozen=True)
@@ -82,8 +109,21 @@ class MasterSettings:
     #: seconds a running attempt stays given to its worker without a renewal; then it is
     #: queued again as a new attempt. Workers renew every quarter of it.
     lease_seconds: int = 90
+    #: HTTPS: a PEM certificate (chain) and its key; the master serves TLS itself when set.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def bind_host(self) -> str:
+        return self.bind.rsplit(":", 1)[0]
 
     def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together", "tls_cert")
         if self.lease_seconds < 2:
             raise ValueError("must be at least 2", "lease_seconds")
         if self.worker_ttl < 1:
@@ -173,6 +213,10 @@ class WorkerSettings:
     master_url: str = "http://127.0.0.1:8080"
     username: str = "worker"
     password: str | None = None
+    #: the CA bundle (PEM) that the master's HTTPS certificate is checked against, by the
+    #: worker, the CLIs and clean roots fetching from the farm's repository; unset: the
+    #: system's bundle.
+    ca_file: str | None = None
     architectures: tuple[str, ...] = field(default_factory=lambda: (host_arch(),))
     concurrency: int = 1
     work_dir: str = "/var/tmp/pkgfarm"  # noqa: S108 (a folder of its own, made per build)
@@ -228,6 +272,9 @@ class WorkerSettings:
 class Settings:
     #: the Celery broker; unset means the master's private redis-server under data_dir.
     broker_url: str | None = None
+    #: for a ``rediss://`` broker: the CA bundle its certificate is checked against (unset: the
+    #: system's bundle).
+    broker_ca_file: str | None = None
     package_paths: tuple[str, ...] = ()
     #: where Debian source packages are looked up: one-line apt sources such as
     #: "deb-src [signed-by=…] http://deb.debian.org/debian bookworm main"; empty means the
@@ -305,13 +352,18 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     def absolute(p: str) -> str:
         return str((base / os.path.expanduser(p)).resolve())
 
-    master = dataclasses.replace(settings.master, data_dir=absolute(settings.master.data_dir))
+    def maybe(p: str | None) -> str | None:
+        return None if p is None else absolute(p)
+
+    m, w = settings.master, settings.worker
+    master = dataclasses.replace(m, data_dir=absolute(m.data_dir), tls_cert=maybe(m.tls_cert),
+                                 tls_key=maybe(m.tls_key))
     worker = dataclasses.replace(
-        settings.worker, work_dir=absolute(settings.worker.work_dir),
-        base_dir=absolute(settings.worker.base_dir or
-                          os.path.join(settings.worker.work_dir, "bases")))
+        w, work_dir=absolute(w.work_dir), ca_file=maybe(w.ca_file),
+        base_dir=absolute(w.base_dir or os.path.join(w.work_dir, "bases")))
     paths = tuple(absolute(p) for p in settings.package_paths)
-    return dataclasses.replace(settings, master=master, worker=worker, package_paths=paths)
+    return dataclasses.replace(settings, master=master, worker=worker, package_paths=paths,
+                               broker_ca_file=maybe(settings.broker_ca_file))
 
 
 def _join(prefix: str, key: str) -> str:

@@ -11,7 +11,6 @@ The master sends it to the worker in a snapshot (a gzipped tarball holding
 from __future__ import annotations
 
 import functools
-import gzip
 import io
 import json
 import tarfile
@@ -25,6 +24,7 @@ from debian.debian_support import DpkgArchTable
 
 from common import arch as archmod
 from common.errors import DefinitionError
+from common.tarballs import TarWriter, safe_extract
 
 SNAPSHOT_MANIFEST = "debian-source.json"
 SNAPSHOT_FILES = "files"
@@ -308,38 +308,21 @@ def source_from_debian_dir(control_text: str, changelog_text: str, *, origin: st
 # -- snapshot ----------------------------------------------------------------------------------
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes | None) -> None:
-    info = tarfile.TarInfo(name)
-    info.uid = info.gid = 0
-    info.uname = info.gname = "root"
-    info.mtime = 0
-    if data is None:
-        info.type = tarfile.DIRTYPE
-        info.mode = 0o755
-        tar.addfile(info)
-    else:
-        info.mode = 0o644
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-
-
 def snapshot_debian_source(src: DebianSource, files: Mapping[str, bytes] | None = None) -> bytes:
     """A gzipped tarball: ``debian-source.json`` and, if given, ``files/NAME`` for each file.
 
     The same input gives the same bytes (fixed owners and times, sorted members).
     """
-    buf = io.BytesIO()
     manifest = json.dumps(src.to_json(), indent=1, sort_keys=True).encode()
-    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=6, mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w") as tar:
-        _add(tar, SNAPSHOT_MANIFEST, manifest)
+    with TarWriter() as tar:
+        tar.add_file(SNAPSHOT_MANIFEST, manifest)
         if files:
-            _add(tar, SNAPSHOT_FILES, None)
+            tar.add_dir(SNAPSHOT_FILES)
             for name in sorted(files):
                 if "/" in name or name in ("", ".", ".."):
                     raise DefinitionError(f"{name!r} is not a plain file name", field="files")
-                _add(tar, f"{SNAPSHOT_FILES}/{name}", files[name])
-    return buf.getvalue()
+                tar.add_file(f"{SNAPSHOT_FILES}/{name}", files[name])
+    return tar.data
 
 
 def is_debian_source_snapshot(data: bytes) -> bool:
@@ -356,12 +339,7 @@ def is_debian_source_snapshot(data: bytes) -> bool:
 
 def unpack_debian_source(data: bytes, dest: Path) -> tuple[DebianSource, Path | None]:
     """Unpack a snapshot into ``dest``; the source, and its ``files`` folder if it has one."""
-    dest.mkdir(parents=True, exist_ok=True)
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            tar.extractall(dest, filter="data")
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DefinitionError(f"the Debian source snapshot cannot be unpacked: {exc}") from exc
+    safe_extract(data, dest, mode="r:gz")
     manifest = dest / SNAPSHOT_MANIFEST
     if not manifest.is_file():
         raise DefinitionError(f"the snapshot holds no {SNAPSHOT_MANIFEST}")

@@ -8,10 +8,7 @@ changes afterwards; the worker unpacks that snapshot into a fresh directory.
 
 from __future__ import annotations
 
-import gzip
-import io
 import os
-import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +19,7 @@ import yaml
 from common import arch as archmod
 from common import debian
 from common.errors import DefinitionError, NotFound
+from common.tarballs import TarWriter, safe_extract
 
 SNAPSHOT_DEFINITION = "package.yaml"
 SNAPSHOT_SOURCES = "sources"
@@ -305,40 +303,21 @@ def snapshot(definition: PackageDefinition) -> bytes:
                                   file=str(item))
     epoch = int(max([definition.path.stat().st_mtime]
                     + [p.stat().st_mtime for _, p in members if p.is_file()]))
-    buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=6, mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w") as tar:
-        _add(tar, SNAPSHOT_DEFINITION, epoch, definition.path.read_bytes(), 0o644)
-        _add(tar, SNAPSHOT_SOURCES, epoch)
+    with TarWriter(mtime=epoch) as tar:
+        tar.add_file(SNAPSHOT_DEFINITION, definition.path.read_bytes())
+        tar.add_dir(SNAPSHOT_SOURCES)
         for arcname, path in members:
             if path.is_dir():
-                _add(tar, arcname, epoch)
+                tar.add_dir(arcname)
             else:
                 mode = 0o755 if os.access(path, os.X_OK) else 0o644
-                _add(tar, arcname, epoch, path.read_bytes(), mode)
-    return buf.getvalue()
-
-
-def _add(tar: tarfile.TarFile, name: str, mtime: int, data: bytes | None = None,
-         mode: int = 0o755) -> None:
-    """Add a file (``data`` given) or a folder, owned by root, with the snapshot's time."""
-    info = tarfile.TarInfo(name)
-    info.uid = info.gid = 0
-    info.uname = info.gname = "root"
-    info.mtime = mtime
-    info.mode = mode
-    if data is None:
-        info.type = tarfile.DIRTYPE
-        tar.addfile(info)
-    else:
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+                tar.add_file(arcname, path.read_bytes(), mode)
+    return tar.data
 
 
 def unpack_snapshot(data: bytes, dest: Path) -> PackageDefinition:
-    """Unpack a snapshot into ``dest`` (refusing any member that would land outside it)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        tar.extractall(dest, filter="data")
+    """Unpack a snapshot into ``dest``; `UnsafeArchive` for any member that could reach
+    outside it (common.tarballs)."""
+    safe_extract(data, dest, mode="r:gz")
     (dest / SNAPSHOT_SOURCES).mkdir(exist_ok=True)
     return parse_definition(dest / SNAPSHOT_DEFINITION, check_sources=False)

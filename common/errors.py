@@ -63,6 +63,11 @@ class Unprocessable(PkgfarmError):
     status = 422
 
 
+class UnsafeArchive(Unprocessable):
+    """A tarball from outside holds a member that could reach outside its folder or carry
+    privileges (an absolute name, '..', a link pointing outside, a device, a setuid bit)."""
+
+
 class Unavailable(PkgfarmError):
     """A dependency of the master (the broker) cannot be reached right now."""
 

@@ -8,6 +8,8 @@ what through the claim step, so a message Redis delivers twice is dropped by the
 
 from __future__ import annotations
 
+import ssl
+
 from celery import Celery
 
 from common.config import Settings
@@ -20,8 +22,20 @@ BUILD_TASK = "pkgfarm.build"
 VISIBILITY_TIMEOUT = 24 * 3600
 
 
+def broker_ssl(settings: Settings) -> dict[str, object] | None:
+    """Celery's ``broker_use_ssl`` for a ``rediss://`` broker: the certificate must be valid
+    for the host and signed by ``broker_ca_file`` (or the system's CAs)."""
+    if not settings.effective_broker_url.startswith("rediss://"):
+        return None
+    options: dict[str, object] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if settings.broker_ca_file:
+        options["ssl_ca_certs"] = settings.broker_ca_file
+    return options
+
+
 def celery_config(settings: Settings) -> dict[str, object]:
     return {
+        "broker_use_ssl": broker_ssl(settings) or False,
         "broker_url": settings.effective_broker_url,
         "broker_transport_options": {
             "visibility_timeout": max(VISIBILITY_TIMEOUT, settings.worker.build_timeout + 3600),

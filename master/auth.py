@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import request
 from flask_httpauth import HTTPBasicAuth
-from werkzeug.security import check_password_hash
+from werkzeug.security import check_password_hash, generate_password_hash
 
 from common.config import UserSettings
-from common.errors import TooManyRequests
+from common.errors import ConfigError, TooManyRequests
 
 ADMIN = "admin"
 _CACHE_SECONDS = 300.0
@@ -32,9 +33,31 @@ MAX_FAILURES = 10
 FAILURE_WINDOW = 60.0
 
 
+def password_hashes(users: dict[str, UserSettings],
+                    env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Each user's password hash: as configured, or made now from the environment variable
+    that ``password_env`` names (ConfigError, naming the key, when it is unset or empty)."""
+    env = os.environ if env is None else env
+    hashes = {}
+    for name, user in users.items():
+        if user.password_hash is not None:
+            hashes[name] = user.password_hash
+            continue
+        assert user.password_env is not None
+        secret = env.get(user.password_env, "")
+        if not secret:
+            raise ConfigError(f"master.users.{name}.password_env: the environment variable "
+                              f"{user.password_env} is not set (set it, e.g. in a .env file "
+                              "beside the compose file)",
+                              key=f"master.users.{name}.password_env")
+        hashes[name] = generate_password_hash(secret)
+    return hashes
+
+
 class Authenticator:
     def __init__(self, users: dict[str, UserSettings]) -> None:
         self.users = users
+        self.hashes = password_hashes(users)
         self.http = HTTPBasicAuth(realm="pkgfarm")
         self._key = secrets.token_bytes(32)
         self._ok: dict[tuple[str, bytes], float] = {}
@@ -54,7 +77,7 @@ class Authenticator:
         with self._lock:
             if user is not None and self._ok.get((username, digest), 0.0) > now:
                 return username
-        if user is None or not check_password_hash(user.password_hash, password):
+        if user is None or not check_password_hash(self.hashes[username], password):
             with self._lock:
                 self._failures.setdefault(client, []).append(now)
             return None

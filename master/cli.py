@@ -15,7 +15,7 @@ import yaml
 from werkzeug.security import generate_password_hash
 
 from common import cli as clitools
-from common.config import ROLES, Settings, load_settings
+from common.config import ROLES, Settings, is_loopback, load_settings
 from common.errors import ConfigError
 from common.logs import setup_logging
 
@@ -69,6 +69,9 @@ def serve(config_path: str | None) -> None:
     if not settings.master.users:
         log.warning("no users are configured: nobody can queue builds or upload "
                     "(add entries made by `master user-add`)")
+    warning = tls_warning(settings)
+    if warning:
+        log.warning("%s", warning)
     stop = threading.Event()
 
     def housekeeping() -> None:
@@ -92,6 +95,9 @@ def serve(config_path: str | None) -> None:
                 "when_ready": lambda _server: threading.Thread(
                     target=housekeeping, name="housekeeping", daemon=True).start(),
             }
+            if settings.master.tls:
+                options["certfile"] = settings.master.tls_cert
+                options["keyfile"] = settings.master.tls_key
             # gunicorn 23+ opens a control socket in $HOME; two masters on one host would
             # fight over it, and pkgfarm does not use it.
             if "control_socket_disable" in self.cfg.settings:
@@ -113,6 +119,15 @@ def serve(config_path: str | None) -> None:
             # gpg started an agent for the master's keyring; it goes with the master.
             subprocess.run(["gpgconf", "--homedir", str(services.repository.signer.home),
                             "--kill", "all"], capture_output=True)
+
+
+def tls_warning(settings: Settings) -> str | None:
+    """What to warn of at start when the master listens beyond this machine in clear."""
+    if settings.master.tls or is_loopback(settings.master.bind_host):
+        return None
+    return (f"the master listens on {settings.master.bind} without TLS: passwords and tokens "
+            "cross the network in clear; set master.tls_cert and master.tls_key, or put a "
+            "TLS proxy in front of it")
 
 
 def _check_storage(storage: object) -> None:

@@ -20,7 +20,7 @@ from common.definition import find_definition, snapshot
 from common.errors import BuildFailed, NotFound, PkgfarmError
 from common.logs import setup_logging
 from common.messages import Heartbeat
-from worker.client import MasterClient
+from worker.client import CertificateError, MasterClient
 from worker.tasks import execute_attempt
 
 log = logging.getLogger("pkgfarm.worker")
@@ -95,7 +95,14 @@ def run(config_path: str | None, arches: tuple[str, ...], concurrency: int | Non
     queues = archmod.queues_for_worker(ws.architectures)
     beat = Heartbeat(name=worker_name, architectures=ws.architectures,
                      concurrency=ws.concurrency, queues=tuple(queues))
-    heartbeat = HeartbeatThread(MasterClient(ws), beat, ws.heartbeat_interval)
+    client = MasterClient(ws)
+    try:
+        client.health(retry_for=0)
+    except CertificateError:
+        raise  # a worker that cannot trust its master does not start
+    except PkgfarmError as exc:
+        log.warning("the master does not answer yet (%s); waiting for it", exc.message)
+    heartbeat = HeartbeatThread(client, beat, ws.heartbeat_interval)
     app = make_worker_app(settings, worker_name)
     log.info("worker %s consuming %s", worker_name, ", ".join(queues))
     heartbeat.start()

@@ -63,6 +63,10 @@ class MasterClient:
         self.base = settings.master_url.rstrip("/")
         self.session = requests.Session()
         self.session.auth = (settings.username, settings.password)
+        self.ca_file = settings.ca_file
+        # Given with every request: requests lets REQUESTS_CA_BUNDLE override a session's
+        # verify, never a request's own.
+        self.verify: str | bool = settings.ca_file or True
         self.retry_for = retry_for
         self.timeout = timeout
 
@@ -77,10 +81,17 @@ class MasterClient:
                 if body_path is not None:
                     with open(body_path, "rb") as fh:
                         resp = self.session.request(method, self.base + path, data=fh,
-                                                    timeout=timeout, **kwargs)
+                                                    timeout=timeout, verify=self.verify,
+                                                    **kwargs)
                 else:
                     resp = self.session.request(method, self.base + path, timeout=timeout,
-                                                **kwargs)
+                                                verify=self.verify, **kwargs)
+            except requests.exceptions.SSLError as exc:
+                # Not a passing trouble: the master's certificate is not one this worker trusts.
+                raise CertificateError(
+                    f"cannot verify the TLS certificate of the master at {self.base} "
+                    f"(worker.ca_file: {self.ca_file or 'the system CA bundle'}): "
+                    f"{_ssl_reason(exc)}") from None
             except requests.RequestException as exc:
                 problem = f"cannot reach the master at {self.base}: {exc.__class__.__name__}"
             else:
@@ -98,8 +109,9 @@ class MasterClient:
 
     # -- protocol ------------------------------------------------------------------------------
 
-    def health(self) -> dict[str, Any]:
-        data: dict[str, Any] = self._request("GET", "/api/v1/health").json()
+    def health(self, retry_for: float | None = None) -> dict[str, Any]:
+        data: dict[str, Any] = self._request("GET", "/api/v1/health",
+                                             retry_for=retry_for).json()
         return data
 
     def claim(self, job_id: int, attempt: int, worker: str) -> JobAssignment | None:
@@ -169,6 +181,20 @@ class MasterClient:
             "GET", f"/repo/dists/{suite}/{component}/binary-{arch}/Packages")
         return any(line.startswith("Filename: ") and line.endswith("/" + filename)
                    for line in resp.text.splitlines())
+
+
+class CertificateError(PkgfarmError):
+    """The master's HTTPS certificate does not verify against the configured CA bundle."""
+
+
+def _ssl_reason(exc: Exception) -> str:
+    text = str(exc)
+    for marker in ("certificate verify failed", "hostname mismatch", "self-signed",
+                   "wrong version number"):
+        if marker in text:
+            start = text.index(marker)
+            return text[start:start + 120].split("'")[0].split(")")[0]
+    return text[-200:]
 
 
 def _message(resp: requests.Response) -> str:

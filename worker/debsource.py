@@ -27,7 +27,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tarfile
 import threading
 import time
 import urllib.parse
@@ -41,7 +40,8 @@ from common import arch as archmod
 from common.aptsources import AptState
 from common.debian import strip_epoch
 from common.debsource import GIT_TREE_FILE, DebianSource, git_url
-from common.errors import BuildFailed, NotFound, PkgfarmError
+from common.errors import BuildFailed, NotFound, PkgfarmError, UnsafeArchive
+from common.tarballs import safe_extract
 from worker.builder import BuildResult
 from worker.environment import PATH, BuildEnvironment, run_process
 
@@ -219,9 +219,10 @@ def _fetch_git(src: DebianSource, dest: Path, out: IO[str], local_files: Path | 
     if shipped is not None and shipped.is_file():
         _note(out, f"unpacking the git tree of {src.name} from the snapshot "
                    f"(commit {src.revision[:12]})")
-        tree.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(shipped) as tar:
-            tar.extractall(tree, filter="tar")
+        try:
+            safe_extract(shipped, tree)
+        except UnsafeArchive as exc:
+            raise BuildFailed(f"the git tree of {src.name}: {exc.message}") from None
         return tree
     url, branch = git_url(src.location)
     if "://" not in url and ":" not in url.split("/", 1)[0]:

@@ -29,6 +29,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -186,6 +187,25 @@ def _apt_problems(tail: Sequence[str]) -> str:
     return "; ".join(dict.fromkeys(lines)) or "see the log"
 
 
+def https_hosts(lines: Sequence[str]) -> list[str]:
+    """The host names of the ``https://`` sources among one-line apt entries."""
+    hosts = []
+    for line in lines:
+        for word in line.split():
+            if word.startswith("https://"):
+                host = urllib.parse.urlsplit(word).hostname
+                if host and host not in hosts:
+                    hosts.append(host)
+    return hosts
+
+
+def ca_settings(lines: Sequence[str], ca_file: str) -> list[str]:
+    """apt settings that make the ``https://`` sources among ``lines`` (the farm's own
+    repository) trusted through ``ca_file`` alone, host by host; other sources keep the
+    system's CAs."""
+    return [f"Acquire::https::{host}::CaInfo={ca_file}" for host in https_hosts(lines)]
+
+
 def relation_name(relation: str) -> str:
     """The package a relation's first alternative names (no version, arch or profile)."""
     return relation.split("|")[0].strip().split()[0].split(":")[0].split("(")[0]
@@ -232,8 +252,10 @@ class HostEnvironment:
 
     def __init__(self, workdir: Path, *, sandbox: str = "none", install_deps: bool = True,
                  extra_apt_lines: Sequence[str] = (), log: Log | None = None,
-                 timeout: float = 3600, cancel: threading.Event | None = None) -> None:
+                 timeout: float = 3600, cancel: threading.Event | None = None,
+                 ca_file: str | None = None) -> None:
         self.workdir = Path(workdir)
+        self.ca_file = ca_file
         self.sandbox = sandbox
         self.install_deps = install_deps
         self.log = log
@@ -271,7 +293,11 @@ class HostEnvironment:
                 if item.is_file() and item.suffix in (".list", ".sources"):
                     shutil.copyfile(item, parts / item.name)
         (parts / "zz-pkgfarm-extra.list").write_text("".join(f"{ln}\n" for ln in self._extra))
-        return ["-o", f"Dir::Etc::sourceparts={parts}"]
+        options = ["-o", f"Dir::Etc::sourceparts={parts}"]
+        if self.ca_file:
+            for setting in ca_settings(self._extra, self.ca_file):
+                options += ["-o", setting]
+        return options
 
     def _apt(self, args: Sequence[str], out: IO[str], what: str) -> None:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -573,6 +599,7 @@ class CleanEnvironment:
                  timeout: float | None = None, cancel: threading.Event | None = None,
                  overlay: bool = True) -> None:
         self.settings = settings
+        self.ca_file = settings.ca_file
         self.arch = host_arch() if arch == "all" else arch
         self.workdir = Path(workdir).resolve()
         self.root = self.workdir / ROOT_NAME
@@ -708,6 +735,17 @@ class CleanEnvironment:
             target.write_text("".join(f"{line}\n" for line in self._extra))
         else:
             target.unlink(missing_ok=True)
+        trust = self.tree / "etc" / "apt" / "apt.conf.d" / "91pkgfarm-ca"
+        if self.ca_file and https_hosts(self._extra):
+            # The farm's CA, copied into the root, is what its https sources are checked with.
+            inside = "/etc/ssl/certs/pkgfarm-farm-ca.pem"
+            (self.tree / inside.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.ca_file, self.tree / inside.lstrip("/"))
+            trust.write_text("".join(
+                f'{key} "{value}";\n' for key, value in
+                (setting.split("=", 1) for setting in ca_settings(self._extra, inside))))
+        else:
+            trust.unlink(missing_ok=True)
 
     def _remove(self) -> None:
         self._release()
@@ -818,7 +856,8 @@ def environment_for(settings: WorkerSettings, arch: str, workdir: Path,
         return HostEnvironment(workdir, sandbox=settings.sandbox,
                                install_deps=settings.install_build_depends,
                                extra_apt_lines=extra_apt_lines, log=log,
-                               timeout=settings.build_timeout, cancel=cancel)
+                               timeout=settings.build_timeout, cancel=cancel,
+                               ca_file=settings.ca_file)
     target = host_arch() if arch == "all" else arch
     if not can_run(target):
         if not label_only:

@@ -39,6 +39,29 @@ USERS = {
 _HASH = generate_password_hash(PASSWORD, method="pbkdf2:sha256:20000")
 
 
+def make_ca(folder: Path, name: str = "pkgfarm test CA",
+            hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate it signed for ``hosts``, made with openssl:
+    (CA certificate, server certificate, server key)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_crt = folder / "ca.key", folder / "ca.crt"
+    key, csr, crt = folder / "server.key", folder / "server.csr", folder / "server.crt"
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+            f"/CN={name}", "-keyout", str(ca_key), "-out", str(ca_crt))
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={hosts[0]}",
+            "-keyout", str(key), "-out", str(csr))
+    names = ",".join(("IP:" if h.replace(".", "").isdigit() else "DNS:") + h for h in hosts)
+    ext = folder / "server.ext"
+    ext.write_text(f"subjectAltName={names}\nextendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key),
+            "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(crt))
+    return ca_crt, crt, key
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -164,10 +187,13 @@ def local_deb_src(folder: Path) -> str:
 
 
 class Master:
-    def __init__(self, config: Path, port: int, log: Path, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, config: Path, port: int, log: Path, *, host: str = "127.0.0.1",
+                 ca_file: Path | None = None) -> None:
         self.config, self.port, self.log = config, port, log
         self.proc: subprocess.Popen[bytes] | None = None
-        self.url = f"http://{host}:{port}"
+        #: with a CA, the master serves HTTPS and every request here checks it against the CA
+        self.verify: str | bool = str(ca_file) if ca_file else True
+        self.url = f"{'https' if ca_file else 'http'}://{host}:{port}"
 
     def start(self) -> None:
         with open(self.log, "ab") as out:
@@ -183,7 +209,8 @@ class Master:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"the master exited with {self.proc.returncode}:\n"
                                + self.log.read_text()[-3000:])
-        return requests.get(self.url + "/api/v1/health", timeout=2).status_code == 200
+        return requests.get(self.url + "/api/v1/health", timeout=2,
+                            verify=self.verify).status_code == 200
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -199,6 +226,7 @@ class Master:
     def api(self, method: str, path: str, user: str | None = "admin", **kwargs: Any
             ) -> requests.Response:
         auth = (user, PASSWORD) if user else None
+        kwargs.setdefault("verify", self.verify)
         return requests.request(method, self.url + path, auth=auth, timeout=60, **kwargs)
 
     def submit(self, packages: list[str], arch: str | None = None) -> int:
@@ -220,8 +248,8 @@ class Master:
 
     def index(self, arch: str, suite: str = "stable", component: str = "main") -> str:
         return requests.get(
-            f"{self.url}/repo/dists/{suite}/{component}/binary-{arch}/Packages", timeout=10
-        ).text
+            f"{self.url}/repo/dists/{suite}/{component}/binary-{arch}/Packages", timeout=10,
+            verify=self.verify).text
 
 
 class Worker:

@@ -159,7 +159,24 @@ def test_bad_values_name_the_key(data: dict[str, Any], key: str, fragment: str) 
 def test_missing_password_hash_is_named() -> None:
     exc = config_error({"master": {"users": {"alice": {"roles": ["read"]}}}})
     assert exc.details["key"] == "master.users.alice.password_hash"
-    assert exc.message == "master.users.alice.password_hash: required key is missing"
+    assert exc.message == ("master.users.alice.password_hash: give exactly one of "
+                           "password_hash and password_env")
+
+
+def test_password_env_names_a_variable() -> None:
+    settings = settings_from_dict({"master": {"users": {"bob": {
+        "password_env": "PKGFARM_BOB_PASSWORD", "roles": ["read"]}}}})
+    assert settings.master.users["bob"].password_env == "PKGFARM_BOB_PASSWORD"
+    exc = config_error({"master": {"users": {"bob": {"password_env": "not a name"}}}})
+    assert exc.details["key"] == "master.users.bob.password_env"
+    exc = config_error({"master": {"users": {"bob": {"password_env": "X",
+                                                     "password_hash": HASH}}}})
+    assert "exactly one" in exc.message
+
+
+def test_tls_cert_and_key_go_together() -> None:
+    exc = config_error({"master": {"tls_cert": "/etc/pkgfarm/cert.pem"}})
+    assert exc.details["key"] == "master.tls_cert"
 
 
 def test_password_hash_must_be_a_werkzeug_hash() -> None:
@@ -321,3 +338,21 @@ def test_effective_broker_url_embedded(tmp_path: Path) -> None:
     assert s.embedded_broker_socket == sock
     assert s.effective_broker_url == f"redis+socket://{sock}"
     assert s.effective_broker_url.startswith("redis+socket:///")
+
+
+@pytest.mark.parametrize(("bind", "tls", "warned"), [
+    ("127.0.0.1:8080", False, False), ("localhost:8080", False, False),
+    ("[::1]:8080", False, False), ("127.0.0.2:8080", False, False),
+    ("0.0.0.0:8080", False, True), ("10.0.0.5:8080", False, True),
+    ("farm.example.org:443", False, True), ("0.0.0.0:8443", True, False),
+])
+def test_master_warns_of_clear_text_beyond_loopback(bind: str, tls: bool, warned: bool) -> None:
+    from master.cli import tls_warning
+
+    master: dict[str, Any] = {"bind": bind}
+    if tls:
+        master.update(tls_cert="/etc/pkgfarm/cert.pem", tls_key="/etc/pkgfarm/key.pem")
+    warning = tls_warning(settings_from_dict({"master": master}))
+    assert bool(warning) is warned
+    if warned:
+        assert bind in str(warning) and "tls_cert" in str(warning)

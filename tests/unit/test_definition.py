@@ -21,7 +21,7 @@ from common.definition import (
     snapshot,
     unpack_snapshot,
 )
-from common.errors import DefinitionError, NotFound
+from common.errors import DefinitionError, NotFound, UnsafeArchive
 
 WriteDef = Callable[..., Path]
 
@@ -423,6 +423,6 @@ def test_unpack_refuses_members_outside(tmp_path: Path) -> None:
         info.size = 4
         tar.addfile(info, io.BytesIO(b"evil"))
     dest = tmp_path / "dest"
-    with pytest.raises(tarfile.TarError):
+    with pytest.raises(UnsafeArchive, match="climbs out"):
         unpack_snapshot(buf.getvalue(), dest)
     assert not (tmp_path / "evil.txt").exists()

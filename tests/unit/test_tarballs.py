@@ -1,0 +1,199 @@
+"""Hostile tarballs are refused on every extraction path, with and without tarfile's filters.
+
+Each hostile tarball is fed to `safe_extract` both ways (the project's checks with member-by-
+member extraction, and the checks followed by a filtering tarfile), and to every place that
+unpacks something from outside: a definition snapshot, a Debian source snapshot and a git tree
+shipped in a snapshot. Each must be refused, and nothing may appear outside the target folder.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from common import tarballs
+from common.debsource import DebianSource, unpack_debian_source
+from common.definition import unpack_snapshot
+from common.errors import BuildFailed, UnsafeArchive
+from common.tarballs import TarWriter, safe_extract
+
+Member = tuple[tarfile.TarInfo, bytes | None]
+
+
+def _file(name: str, data: bytes = b"x\n", mode: int = 0o644) -> Member:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), mode
+    return info, data
+
+
+def _dir(name: str, mode: int = 0o755) -> Member:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode = tarfile.DIRTYPE, mode
+    return info, None
+
+
+def _special(name: str, kind: bytes, linkname: str = "", mode: int = 0o644) -> Member:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, linkname, mode
+    if kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+        info.devmajor, info.devminor = 1, 3
+    return info, None
+
+
+def make_tar(members: list[Member], compression: str = "gz") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=f"w:{compression}" if compression else "w") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+#: Hostile tarballs by what they try. Some start with a harmless member, so that the refusal
+#: comes after something was unpacked.
+HOSTILE: dict[str, list[Member]] = {
+    "absolute path": [_file("ok.txt"), _file("/OUTSIDE/abs.txt")],
+    "dot-dot": [_file("ok.txt"), _file("sub/../../OUTSIDE/dotdot.txt")],
+    "absolute symlink": [_special("link", tarfile.SYMTYPE, "/etc")],
+    "symlink climbing out": [_special("link", tarfile.SYMTYPE, "../OUTSIDE")],
+    "write through a symlink": [_special("link", tarfile.SYMTYPE, "../OUTSIDE"),
+                                _file("link/through.txt")],
+    "symlink to itself, then out": [_special("here", tarfile.SYMTYPE, "."),
+                                    _special("up", tarfile.SYMTYPE, "here/..")],
+    "hard link out": [_special("hard", tarfile.LNKTYPE, "../OUTSIDE/target.txt")],
+    "absolute hard link": [_special("hard", tarfile.LNKTYPE, "/etc/passwd")],
+    "character device": [_special("null", tarfile.CHRTYPE)],
+    "block device": [_special("disk", tarfile.BLKTYPE)],
+    "fifo": [_special("pipe", tarfile.FIFOTYPE)],
+    "setuid file": [_file("suid", b"#!/bin/sh\n", 0o4755)],
+    "setgid folder": [_dir("sgid", 0o2755)],
+}
+
+MODES = [pytest.param(False, id="own-checks"),
+         pytest.param(True, id="with-filters",
+                      marks=pytest.mark.skipif(not tarballs.HAS_FILTERS,
+                                               reason="no tarfile with filters installed"))]
+
+
+@pytest.fixture
+def arena(tmp_path: Path) -> tuple[Path, Path, Callable[[], list[str]]]:
+    """A target folder, an OUTSIDE folder beside it with one file, and a function listing
+    everything under OUTSIDE (which must stay exactly as it was)."""
+    outside = tmp_path / "OUTSIDE"
+    outside.mkdir()
+    (outside / "target.txt").write_text("keep\n")
+    dest = tmp_path / "dest"
+
+    def outside_now() -> list[str]:
+        return sorted(str(p.relative_to(outside)) for p in outside.rglob("*"))
+
+    return dest, outside, outside_now
+
+
+def test_filters_are_available_on_every_supported_python():
+    # Debian 12's Python 3.11.2 lacks them; the backports.tarfile dependency brings them.
+    assert tarballs.HAS_FILTERS
+
+
+@pytest.mark.parametrize("use_filters", MODES)
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_safe_extract_refuses(name, use_filters, arena):
+    dest, outside, outside_now = arena
+    before = outside_now()
+    with pytest.raises(UnsafeArchive) as refused:
+        safe_extract(make_tar(HOSTILE[name]), dest, use_filters=use_filters)
+    assert refused.value.status == 422 and refused.value.message
+    assert outside_now() == before
+    assert (outside / "target.txt").read_text() == "keep\n"
+    for path in dest.rglob("*"):
+        # What was unpacked before the refusal stays inside and is harmless.
+        assert os.path.realpath(path).startswith(str(dest.resolve()))
+        assert not path.lstat().st_mode & (stat.S_ISUID | stat.S_ISGID)
+
+
+@pytest.mark.parametrize("use_filters", MODES)
+def test_safe_extract_unpacks_ordinary_trees(use_filters, tmp_path):
+    data = make_tar([
+        _dir("src"),
+        _file("src/run.sh", b"#!/bin/sh\necho hi\n", 0o775),
+        _file("src/data.txt", b"data\n", 0o666),
+        _special("src/link", tarfile.SYMTYPE, "data.txt"),
+        _special("src/hard", tarfile.LNKTYPE, "src/data.txt"),
+    ])
+    dest = tmp_path / "dest"
+    safe_extract(data, dest, use_filters=use_filters)
+    assert (dest / "src/run.sh").read_text() == "#!/bin/sh\necho hi\n"
+    assert os.access(dest / "src/run.sh", os.X_OK)
+    # Group and others lose write; the extracting user owns everything.
+    assert stat.S_IMODE((dest / "src/data.txt").stat().st_mode) == 0o644
+    assert (dest / "src/data.txt").stat().st_uid == os.geteuid()
+    assert os.readlink(dest / "src/link") == "data.txt"
+    assert (dest / "src/hard").read_text() == "data\n"
+
+
+@pytest.mark.parametrize("use_filters", MODES)
+def test_garbage_is_refused_with_a_clear_error(use_filters, tmp_path):
+    with pytest.raises(UnsafeArchive, match="cannot be unpacked"):
+        safe_extract(b"not a tarball at all", tmp_path / "dest", use_filters=use_filters)
+
+
+def test_tar_writer_is_deterministic():
+    def write() -> bytes:
+        with TarWriter(mtime=1234) as tar:
+            tar.add_dir("d")
+            tar.add_file("d/f", b"content", 0o755)
+        return tar.data
+
+    first = write()
+    assert first == write()
+    with tarfile.open(fileobj=io.BytesIO(first)) as tar:
+        members = {m.name: m for m in tar}
+    assert members["d/f"].mtime == 1234 and members["d/f"].uname == "root"
+    assert stat.S_IMODE(members["d/f"].mode) == 0o755
+
+
+# -- every place that unpacks a tarball from outside -------------------------------------------
+
+
+def _unpack_definition(data: bytes, dest: Path) -> None:
+    unpack_snapshot(data, dest)
+
+
+def _unpack_debian_source(data: bytes, dest: Path) -> None:
+    unpack_debian_source(data, dest)
+
+
+def _unpack_git_tree(data: bytes, dest: Path) -> None:
+    from worker.debsource import _fetch_git
+
+    files = dest.parent / "files"
+    files.mkdir()
+    (files / "git-tree.tar").write_bytes(data)
+    src = DebianSource(name="hostile", version="1.0-1", architecture=("any",),
+                       binaries=(("hostile", "any"),), build_depends=(), origin="git",
+                       location="/nowhere.git", revision="0" * 40)
+    _fetch_git(src, dest, io.StringIO(), files, timeout=60)
+
+
+PATHS = {"definition snapshot": (_unpack_definition, "gz", UnsafeArchive),
+         "debian source snapshot": (_unpack_debian_source, "gz", UnsafeArchive),
+         "git tree": (_unpack_git_tree, "", BuildFailed)}
+
+
+@pytest.mark.parametrize("use_filters", MODES)
+@pytest.mark.parametrize("path_name", sorted(PATHS))
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_every_extraction_path_refuses(name, path_name, use_filters, arena, monkeypatch):
+    dest, outside, outside_now = arena
+    unpack, compression, error = PATHS[path_name]
+    monkeypatch.setattr(tarballs, "HAS_FILTERS", use_filters)
+    before = outside_now()
+    with pytest.raises(error, match=r"absolute|climbs|outside|device|FIFO|setuid|points"):
+        unpack(make_tar(HOSTILE[name], compression), dest)
+    assert outside_now() == before
+    assert (outside / "target.txt").read_text() == "keep\n"
