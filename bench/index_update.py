@@ -2,21 +2,22 @@
 
 Set-up (not timed): N generated .deb files (valid ar archives, a real control file, an empty
 data member) in a pool tree; for pkgfarm, one record per archive in a fresh Store with its
-Packages stanza (made by master.debrepo.stanza from the control text and hashes computed here);
+Packages entry (made by the deb format's index_entry from the control text and hashes computed
+here);
 for apt-ftparchive, a `generate` configuration with a cache database; for reprepro, a
 repository that has included all N archives.
 
 Timed, each step --runs times, systems interleaved in every run, medians reported:
 
-- pkgfarm: Store.add_packages of one record + IndexWriter.write() (what follows an accepted
-  upload, without the upload); also, as extra rows, the same plus reading the new archive
-  (debrepo.inspect, hashes, stanza), and Repository.accept_upload as a whole (receive, hash,
+- pkgfarm: recording one package + the deb format's incremental index write (what follows an
+  accepted upload, without the upload); also, as extra rows, the same plus reading the new
+  archive (inspect, hashes, entry), and Repository.accept_upload as a whole (receive, hash,
   dpkg-deb checks, fsync into the pool, record, index, retention; no HTTP).
 - apt-ftparchive generate (Packages, Packages.gz, Packages.xz) + apt-ftparchive release, with
   the cache database warm, after the new .deb is put in the pool.
 - reprepro includedeb of the new .deb (it writes Packages, .gz, .xz and Release).
 
-And the full build of the same N packages (--full-runs times): pkgfarm IndexWriter.write(full=True)
+And the full build of the same N packages (--full-runs times): pkgfarm's full index write
 vs apt-ftparchive generate + release with an empty cache, and one `reprepro export`.
 
 Run: /work/main/.venv/bin/python bench/index_update.py [--packages N] [--runs N]
@@ -36,15 +37,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import _common as bc
-from debian.deb822 import Deb822
 
-from common import debian
-from common.config import RepositorySettings, settings_from_dict
-from master import debrepo
-from master.index import GROUPS, IndexWriter, group_of
+from common.config import settings_from_dict
+from common.formats.deb import policy as debian
+from master.formats import ArchiveInfo, Digests, IndexContext
+from master.formats.deb import archive as debarchive
+from master.formats.deb.index import IndexWriter
 from master.repository import Repository
 from master.storage import LocalStorage
-from master.store import Store
+from master.store import GROUPS, NewPackage, Store
 
 ARCH = "amd64"
 SUITE, COMPONENT = "stable", "main"
@@ -69,28 +70,37 @@ class Generated:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_bytes(self.data)
 
-    def record(self) -> dict[str, object]:
+    def record(self) -> NewPackage:
         size, md5, sha1, sha256 = bc.digests_of(self.data)
-        info = debrepo.ArchiveInfo(name=self.name, version=VERSION, arch=ARCH,
-                                   source=self.name, control=Deb822(self.control))
-        stanza = debrepo.stanza(info, self.key, debrepo.Digests(size, md5, sha1, sha256))
-        return record_for(self.name, self.key, size, sha256, stanza)
+        fields = debarchive.parse_control(self.control.encode())
+        info = ArchiveInfo(name=self.name, version=VERSION, arch=ARCH, source=self.name,
+                           fields=fields)
+        entry = debarchive.index_entry(info, self.key, Digests(size, md5, sha1, sha256))
+        return record_for(self.name, self.key, size, sha256, entry)
 
 
-def record_for(name: str, key: str, size: int, sha256: str, stanza: str) -> dict[str, object]:
-    """The row Repository._record makes for an accepted upload."""
-    return {"suite": SUITE, "component": COMPONENT, "grp": group_of(name), "name": name,
-            "version": VERSION, "arch": ARCH, "filename": key.rsplit("/", 1)[1],
-            "pool_path": key, "size": size, "sha256": sha256, "stanza": stanza,
-            "uploaded_at": time.time(), "uploaded_by": "bench", "job_id": None}
+def record_for(name: str, key: str, size: int, sha256: str, entry: str) -> NewPackage:
+    """The record Repository makes for an accepted upload."""
+    return NewPackage(format="deb", suite=SUITE, component=COMPONENT, name=name,
+                      version=VERSION, arch=ARCH, filename=key.rsplit("/", 1)[1],
+                      pool_path=key, size=size, sha256=sha256, entry=entry,
+                      uploaded_by="bench", job_id=None)
 
 
-def read_new_archive(path: Path, key: str) -> dict[str, object]:
+def read_new_archive(path: Path, key: str) -> NewPackage:
     """What the master does with a received archive before recording it."""
-    info = debrepo.inspect(path)
-    digests = debrepo.Digests(*bc.digests_of(path.read_bytes()))
+    info = debarchive.inspect(path)
+    digests = Digests(*bc.digests_of(path.read_bytes()))
     return record_for(info.name, key, digests.size, digests.sha256,
-                      debrepo.stanza(info, key, digests))
+                      debarchive.index_entry(info, key, digests))
+
+
+def index_update(store: Store, writer: IndexWriter, full: bool = False) -> None:
+    """What Repository.rebuild_index does for the deb format: render the dirty groups (all of
+    them when ``full``), write the files, mark the groups clean."""
+    dirty = store.packages.dirty()
+    writer.write(dirty, full=full)
+    store.packages.clear_dirty(dirty)
 
 
 # -- apt-ftparchive ----------------------------------------------------------------------------
@@ -174,15 +184,16 @@ def check_index(folder: Path, expected: int, what: str) -> None:
         raise RuntimeError(f"{what}: Packages lists {count} packages, expected {expected}")
 
 
-def check_samples(generated: list[Generated], records: list[dict[str, object]]) -> None:
-    """A few archives: dpkg-deb reads them, and debrepo.inspect gives the stanza used here."""
+def check_samples(generated: list[Generated], records: list[NewPackage]) -> None:
+    """A few archives: dpkg-deb reads them, and the deb format's inspect gives the entry used
+    here."""
     step = max(1, len(generated) // 5)
     for gen, rec in list(zip(generated, records, strict=True))[::step]:
         bc.run(["dpkg-deb", "--info", gen.path])
         again = read_new_archive(gen.path, gen.key)
-        if again["stanza"] != rec["stanza"]:
-            raise RuntimeError(f"stanza of {gen.name} differs from debrepo.inspect's:\n"
-                               f"{again['stanza']}\n{rec['stanza']}")
+        if again.entry != rec.entry:
+            raise RuntimeError(f"entry of {gen.name} differs from the deb format's inspect:\n"
+                               f"{again.entry}\n{rec.entry}")
 
 
 # -- the benchmark -----------------------------------------------------------------------------
@@ -225,17 +236,16 @@ def run_benchmark(work: Path, args: argparse.Namespace) -> int:
     check_samples(generated, records)
 
     # pkgfarm: a fresh store with every archive recorded.
-    repo_settings = RepositorySettings(suite=SUITE, component=COMPONENT, architectures=(ARCH,))
     data_dir = work / "pkgfarm"
     store = Store(data_dir / "state.db")
     storage = LocalStorage(data_dir / "repo")
-    writer = IndexWriter(repo_settings, store, storage)
-    store_time = bc.timed(lambda: store.add_packages(records))
-    bc.log(f"recorded {n} packages in the store in {store_time:.1f} s")
     settings = settings_from_dict({
         "master": {"data_dir": str(data_dir)},
         "repository": {"suite": SUITE, "component": COMPONENT, "architectures": [ARCH]},
     })
+    writer = IndexWriter(IndexContext(settings, store, storage, None))
+    store_time = bc.timed(lambda: store.packages.add(records))
+    bc.log(f"recorded {n} packages in the store in {store_time:.1f} s")
     repository = Repository(settings, store, storage=storage)
     pkg_dir = data_dir / "repo" / "dists" / SUITE / COMPONENT / f"binary-{ARCH}"
 
@@ -246,7 +256,7 @@ def run_benchmark(work: Path, args: argparse.Namespace) -> int:
     full_pkgfarm, full_aft = [], []
     for i in range(args.full_runs):
         bc.log(f"full build {i + 1}/{args.full_runs}")
-        full_pkgfarm.append(bc.timed(lambda: writer.write(full=True)))
+        full_pkgfarm.append(bc.timed(lambda: index_update(store, writer, full=True)))
         aft.drop_cache()
         full_aft.append(bc.timed(aft.publish))
     check_index(pkg_dir, n, "pkgfarm full build")
@@ -273,7 +283,8 @@ def run_benchmark(work: Path, args: argparse.Namespace) -> int:
         # pkgfarm: reading the archive is what accept_upload does before the index work.
         read_time = bc.timed(lambda copy=copy, new=new: read_new_archive(copy, new.key))
         rec = new.record()
-        t_index.append(bc.timed(lambda rec=rec: (store.add_packages([rec]), writer.write())))
+        t_index.append(bc.timed(lambda rec=rec: (store.packages.add([rec]),
+                                                 index_update(store, writer))))
         t_read.append(read_time)
 
         # pkgfarm as a whole, with another new archive (a name of its own).
@@ -301,9 +312,9 @@ def run_benchmark(work: Path, args: argparse.Namespace) -> int:
           f"{args.runs} runs per system, interleaved; median (min … max)")
     print()
     rows = [
-        ["pkgfarm: Store.add_packages(1) + IndexWriter.write()",
+        ["pkgfarm: record 1 package + incremental index write",
          bc.fmt_seconds(index_med), _spread(t_index), "1.0x (reference)"],
-        ["pkgfarm: the same + reading the new .deb (inspect, hashes, stanza)",
+        ["pkgfarm: the same + reading the new .deb (inspect, hashes, entry)",
          bc.fmt_seconds(bc.median(with_read)), _spread(with_read),
          f"{bc.median(with_read) / index_med:.1f}x of the reference"],
         ["pkgfarm: Repository.accept_upload, whole (no HTTP)",
@@ -320,7 +331,7 @@ def run_benchmark(work: Path, args: argparse.Namespace) -> int:
     print()
     full_med = bc.median(full_pkgfarm)
     rows = [
-        ["pkgfarm: IndexWriter.write(full=True)", bc.fmt_seconds(full_med),
+        ["pkgfarm: full index write", bc.fmt_seconds(full_med),
          _spread(full_pkgfarm), "1.0x (reference)"],
         ["apt-ftparchive generate + release, empty cache", bc.fmt_seconds(bc.median(full_aft)),
          _spread(full_aft), f"pkgfarm {ratio(bc.median(full_aft), full_med)} faster"],

@@ -6,6 +6,9 @@ consumer list, the recipes and the tests all use.
 
 from __future__ import annotations
 
+import functools
+import os
+
 ALL = "all"
 ANY = "any"
 
@@ -18,6 +21,29 @@ KNOWN_ARCHES: frozenset[str] = frozenset(
         "x32", "ia64",
     }
 )
+
+
+#: The farm's name (Debian's) of each CPU the kernel reports (``uname -m``). A 32-bit ARM
+#: machine is taken as armhf, the usual Debian port for it.
+MACHINES: dict[str, str] = {
+    "x86_64": "amd64", "aarch64": "arm64", "i686": "i386", "i586": "i386", "i386": "i386",
+    "armv7l": "armhf", "armv8l": "armhf", "armv6l": "armel", "armv5tel": "armel",
+    "ppc64le": "ppc64el", "ppc64": "ppc64", "ppc": "powerpc", "s390x": "s390x",
+    "riscv64": "riscv64", "loongarch64": "loong64", "mips64": "mips64el", "mips": "mipsel",
+    "sparc64": "sparc64", "alpha": "alpha", "parisc": "hppa", "parisc64": "hppa",
+    "m68k": "m68k", "sh4": "sh4", "ia64": "ia64",
+}
+
+
+@functools.cache
+def host_arch() -> str:
+    """The farm's name of this machine's architecture."""
+    machine = os.uname().machine
+    try:
+        return MACHINES[machine]
+    except KeyError:
+        raise ValueError(f"this machine's CPU ({machine}) has no architecture name the farm "
+                         "knows") from None
 
 
 def is_known(arch: str) -> bool:

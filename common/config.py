@@ -12,7 +12,6 @@ import dataclasses
 import ipaddress
 import os
 import re
-import subprocess
 import types
 import typing
 from collections.abc import Mapping
@@ -57,17 +56,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def host_arch() -> str:
-    """The Debian architecture of this machine, as dpkg names it."""
-    try:
-        out = subprocess.run(
-            ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, "amd64")
 
 
 @dataclass(frozen=True)
@@ -217,7 +205,7 @@ class WorkerSettings:
     #: worker, the CLIs and clean roots fetching from the farm's repository; unset: the
     #: system's bundle.
     ca_file: str | None = None
-    architectures: tuple[str, ...] = field(default_factory=lambda: (host_arch(),))
+    architectures: tuple[str, ...] = field(default_factory=lambda: (archmod.host_arch(),))
     concurrency: int = 1
     work_dir: str = "/var/tmp/pkgfarm"  # noqa: S108 (a folder of its own, made per build)
     #: the name shown in the workers list; defaults to the host name.

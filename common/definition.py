@@ -9,6 +9,7 @@ changes afterwards; the worker unpacks that snapshot into a fresh directory.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,9 @@ from typing import Any
 import yaml
 
 from common import arch as archmod
-from common import debian
+from common import formats
 from common.errors import DefinitionError, NotFound
+from common.formats import PackageFormat
 from common.tarballs import TarWriter, safe_extract
 
 SNAPSHOT_DEFINITION = "package.yaml"
@@ -29,6 +31,13 @@ _PACKAGE_KEYS = {
     "name", "version", "release", "architecture", "description", "maintainer", "depends",
     "section", "priority", "homepage", "recommends", "conflicts", "provides", "replaces",
 }
+#: Limits of names and versions (pkgfarm's own: formats allow more than anyone needs).
+MAX_NAME = 128
+MAX_VERSION = 128
+#: What a name must look like to be looked up as a file under package_paths.
+_LOOKUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._-]*$")
+_SECTION_RE = re.compile(r"^[A-Za-z0-9+._-]+(?:/[A-Za-z0-9+._-]+)?$")
+_URL_RE = re.compile(r"^https?://[^\s\x00-\x1f\x7f]+$")
 _PRIORITIES = {"required", "important", "standard", "optional", "extra"}
 
 
@@ -117,7 +126,10 @@ def _string(path: Path, data: dict[str, Any], key: str, where: str, required: bo
     return text
 
 
-def _string_list(path: Path, data: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+def _string_list(path: Path, data: dict[str, Any], key: str, where: str,
+                 syntax: Iterable[PackageFormat]) -> tuple[str, ...]:
+    """A list of relations, each checked with the relation syntax of every format in
+    ``syntax``."""
     value = data.get(key, [])
     if value is None:
         return ()
@@ -128,10 +140,10 @@ def _string_list(path: Path, data: dict[str, Any], key: str, where: str) -> tupl
     for v in value:
         if "\n" in v or "," in v:
             raise _fail(path, f"{where}{key}", f"{v!r}: one relation per list item, no newlines")
-        if not debian.is_valid_relation(v):
-            raise _fail(path, f"{where}{key}",
-                        f"{v!r} is not a package relation (name [(op version)], | between "
-                        "alternatives)")
+        for fmt in syntax:
+            problem = fmt.check_relation(v.strip())
+            if problem:
+                raise _fail(path, f"{where}{key}", f"{v!r}: {problem}")
     return tuple(v.strip() for v in value)
 
 
@@ -168,18 +180,23 @@ def parse_definition(
     w = "package."
     name = _string(path, pkg, "name", w)
     assert name is not None
-    if not debian.PACKAGE_NAME_RE.fullmatch(name):
-        raise _fail(path, "package.name",
-                    f"{name!r} is not a Debian package name (lower case, digits, + - .)")
+    if len(name) > MAX_NAME:
+        raise _fail(path, "package.name", f"is longer than {MAX_NAME} characters")
     version = _string(path, pkg, "version", w)
     assert version is not None
-    if not debian.UPSTREAM_RE.fullmatch(version):
-        raise _fail(path, "package.version",
-                    f"{version!r} must start with a digit and hold only letters, digits, . + ~")
     release = _string(path, pkg, "release", w, default="1")
     assert release is not None
-    if not debian.REVISION_RE.fullmatch(release):
-        raise _fail(path, "package.release", f"{release!r} must hold only letters, digits, . + ~")
+    for key, value in (("version", version), ("release", release)):
+        if len(value) > MAX_VERSION:
+            raise _fail(path, f"package.{key}", f"is longer than {MAX_VERSION} characters")
+    targets = list(formats.FORMATS.values())
+    for fmt in targets:
+        problem = fmt.check_name(name)
+        if problem:
+            raise _fail(path, "package.name", problem)
+        wrong = fmt.check_version_parts(version, release)
+        if wrong:
+            raise _fail(path, f"package.{wrong[0]}", wrong[1])
 
     arch_value = pkg.get("architecture", archmod.ANY)
     architecture: tuple[str, ...] | str
@@ -197,10 +214,8 @@ def parse_definition(
 
     description = _string(path, pkg, "description", w)
     assert description is not None
-    try:
-        debian.format_description(description)
-    except ValueError as exc:
-        raise _fail(path, "package.description", str(exc)) from None
+    if not description.strip("\n").splitlines()[0].strip():
+        raise _fail(path, "package.description", "must start with a one-line summary")
     maintainer = _string(path, pkg, "maintainer", w)
     assert maintainer is not None
     if "<" not in maintainer or not maintainer.rstrip().endswith(">"):
@@ -209,9 +224,16 @@ def parse_definition(
     priority = _string(path, pkg, "priority", w, default="optional")
     if priority not in _PRIORITIES:
         raise _fail(path, "package.priority", f"must be one of {', '.join(sorted(_PRIORITIES))}")
-    for key, value in (("section", section), ("maintainer", maintainer), ("name", name)):
-        if value is not None and "\n" in value:
-            raise _fail(path, f"package.{key}", "must be one line")
+    homepage = _string(path, pkg, "homepage", w, required=False)
+    for key, text in (("section", section), ("maintainer", maintainer), ("name", name),
+                      ("homepage", homepage)):
+        if text is not None and (not text.isprintable() or len(text) > 1000):
+            raise _fail(path, f"package.{key}", "must be one line of printable text")
+    if section is not None and not _SECTION_RE.fullmatch(section):
+        raise _fail(path, "package.section", f"{section!r} is not a section name (letters, "
+                    "digits, + - . _ and one /)")
+    if homepage is not None and not _URL_RE.fullmatch(homepage):
+        raise _fail(path, "package.homepage", f"{homepage!r} is not an http(s) URL")
 
     build = data.get("build")
     if not isinstance(build, str) or not build.strip():
@@ -245,15 +267,15 @@ def parse_definition(
         description=description.strip("\n"),
         maintainer=maintainer.strip(),
         build=build,
-        depends=_string_list(path, pkg, "depends", w),
-        recommends=_string_list(path, pkg, "recommends", w),
-        conflicts=_string_list(path, pkg, "conflicts", w),
-        provides=_string_list(path, pkg, "provides", w),
-        replaces=_string_list(path, pkg, "replaces", w),
+        depends=_string_list(path, pkg, "depends", w, targets),
+        recommends=_string_list(path, pkg, "recommends", w, targets),
+        conflicts=_string_list(path, pkg, "conflicts", w, targets),
+        provides=_string_list(path, pkg, "provides", w, targets),
+        replaces=_string_list(path, pkg, "replaces", w, targets),
         section=section or "misc",
         priority=priority or "optional",
-        homepage=_string(path, pkg, "homepage", w, required=False),
-        build_depends=_string_list(path, data, "build_depends", ""),
+        homepage=homepage,
+        build_depends=_string_list(path, data, "build_depends", "", [formats.build_host()]),
         sources=tuple(sources),
         path=path,
     )
@@ -261,7 +283,7 @@ def parse_definition(
 
 def find_definition(name: str, package_paths: Iterable[str]) -> PackageDefinition:
     """Look ``name`` up in ``package_paths``; NotFound if no definition matches."""
-    if not debian.PACKAGE_NAME_RE.fullmatch(name):
+    if len(name) > MAX_NAME or not _LOOKUP_RE.fullmatch(name):
         raise NotFound(f"{name!r} is not a valid package name", package=name)
     searched = []
     for folder in package_paths:

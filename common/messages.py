@@ -12,6 +12,11 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Self
 
+#: The version of the protocol between master and workers (claim, lease, log, report, upload).
+#: 1: pkgfarm as of commit 426347d (no version sent); 2: jobs name their format and the kind of
+#: source their snapshot holds. A master refuses a worker that speaks another version.
+PROTOCOL_VERSION = 2
+
 
 class Message:
     """JSON round-trip for the dataclasses below."""
@@ -81,6 +86,8 @@ class BuildTask(Message):
 class ClaimRequest(Message):
     attempt: int
     worker: str
+    #: the protocol the worker speaks; absent (1) from workers older than the field
+    protocol: int = 1
 
 
 @dataclass(frozen=True)
@@ -99,8 +106,12 @@ class JobAssignment(Message):
     snapshot_b64: str
     #: the attempt is lost unless renewed within this many seconds
     lease_seconds: float = 90.0
-    #: apt sources a build may install from: the farm's own repository
+    #: package sources a build may install build dependencies from: the farm's own
+    #: repository, as the build environment's package manager reads it
     apt_sources: tuple[str, ...] = ()
+    #: the package format the job makes, and what its snapshot holds
+    format: str = "deb"
+    source_kind: str = "definition"
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,9 @@ class LocalJobRequest(Message):
     version: str
     arch: str
     worker: str
+    format: str = "deb"
+    source_kind: str = "definition"
+    protocol: int = 1
 
 
 @dataclass(frozen=True)
@@ -125,7 +139,7 @@ class JobReport(Message):
 
     attempt: int
     token: str
-    status: str  # success | failed
+    status: str  # a ReportStatus: success | failed
     error: str | None = None
     files: tuple[str, ...] = ()
     #: the manifest: the sha256 of every file in ``files``, checked against what was uploaded

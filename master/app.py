@@ -10,16 +10,17 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import IntegerConverter
 
 from common.config import Settings, load_settings
-from common.errors import PkgfarmError
-from master.api import create_blueprints
+from common.errors import ApiError, PkgfarmError
+from master.api import BLUEPRINTS
+from master.buildlogs import MAX_LOG_BYTES
 from master.services import Services
 
 log = logging.getLogger(__name__)
 
 #: The largest body of a JSON request (everything but uploads and logs).
 MAX_JSON_BYTES = 1024 * 1024
-#: The largest single piece of a build log a worker may send.
-MAX_LOG_CHUNK_BYTES = 64 * 1024 * 1024
+#: The largest single piece of a build log a worker may send (it is streamed to disk).
+MAX_LOG_CHUNK_BYTES = MAX_LOG_BYTES
 
 
 class RecordId(IntegerConverter):
@@ -39,7 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.master.max_upload_bytes + 1024 * 1024
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["pkgfarm"] = services
-    for bp in create_blueprints(services):
+    for bp in BLUEPRINTS:
         app.register_blueprint(bp)
     register_error_handlers(app)
 
@@ -47,15 +48,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     def limit_body() -> None:
         # Uploads are bounded by master.max_upload_bytes (MAX_CONTENT_LENGTH); every other
         # request is small, and a larger body is refused with 413 before it is read.
-        if request.endpoint == "api.append_log":
+        if request.endpoint == "jobs.append_log":
             request.max_content_length = MAX_LOG_CHUNK_BYTES
-        elif request.endpoint != "api.upload":
+        elif request.endpoint != "uploads.upload":
             request.max_content_length = MAX_JSON_BYTES
-
-    @services.auth.http.error_handler
-    def auth_error(status: int) -> Any:
-        message = "authentication required" if status == 401 else "permission denied"
-        return jsonify(error=message), status
 
     return app
 
@@ -63,12 +59,13 @@ def create_app(settings: Settings | None = None) -> Flask:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(PkgfarmError)
     def project_error(exc: PkgfarmError) -> Any:
-        if exc.status >= 500:
+        status = exc.status if isinstance(exc, ApiError) else 500
+        if status >= 500:
             log.error("%s", exc.message)
         response = jsonify(exc.to_json())
         if "retry_after" in exc.details:
             response.headers["Retry-After"] = str(exc.details["retry_after"])
-        return response, exc.status
+        return response, status
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flask import request
+from flask import current_app, jsonify, request
 from flask_httpauth import HTTPBasicAuth
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -58,13 +58,10 @@ class Authenticator:
     def __init__(self, users: dict[str, UserSettings]) -> None:
         self.users = users
         self.hashes = password_hashes(users)
-        self.http = HTTPBasicAuth(realm="pkgfarm")
         self._key = secrets.token_bytes(32)
         self._ok: dict[tuple[str, bytes], float] = {}
         self._failures: dict[tuple[str, str], list[float]] = {}
         self._lock = threading.Lock()
-        self.http.verify_password(self.verify)
-        self.http.get_user_roles(self.roles)
 
     def verify(self, username: str, password: str) -> str | None:
         if not username and not password:
@@ -102,11 +99,47 @@ class Authenticator:
         user = self.users.get(username)
         return list(user.roles) if user else []
 
-    def require(self, role: str) -> Callable[[Any], Any]:
-        """A view decorator: the caller must hold ``role`` (or admin)."""
-        decorator: Callable[[Any], Any] = self.http.login_required(role=[role, ADMIN])
-        return decorator
+    def has_role(self, username: str | None, role: str) -> bool:
+        roles = self.roles(username or "")
+        return role in roles or ADMIN in roles
 
-    def current_user(self) -> str | None:
-        user: Any = self.http.current_user()
-        return user if isinstance(user, str) else None
+
+#: The one HTTP basic authentication of the master's blueprints; it asks the running app's
+#: `Authenticator` (``app.extensions["pkgfarm"].auth``).
+http = HTTPBasicAuth(realm="pkgfarm")
+
+
+def _authenticator() -> Authenticator:
+    auth: Authenticator = current_app.extensions["pkgfarm"].auth
+    return auth
+
+
+@http.verify_password
+def _verify(username: str, password: str) -> str | None:
+    return _authenticator().verify(username, password)
+
+
+@http.get_user_roles
+def _roles(username: str) -> list[str]:
+    return _authenticator().roles(username)
+
+
+@http.error_handler
+def _refused(status: int) -> Any:
+    message = "authentication required" if status == 401 else "permission denied"
+    return jsonify(error=message), status
+
+
+def require(role: str) -> Callable[[Any], Any]:
+    """A view decorator: the caller must hold ``role`` (or admin)."""
+    decorator: Callable[[Any], Any] = http.login_required(role=[role, ADMIN])
+    return decorator
+
+
+def current_user() -> str | None:
+    user: Any = http.current_user()
+    return user if isinstance(user, str) else None
+
+
+def caller_has(role: str) -> bool:
+    return _authenticator().has_role(current_user(), role)

@@ -1,6 +1,9 @@
 """Build logs on the master's disk: one file per attempt, appended to as the worker sends it.
 
-Both the API (``GET …/log?follow=1``) and ``master logs --follow`` read them through here.
+A piece of log is streamed to the file as it arrives (never held whole in memory), and each
+attempt's log is bounded: past `MAX_LOG_BYTES` the rest is dropped after one marker line, and
+the build goes on. Both the API (``GET …/log?follow=1``) and ``master logs --follow`` read the
+logs through here.
 """
 
 from __future__ import annotations
@@ -8,12 +11,45 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from master.store import Job, Store
+
+#: The largest build log kept per attempt.
+MAX_LOG_BYTES = 64 * 1024 * 1024
+MARKER = b"\n[pkgfarm: the log reached its limit; the rest is dropped]\n"
+CHUNK = 64 * 1024
 
 
 def log_path(data_dir: str | Path, job: Job, attempt: int | None = None) -> Path:
     return Path(data_dir) / "logs" / str(job.id) / f"{attempt or job.attempt}.log"
+
+
+def start(data_dir: str | Path, job: Job) -> None:
+    """An empty log for the job's current attempt."""
+    path = log_path(data_dir, job)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+
+
+def append(data_dir: str | Path, job: Job, attempt: int, stream: IO[bytes],
+           limit: int = MAX_LOG_BYTES) -> int:
+    """Add what ``stream`` holds to an attempt's log, up to the limit; the log's new size."""
+    path = log_path(data_dir, job, attempt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as out:
+        size = out.tell()
+        while chunk := stream.read(CHUNK):
+            room = limit - size
+            if room < 0:
+                continue  # past the limit and marked: read the rest, keep none of it
+            if room == 0 or len(chunk) > room:
+                out.write(chunk[:room] + MARKER)
+                size = limit + len(MARKER)
+                continue
+            out.write(chunk)
+            size += len(chunk)
+        return out.tell()
 
 
 def follow(store: Store, data_dir: str | Path, job_id: int, poll: float = 0.5
@@ -21,7 +57,7 @@ def follow(store: Store, data_dir: str | Path, job_id: int, poll: float = 0.5
     """The current attempt's log so far, then what the worker adds, until the job ends."""
     offset, attempt = 0, None
     while True:
-        job = store.get_job(job_id)
+        job = store.jobs.get(job_id)
         if job is None:
             return
         if attempt is not None and job.attempt != attempt:
@@ -33,7 +69,7 @@ def follow(store: Store, data_dir: str | Path, job_id: int, poll: float = 0.5
         if path.is_file():
             with open(path, "rb") as fh:
                 fh.seek(offset)
-                while chunk := fh.read(64 * 1024):
+                while chunk := fh.read(CHUNK):
                     offset += len(chunk)
                     yield chunk
         if ended:

@@ -58,7 +58,7 @@ def serve(config_path: str | None) -> None:
     services = Services.build(settings)
     _check_storage(services.repository.storage)
     # Nobody could renew a lease while the master was away: give running attempts a fresh one.
-    services.store.extend_all_leases(settings.master.lease_seconds)
+    services.store.jobs.extend_all_leases(settings.master.lease_seconds)
     services.repository.discard_partial_uploads()
     # Every start renders the index afresh: new settings (suites, architectures, a signing key)
     # take effect, and an index a crash left half-written is made whole.
@@ -193,8 +193,8 @@ def logs(build_id: int, name: str, arch: str | None, follow: bool,
     from master.store import Store
 
     settings = _settings(config_path)
-    store = Store(Path(settings.master.data_dir) / "state.db")
-    found = store.get_build(build_id)
+    store = Store.in_data_dir(settings.master.data_dir)
+    found = store.jobs.get_build(build_id)
     if found is None:
         raise click.ClickException(f"no build {build_id}")
     jobs = [j for j in found[1] if j.package == name and arch in (None, j.arch)]

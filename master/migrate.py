@@ -7,8 +7,9 @@ checked by size and sha256. A key the destination already holds with the same co
 alone, so running the migration again copies only what is missing or different; nothing is
 ever deleted from either side.
 
-Keys go over in the order a client needs them: the pool first, then the by-hash copies, then
-the indexes, and each suite's Release, Release.gpg and InRelease last, so a client that reads
+Keys go over in the order a client needs them, as each format ranks its keys (for APT: the
+pool first, then the by-hash copies, then the indexes, and each suite's Release, Release.gpg
+and InRelease last), so a client that reads
 the destination during a migration sees the old index or a complete new one. Stop the master
 (or at least its uploads) while migrating: an index written meanwhile may be missed.
 """
@@ -21,22 +22,16 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
+from master import formats
 from master.storage import CHUNK, Storage
-
-RELEASE_FILES = ("Release", "Release.gpg", "InRelease")
 
 
 def copy_order(key: str) -> tuple[int, str]:
-    """Sort key: pool (and anything else), by-hash copies, indexes, top-level Release files."""
-    if not key.startswith("dists/"):
-        rank = 0
-    elif "/by-hash/" in key:
-        rank = 1
-    elif key.count("/") == 2 and key.rsplit("/", 1)[1] in RELEASE_FILES:
-        rank = 3
-    else:
-        rank = 2
-    return rank, key
+    """Sort key: the rank the key's format gives it (archives first, the files that name the
+    others last); a key no format claims goes first."""
+    ranks = [rank for fmt in formats.FORMATS.values()
+             if (rank := fmt.copy_rank(key)) is not None]
+    return (min(ranks) if ranks else 0), key
 
 
 def digest(storage: Storage, key: str) -> tuple[int, str]:

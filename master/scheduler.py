@@ -1,12 +1,20 @@
-"""Turning a build request into recorded jobs and queued messages, and keeping them moving.
+"""Builds from request to report: planning them, queueing their jobs, giving attempts to
+workers, and ending them.
 
 The build and its jobs are committed to the store first, then one message per job goes to the
 queue of its architecture. A message that cannot be sent (the broker is down) leaves its job
 marked not-enqueued; `enqueue_pending` sends it later, so an accepted build is never lost.
 
+Build order, the one rule: a package of a build set waits for every other package of the set
+that any alternative of its build dependencies names (the build environment's relation syntax,
+read by python-debian), so it never builds against a stale version. Its job for an
+architecture waits for the other's jobs of the same architecture and of ``all`` (or all of
+them, when it has neither).
+
 `tick` is the master's housekeeping, run every few seconds by `master serve`:
 - an attempt whose lease ran out (its worker died or was cut off) is queued again as a new
-  attempt; the old attempt's uploads and reports are refused from then on;
+  attempt, or fails when it was a local build; the old attempt's uploads and reports are
+  refused from then on;
 - if the broker lost its data (a marker key the master keeps there is gone), every queued job
   gets a new attempt number and is sent again, so its old message, should it exist, is stale;
 - whatever has not reached the broker is sent.
@@ -14,8 +22,11 @@ marked not-enqueued; `enqueue_pending` sends it later, so an accepted build is n
 
 from __future__ import annotations
 
-import fcntl
+import base64
+import hashlib
+import hmac
 import logging
+import secrets
 import uuid
 from dataclasses import dataclass
 from graphlib import CycleError, TopologicalSorter
@@ -24,29 +35,52 @@ from pathlib import Path
 from celery import Celery
 
 from common import arch as archmod
-from common import debresolve
+from common import formats as common_formats
 from common.config import Settings
-from common.debsource import snapshot_debian_source
 from common.definition import find_definition, snapshot
-from common.errors import BadRequest, DefinitionError, NotFound, Unprocessable
-from common.messages import BuildTask
+from common.errors import (
+    BadRequest,
+    Conflict,
+    DefinitionError,
+    Forbidden,
+    NotFound,
+    PkgfarmError,
+    ProtocolMismatch,
+    Unprocessable,
+)
+from common.locks import LockBusy, file_lock
+from common.messages import (
+    PROTOCOL_VERSION,
+    BuildTask,
+    JobAssignment,
+    JobReport,
+)
 from common.queues import BUILD_TASK
-from common.states import JobState
-from master.store import PlannedJob, Store
+from common.states import RESTARTABLE, JobState, ReportStatus, SourceKind
+from master import buildlogs
+from master import formats as repo_formats
+from master.repository import Repository
+from master.store import Job, PlannedJob, Store
 
 log = logging.getLogger(__name__)
 
 #: The key the master keeps in the broker's Redis; its absence means the data was lost.
 BROKER_MARKER = "pkgfarm:broker-marker"
+#: The longest error text kept with a failed job.
+MAX_ERROR = 4000
 
 
-RESTARTABLE = frozenset({JobState.FAILED, JobState.DEP_FAILED, JobState.CANCELLED})
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
-def relation_names(relations: tuple[str, ...] | list[str]) -> list[str]:
-    """The package names a list of relations mentions (every alternative)."""
-    return [alt.strip().split()[0].split(":")[0].split("(")[0]
-            for relation in relations for alt in relation.split("|") if alt.strip()]
+def check_protocol(protocol: int) -> None:
+    if protocol != PROTOCOL_VERSION:
+        older = "older" if protocol < PROTOCOL_VERSION else "newer"
+        raise ProtocolMismatch(
+            f"this worker speaks version {protocol} of the master-worker protocol, which is "
+            f"{older} than this master's version {PROTOCOL_VERSION}: run the same pkgfarm "
+            "release on master and workers", protocol=PROTOCOL_VERSION)
 
 
 @dataclass(frozen=True)
@@ -59,6 +93,8 @@ class Buildable:
     snapshot: bytes
     provides: frozenset[str]
     needs: frozenset[str]
+    source_kind: SourceKind = SourceKind.DEFINITION
+    format: str = common_formats.BUILD_HOST
 
 
 @dataclass(frozen=True)
@@ -68,20 +104,26 @@ class Submitted:
 
 
 class Scheduler:
-    def __init__(self, settings: Settings, store: Store, celery: Celery) -> None:
+    def __init__(self, settings: Settings, store: Store, celery: Celery,
+                 repository: Repository) -> None:
         self.settings = settings
         self.store = store
         self.celery = celery
+        self.repository = repository
         self.lock_path = Path(settings.master.data_dir) / "enqueue.lock"
 
+    # -- planning ------------------------------------------------------------------------------
+
     def plan_one(self, name: str, arch: str | None) -> Buildable:
-        """What building ``name`` means: a YAML definition, else a Debian source package."""
+        """What building ``name`` means: a YAML definition, else a source package of a
+        format that has them (a Debian source)."""
         served = self.settings.repository.architectures
         requested = None if arch == archmod.ALL else arch
         try:
             definition = find_definition(name, self.settings.package_paths)
         except NotFound as missing:
-            return self._plan_debian_source(name, requested, missing)
+            return self._plan_source(name, requested, missing)
+        fmt = common_formats.build_host()
         arches = definition.build_arches(served, requested)
         arches = [a for a in arches if a == archmod.ALL or a in served]
         if not arches:
@@ -89,40 +131,33 @@ class Scheduler:
                 f"{name} builds only for {', '.join(definition.architecture)}, which this "
                 f"repository does not serve ({', '.join(served)})", package=name)
         return Buildable(
-            name=name, version=definition.full_version, arches=tuple(arches),
-            snapshot=snapshot(definition), provides=frozenset({definition.name}),
-            needs=frozenset(relation_names(definition.build_depends)),
-        )
+            name=name, version=fmt.full_version(definition.version, definition.release),
+            arches=tuple(arches), snapshot=snapshot(definition),
+            provides=frozenset({definition.name}),
+            needs=frozenset(common_formats.build_host().relation_names(
+                definition.build_depends)))
 
-    def _plan_debian_source(self, ref: str, requested: str | None,
-                            missing: NotFound) -> Buildable:
-        served = self.settings.repository.architectures
-        state_dir = Path(self.settings.master.data_dir) / "apt"
+    def _plan_source(self, ref: str, requested: str | None, missing: NotFound) -> Buildable:
+        fmt = common_formats.build_host()
         try:
-            source, files = debresolve.resolve_with_files(ref, self.settings, state_dir)
+            plan = fmt.resolve_source(ref, self.settings, Path(self.settings.master.data_dir),
+                                      self.settings.repository.architectures, requested)
         except NotFound:
             raise NotFound(f"{missing.message}; and no Debian source package named {ref!r}",
                            package=ref) from None
-        arches = source.build_arches(list(served), requested)
-        if not arches:
-            raise DefinitionError(f"{source.name} builds for {' '.join(source.architecture)}, "
-                                  f"which this repository does not serve", package=ref)
-        return Buildable(
-            name=source.name, version=source.version, arches=tuple(arches),
-            snapshot=snapshot_debian_source(source, files),
-            provides=frozenset(b for b, _ in source.binaries),
-            needs=frozenset(source.build_depends),
-        )
+        if plan is None:
+            raise missing
+        if not plan.arches:
+            raise DefinitionError(f"{plan.name} builds for no architecture this repository "
+                                  "serves", package=ref)
+        return Buildable(name=plan.name, version=plan.version, arches=plan.arches,
+                         snapshot=plan.snapshot, provides=plan.provides, needs=plan.needs,
+                         source_kind=SourceKind.DEBIAN_SOURCE, format=fmt.name)
 
     def plan(self, packages: list[str], arch: str | None) -> tuple[list[Buildable],
                                                                     list[PlannedJob]]:
-        """Every job of a build set, each waiting for the in-set packages it needs.
-
-        A package needs another of the set when one of its build dependencies is a binary the
-        other makes. Its job for an architecture waits for the other's jobs of the same
-        architecture and of ``all`` (or all of them, when it has neither). A cycle is refused,
-        naming the packages in it.
-        """
+        """Every job of a build set, each waiting for the in-set packages it needs (see the
+        module's text); a cycle is refused, naming the packages in it."""
         buildables = [self.plan_one(name, arch) for name in packages]
         by_binary = {binary: b.name for b in buildables for binary in b.provides}
         graph = {b.name: {by_binary[n] for n in b.needs if n in by_binary} - {b.name}
@@ -146,7 +181,8 @@ class Scheduler:
                     same = [i for i, a in theirs if a in (job_arch, archmod.ALL)]
                     deps.extend(same or [i for i, _ in theirs])
                 index.setdefault(name, []).append((len(jobs), job_arch))
-                jobs.append(PlannedJob(b.name, b.version, job_arch, b.snapshot, tuple(deps)))
+                jobs.append(PlannedJob(b.name, b.version, job_arch, b.snapshot, tuple(deps),
+                                       format=b.format, source_kind=b.source_kind))
         return buildables, jobs
 
     def submit(self, packages: list[str], arch: str | None = None,
@@ -163,7 +199,8 @@ class Scheduler:
             raise BadRequest(f"this repository does not serve {arch} (it serves "
                              f"{', '.join(served)})", field="arch")
         _, planned = self.plan(packages, arch)
-        build_id, job_ids = self.store.create_build(list(packages), arch, requested_by, planned)
+        build_id, job_ids = self.store.jobs.create_build(list(packages), arch, requested_by,
+                                                         planned)
         jobs = [(job_id, p.package, p.version, p.arch)
                 for job_id, p in zip(job_ids, planned, strict=True)]
         self.enqueue_pending()
@@ -171,18 +208,142 @@ class Scheduler:
 
     def restart(self, build_id: int) -> list[int]:
         """Queue again the failed, dep-failed and cancelled jobs of a build, as they are now."""
-        found = self.store.get_build(build_id)
+        found = self.store.jobs.get_build(build_id)
         if found is None:
             raise NotFound(f"no build {build_id}", build=build_id)
         _, jobs = found
-        retry = sorted({j.package for j in jobs if j.state in RESTARTABLE})
+        retry = sorted({j.package for j in jobs if j.state in RESTARTABLE and not j.local})
         snapshots = {}
         for name in retry:
             b = self.plan_one(name, None)
             snapshots[name] = (b.version, b.snapshot)
-        restarted = self.store.restart_jobs(build_id, snapshots)
+        restarted = self.store.jobs.restart(build_id, snapshots)
         self.enqueue_pending()
         return restarted
+
+    def cancel(self, build_id: int) -> list[Job]:
+        """Cancel what has not ended; a running attempt learns it at its next lease renewal
+        and stops its build."""
+        if self.store.jobs.get_build(build_id) is None:
+            raise NotFound(f"no build {build_id}", build=build_id)
+        cancelled = self.store.jobs.cancel_build(build_id)
+        for job in cancelled:
+            self.repository.discard_staged(job.id)
+        return cancelled
+
+    # -- attempts ------------------------------------------------------------------------------
+
+    def assignment(self, job: Job, token: str, base_url: str) -> JobAssignment:
+        host = repo_formats.build_host()
+        return JobAssignment(
+            job_id=job.id, attempt=job.attempt, build_id=job.build_id, package=job.package,
+            version=job.version, arch=job.arch, token=token,
+            snapshot_b64=base64.b64encode(self.store.jobs.snapshot(job.id)).decode(),
+            lease_seconds=float(self.settings.master.lease_seconds),
+            apt_sources=tuple(host.build_sources(base_url, self.settings)),
+            format=job.format, source_kind=job.source_kind.value)
+
+    def claim(self, job_id: int, attempt: int, worker: str, user: str | None,
+              protocol: int, base_url: str) -> JobAssignment:
+        """Give an attempt to a worker: its assignment with a fresh token, or 409 (stale)."""
+        check_protocol(protocol)
+        job = self.store.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}", job=job_id)
+        token = secrets.token_urlsafe(32)
+        if not self.store.jobs.claim(job_id, attempt, worker, user, token_hash(token),
+                                     self.settings.master.lease_seconds):
+            raise Conflict(f"attempt {attempt} of job {job_id} is stale (the job is "
+                           f"{job.state.value}, attempt {job.attempt})", state=job.state.value,
+                           stale=True)
+        claimed = self.store.jobs.get(job_id)
+        assert claimed is not None
+        buildlogs.start(self.settings.master.data_dir, claimed)
+        return self.assignment(claimed, token, base_url)
+
+    def create_local_job(self, package: str, version: str, arch: str, fmt_name: str,
+                         source_kind: str, worker: str, user: str | None, protocol: int,
+                         base_url: str) -> JobAssignment:
+        """Record a build a worker runs itself (``worker package-add --now``)."""
+        check_protocol(protocol)
+        try:
+            fmt = common_formats.get(fmt_name)
+        except PkgfarmError as exc:
+            raise BadRequest(exc.message, field="format") from None
+        problem = fmt.check_name(package)
+        if problem:
+            raise BadRequest(problem, field="package")
+        problem = fmt.check_version(version)
+        if problem:
+            raise BadRequest(problem, field="version")
+        served = self.settings.repository.architectures
+        if arch != archmod.ALL and arch not in served:
+            raise BadRequest(f"this repository does not serve {arch!r} (it serves "
+                             f"{', '.join(served)} and all)", field="arch")
+        try:
+            kind = SourceKind(source_kind)
+        except ValueError:
+            raise BadRequest(f"unknown source kind {source_kind!r}", field="source_kind") from None
+        token = secrets.token_urlsafe(32)
+        job = self.store.jobs.create_local_job(package, version, arch, fmt.name, kind, worker,
+                                               user, token_hash(token),
+                                               self.settings.master.lease_seconds)
+        buildlogs.start(self.settings.master.data_dir, job)
+        return self.assignment(job, token, base_url)
+
+    def live_attempt(self, job_id: int, attempt: int, token: str, user: str | None,
+                     also: tuple[JobState, ...] = ()) -> Job:
+        """The job, if the caller holds its current, running attempt (409/403 otherwise).
+
+        The attempt must be the job's current one and still running (else 409: finished,
+        re-queued, or never given out), the token must be the one issued at its claim and the
+        caller must be the user who claimed it (else 403).
+        """
+        job = self.store.jobs.get(job_id)
+        if job is None:
+            raise Forbidden(f"job {job_id} was never given to anyone", job=job_id)
+        running = job.state == JobState.BUILDING or job.state in also
+        if job.attempt != attempt or not running or job.token_hash is None:
+            raise Conflict(f"attempt {attempt} of job {job_id} is not running (the job is "
+                           f"{job.state.value}, attempt {job.attempt})", state=job.state.value)
+        if not hmac.compare_digest(token_hash(token), job.token_hash):
+            raise Forbidden("the token does not belong to this attempt")
+        if job.claimed_by is not None and job.claimed_by != user:
+            raise Forbidden("this attempt was given to another user")
+        return job
+
+    def renew_lease(self, job: Job, attempt: int) -> None:
+        if not self.store.jobs.renew_lease(job.id, attempt, self.settings.master.lease_seconds):
+            raise Conflict(f"attempt {attempt} of job {job.id} is no longer running")
+
+    def report(self, job: Job, report: JobReport, user: str | None) -> JobState:
+        """A worker's final word on its attempt: publish what it made (all or nothing), or
+        record its failure; then queue what waited for it."""
+        try:
+            status = ReportStatus(report.status)
+        except ValueError:
+            raise BadRequest("status must be success or failed", field="status") from None
+        files: list[str] = []
+        if status == ReportStatus.SUCCESS:
+            manifest = {name: str(report.sha256.get(name, "")) for name in report.files}
+            try:
+                files = self.repository.publish_job(job, manifest, user)
+            except PkgfarmError as exc:
+                # The set is refused whole; the attempt ends failed with the reason.
+                self.store.jobs.finish(job.id, report.attempt, JobState.FAILED,
+                                       f"publication refused: {exc.message}", [])
+                self.repository.discard_staged(job.id)
+                raise
+            state, error = JobState.SUCCESS, None
+        else:
+            state, error = JobState.FAILED, (report.error or "the build failed")[:MAX_ERROR]
+            self.repository.discard_staged(job.id)
+        if not self.store.jobs.finish(job.id, report.attempt, state, error, files):
+            raise Conflict(f"attempt {report.attempt} of job {job.id} is no longer running")
+        self.enqueue_pending()  # jobs that waited for this one may start now
+        return state
+
+    # -- the queue -----------------------------------------------------------------------------
 
     def enqueue(self, job_id: int, attempt: int, arch: str) -> bool:
         """Send one attempt's message, then mark it sent (a crash in between sends it twice,
@@ -193,7 +354,7 @@ class Scheduler:
         except Exception as exc:  # the broker is unreachable; the job waits in the store
             log.warning("could not queue job %d (attempt %d): %s", job_id, attempt, exc)
             return False
-        self.store.mark_enqueued(job_id, attempt)
+        self.store.jobs.mark_enqueued(job_id, attempt)
         return True
 
     def enqueue_pending(self) -> int:
@@ -204,24 +365,27 @@ class Scheduler:
         caller that finds the lock taken returns: the sender at work, or the next housekeeping
         tick, sends what it would have.
         """
-        with open(self.lock_path, "a+") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return 0
-            sent = 0
-            while True:  # again, for jobs recorded while this batch was being sent
-                jobs = self.store.jobs_to_enqueue()
-                batch = sum(self.enqueue(job.id, job.attempt, job.arch) for job in jobs)
-                sent += batch
-                if batch < len(jobs) or not jobs:  # done, or the broker is away
-                    return sent
+        try:
+            with file_lock(self.lock_path, wait=False):
+                sent = 0
+                while True:  # again, for jobs recorded while this batch was being sent
+                    jobs = self.store.jobs.to_enqueue()
+                    batch = sum(self.enqueue(job.id, job.attempt, job.arch) for job in jobs)
+                    sent += batch
+                    if batch < len(jobs) or not jobs:  # done, or the broker is away
+                        return sent
+        except LockBusy:
+            return 0
 
     def requeue_expired(self) -> int:
-        expired = self.store.requeue_expired()
+        expired = self.store.jobs.requeue_expired()
         for job in expired:
-            log.warning("job %d (%s %s) lost its lease on %s; queued again as attempt %d",
-                        job.id, job.package, job.arch, job.worker, job.attempt + 1)
+            if job.local:
+                log.warning("local job %d (%s %s) on %s lost its lease; it failed", job.id,
+                            job.package, job.arch, job.worker)
+            else:
+                log.warning("job %d (%s %s) lost its lease on %s; queued again as attempt %d",
+                            job.id, job.package, job.arch, job.worker, job.attempt + 1)
         return len(expired)
 
     def check_broker(self) -> bool:
@@ -231,7 +395,7 @@ class Scheduler:
                 client = conn.default_channel.client
                 if client.get(BROKER_MARKER) is not None:
                     return False
-                lost = self.store.requeue_all_queued()
+                lost = self.store.jobs.requeue_all_queued()
                 client.set(BROKER_MARKER, uuid.uuid4().hex)
         except AttributeError:
             return False  # not a Redis broker: nothing to check

@@ -12,6 +12,7 @@ from celery import Celery
 
 from common.config import Settings
 from common.queues import make_celery
+from master import formats
 from master.auth import Authenticator
 from master.repository import Repository
 from master.scheduler import Scheduler
@@ -34,21 +35,27 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        store = Store(Path(settings.master.data_dir) / "state.db")
+        store = Store.in_data_dir(settings.master.data_dir)
         celery = make_celery(settings)
         signer = None
         if settings.repository.signing_key:
             signer = Signer.from_key_file(settings.repository.signing_key,
                                           settings.master.data_dir)
+        repository = Repository(settings, store, storage_from_settings(settings), signer=signer)
         return cls(
             settings=settings,
             store=store,
-            repository=Repository(settings, store, storage_from_settings(settings),
-                                  signer=signer),
-            scheduler=Scheduler(settings, store, celery),
+            repository=repository,
+            scheduler=Scheduler(settings, store, celery, repository),
             celery=celery,
             auth=Authenticator(settings.master.users),
         )
+
+    def client_configs(self, repo_url: str) -> dict[str, dict[str, str]]:
+        """How each served format's stock client uses the repository at ``repo_url``."""
+        return {name: formats.get(name).client_config(repo_url, self.settings,
+                                                      self.repository.signer)
+                for name in self.repository.formats}
 
     def openapi(self) -> dict[str, Any]:
         if self._openapi is None:

@@ -13,13 +13,14 @@ import click
 
 from common import arch as archmod
 from common import cli as clitools
-from common import debresolve
+from common import formats as common_formats
 from common.config import Settings, load_settings
-from common.debsource import snapshot_debian_source
 from common.definition import find_definition, snapshot
 from common.errors import BuildFailed, NotFound, PkgfarmError
 from common.logs import setup_logging
 from common.messages import Heartbeat
+from common.states import SourceKind
+from worker import formats
 from worker.client import CertificateError, MasterClient
 from worker.tasks import execute_attempt
 
@@ -151,38 +152,43 @@ def package_add(name: str, now: bool, arch: str | None, config_path: str | None)
         click.echo(build["id"])
         return
     repo = client.health()["repository"]
+    host = common_formats.build_host()
     try:
         definition = find_definition(name, settings.package_paths)
     except NotFound as missing:
         definition, not_defined = None, missing
     if definition is not None:
         targets = [_local_arch(settings, definition.architecture, arch)]
-        package, version, data = definition.name, definition.full_version, snapshot(definition)
+        package = definition.name
+        version = host.full_version(definition.version, definition.release)
+        data, kind = snapshot(definition), SourceKind.DEFINITION
     else:
-        # No YAML definition: a Debian source package (name, .dsc or git reference).
-        state = Path(settings.worker.work_dir) / "apt-lookup"
+        # No YAML definition: a source package of the format's own kind (a Debian source,
+        # by name, .dsc or git reference).
+        state = Path(settings.worker.work_dir) / "lookup"
         try:
-            source, files = debresolve.resolve_with_files(name, settings, state)
+            plan = host.resolve_source(name, settings, state, repo["architectures"], arch)
         except NotFound:
             raise NotFound(f"{not_defined.message}; and no Debian source package named "
                            f"{name!r}", package=name) from None
+        if plan is None:
+            raise not_defined
         mine = set(settings.worker.architectures)
-        targets = [a for a in source.build_arches(list(repo["architectures"]), arch)
-                   if a == archmod.ALL or a in mine]
+        targets = [a for a in plan.arches if a == archmod.ALL or a in mine]
         if not targets:
-            raise BuildFailed(f"{source.name} builds for {' '.join(source.architecture)}; "
-                              f"this worker builds {', '.join(sorted(mine))}")
-        package, version = source.name, source.version
-        data = snapshot_debian_source(source, files)
+            raise BuildFailed(f"{plan.name} builds for {', '.join(plan.arches) or 'nothing'} "
+                              f"here; this worker builds {', '.join(sorted(mine))}")
+        package, version, data = plan.name, plan.version, plan.snapshot
+        kind = SourceKind.DEBIAN_SOURCE
     for target in targets:
-        _build_now(settings, client, repo, package, version, target, data)
+        _build_now(settings, client, repo, package, version, target, data, host.name, kind)
 
 
 def _build_now(settings: Settings, client: MasterClient, repo: dict[str, Any], package: str,
-               version: str, target: str, data: bytes) -> None:
+               version: str, target: str, data: bytes, fmt: str, kind: SourceKind) -> None:
     """One local build: recorded by the master, built here, published, found in the index."""
     assignment = client.create_local_job(package, version, target,
-                                         settings.worker.display_name)
+                                         settings.worker.display_name, fmt, kind.value)
     click.echo(f"building {package} {version} for {target} as build {assignment.build_id}",
                err=True)
     outcome = execute_attempt(settings, client, assignment, data,
@@ -190,12 +196,13 @@ def _build_now(settings: Settings, client: MasterClient, repo: dict[str, Any], p
     if outcome.status != "success":
         raise PkgfarmError(f"{outcome.error} (log: {settings.worker.master_url.rstrip('/')}"
                            f"/api/v1/builds/{assignment.build_id}/packages/{package}/log)")
+    builder = formats.get(fmt)
     for filename in outcome.files:
-        if not filename.endswith(".deb"):
-            continue
-        file_arch = filename[:-4].rsplit("_", 1)[1]
-        index_arch = file_arch if file_arch != archmod.ALL else repo["architectures"][0]
-        if not client.index_lists(filename, repo["suite"], repo["component"], index_arch):
+        try:
+            builder.format.parse_archive_filename(filename)
+        except ValueError:
+            continue  # a by-product (.buildinfo), kept with the build
+        if not builder.index_lists(client, repo, filename):
             raise PkgfarmError(f"{filename} was uploaded but the index of "
                                f"{repo['suite']}/{repo['component']} does not list it "
                                "(a newer version may be published)")

@@ -1,13 +1,14 @@
 """The worker's side of the HTTP protocol with the master, with retries and backoff.
 
-Connection failures and 5xx answers are retried with exponential backoff (the master may be
-restarting); 4xx answers are final and raised as the project's errors, carrying the master's
-message.
+Connection failures and answers whose error class says so (429 too many requests, 503
+unavailable, other 5xx: the master may be restarting or busy) are retried with exponential
+backoff, honouring Retry-After, until the call's time runs out; other answers are final and
+raised as the project's errors, carrying the master's message. The status-to-error table is
+the one the error hierarchy defines (common.errors.error_for_status).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -16,19 +17,18 @@ from typing import Any
 import requests
 
 from common.config import WorkerSettings
+from common.digests import sha256_file
 from common.errors import (
-    BadRequest,
     ConfigError,
     Conflict,
     Forbidden,
     NotFound,
-    PayloadTooLarge,
     PkgfarmError,
-    Unauthorized,
     Unavailable,
-    Unprocessable,
+    error_for_status,
 )
 from common.messages import (
+    PROTOCOL_VERSION,
     ClaimRequest,
     Heartbeat,
     JobAssignment,
@@ -40,18 +40,8 @@ from common.messages import (
 
 log = logging.getLogger(__name__)
 
-_ERRORS: dict[int, type[PkgfarmError]] = {
-    400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
-    413: PayloadTooLarge, 422: Unprocessable,
-}
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
+#: The longest wait a Retry-After may ask for between two tries.
+MAX_RETRY_AFTER = 60.0
 
 
 class MasterClient:
@@ -97,10 +87,14 @@ class MasterClient:
             else:
                 if resp.status_code < 400:
                     return resp
+                error = error_for_status(resp.status_code)
                 message = _message(resp)
-                if resp.status_code < 500:
-                    raise _ERRORS.get(resp.status_code, BadRequest)(message)
+                if not error.retryable:
+                    raise error(message)
                 problem = f"the master answered {resp.status_code}: {message}"
+                wait = _retry_after(resp)
+                if wait is not None:
+                    delay = max(delay, wait)
             if time.monotonic() + delay > deadline:
                 raise Unavailable(problem)
             log.warning("%s; retrying in %.1f s", problem, delay)
@@ -118,16 +112,17 @@ class MasterClient:
         """The assignment, or None when the master says the attempt is stale."""
         try:
             resp = self._request("POST", f"/api/v1/jobs/{job_id}/claim",
-                                 json=ClaimRequest(attempt, worker).to_json())
+                                 json=ClaimRequest(attempt, worker, PROTOCOL_VERSION).to_json())
         except (Conflict, NotFound):
             return None
         return JobAssignment.from_json(resp.json())
 
-    def create_local_job(self, package: str, version: str, arch: str, worker: str
-                         ) -> JobAssignment:
+    def create_local_job(self, package: str, version: str, arch: str, worker: str,
+                         fmt: str, source_kind: str) -> JobAssignment:
         """Record a build this worker runs on its own; the answer holds its token."""
         resp = self._request("POST", "/api/v1/jobs", json=LocalJobRequest(
-            package=package, version=version, arch=arch, worker=worker).to_json())
+            package=package, version=version, arch=arch, worker=worker, format=fmt,
+            source_kind=source_kind, protocol=PROTOCOL_VERSION).to_json())
         return JobAssignment.from_json(resp.json())
 
     def renew_lease(self, assignment: JobAssignment, retry_for: float) -> bool:
@@ -156,8 +151,8 @@ class MasterClient:
         self._request("POST", f"/api/v1/jobs/{assignment.job_id}/report", json=report.to_json())
 
     def upload(self, archive: Path, assignment: JobAssignment | None = None) -> UploadReceipt:
-        params: dict[str, Any] = {"filename": archive.name, "sha256": sha256_of(archive)}
-        headers = {"Content-Type": "application/vnd.debian.binary-package"}
+        params: dict[str, Any] = {"filename": archive.name, "sha256": sha256_file(archive)}
+        headers = {"Content-Type": "application/octet-stream"}
         if assignment is not None:
             params.update(job=assignment.job_id, attempt=assignment.attempt)
             headers["X-Pkgfarm-Token"] = assignment.token
@@ -175,12 +170,9 @@ class MasterClient:
         data: dict[str, Any] = self._request("POST", "/api/v1/builds", json=body).json()
         return data
 
-    def index_lists(self, filename: str, suite: str, component: str, arch: str) -> bool:
-        """Whether the public index for ``arch`` lists ``filename`` (no credentials needed)."""
-        resp = self._request(
-            "GET", f"/repo/dists/{suite}/{component}/binary-{arch}/Packages")
-        return any(line.startswith("Filename: ") and line.endswith("/" + filename)
-                   for line in resp.text.splitlines())
+    def get_text(self, path: str) -> str:
+        """The text of a public page of the master (the repository's index, say)."""
+        return self._request("GET", path).text
 
 
 class CertificateError(PkgfarmError):
@@ -195,6 +187,14 @@ def _ssl_reason(exc: Exception) -> str:
             start = text.index(marker)
             return text[start:start + 120].split("'")[0].split(")")[0]
     return text[-200:]
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    """The seconds a Retry-After header asks for (capped), or None."""
+    try:
+        return min(float(resp.headers.get("Retry-After", "")), MAX_RETRY_AFTER)
+    except ValueError:
+        return None
 
 
 def _message(resp: requests.Response) -> str:

@@ -24,15 +24,16 @@ from typing import IO, NamedTuple
 from celery import Celery
 
 from common.config import Settings
-from common.debsource import is_debian_source_snapshot, unpack_debian_source
 from common.definition import unpack_snapshot
-from common.errors import BuildCancelled, BuildFailed, Conflict, PkgfarmError, Unavailable
+from common.errors import BuildCancelled, BuildFailed, Conflict, PkgfarmError
 from common.messages import BuildTask, JobAssignment
 from common.queues import BUILD_TASK, make_celery
-from worker.builder import BuildResult, build_definition
+from common.states import SourceKind
+from worker import formats
+from worker.build import build_definition
 from worker.client import MasterClient
-from worker.debsource import build_source, fetch
 from worker.environment import environment_for
+from worker.formats import BuildResult
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +115,12 @@ class LeaseKeeper(threading.Thread):
                                 self.assignment.job_id, self.assignment.attempt)
                     self.lost.set()
                     return
-            except Unavailable as exc:
+            except PkgfarmError as exc:
+                # Anything but "not yours any more" is passing: try again at the next turn.
                 log.warning("lease of job %d not renewed: %s", self.assignment.job_id,
                             exc.message)
+            except Exception:
+                log.exception("lease of job %d not renewed", self.assignment.job_id)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -175,20 +179,21 @@ def execute_attempt(settings: Settings, client: MasterClient, assignment: JobAss
 
 def build(settings: Settings, assignment: JobAssignment, snapshot: bytes, workdir: Path,
           out: IO[str], note: Say, cancel: threading.Event) -> BuildResult:
-    """Build a job's snapshot (a YAML definition or a Debian source) in the environment the
-    worker is configured for, with the farm's own repository as an apt source."""
+    """Build a job's snapshot (a YAML definition, or a source of the format's own kind) in the
+    environment the worker is configured for, with the farm's own repository as a source of
+    build dependencies."""
     ws = settings.worker
-    is_source = is_debian_source_snapshot(snapshot)
+    fmt = formats.get(assignment.format)
+    is_definition = assignment.source_kind == SourceKind.DEFINITION
     with environment_for(ws, assignment.arch, workdir, list(assignment.apt_sources), out=out,
-                         log=note, cancel=cancel, label_only=not is_source) as env:
-        if is_source:
-            source, local = unpack_debian_source(snapshot, workdir / "snapshot")
-            tree = fetch(source, workdir / "src", out, local,
-                         state_dir=Path(ws.work_dir) / "apt-sources", cancel=cancel)
-            return build_source(tree, assignment.arch, env, out, ws.build_timeout, cancel)
+                         log=note, cancel=cancel, label_only=is_definition) as env:
+        if not is_definition:
+            return fmt.build_source(settings, snapshot, assignment.arch, workdir, env, out,
+                                    cancel)
         definition = unpack_snapshot(snapshot, workdir / "def")
         return build_definition(definition, assignment.arch, workdir / "def", out, note,
-                                timeout=ws.build_timeout, cancel=cancel, environment=env)
+                                timeout=ws.build_timeout, cancel=cancel, environment=env,
+                                fmt=assignment.format)
 
 
 def _build_and_upload(settings: Settings, client: MasterClient, assignment: JobAssignment,

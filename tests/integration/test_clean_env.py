@@ -21,16 +21,18 @@ from typing import IO
 import pytest
 import yaml
 
-from common.config import Settings, WorkerSettings, host_arch
-from common.debian import strip_epoch
-from common.debresolve import resolve, resolve_with_files
-from common.debsource import snapshot_debian_source, unpack_debian_source
+from common.arch import host_arch
+from common.config import Settings, WorkerSettings
 from common.definition import parse_definition
 from common.errors import BuildFailed
+from common.formats.deb.policy import strip_epoch
+from common.formats.deb.resolve import resolve, resolve_with_files
+from common.formats.deb.source import snapshot_debian_source, unpack_debian_source
 from tests.unit import native_source
-from worker.builder import build_definition
-from worker.debsource import build_source, fetch
-from worker.environment import ROOT_NAME, CleanEnvironment, base_info, create_base
+from worker.build import build_definition
+from worker.environment import ROOT_NAME, CleanEnvironment
+from worker.environment.bases import base_info, create_base
+from worker.formats.deb.source import build_source, fetch
 
 BASES = Path(os.environ.get("PKGFARM_TEST_BASES", "/var/cache/pkgfarm-tests/bases"))
 ARCH = host_arch()

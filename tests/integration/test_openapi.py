@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from common.config import settings_from_dict
+from common.messages import PROTOCOL_VERSION
 from master.app import MAX_JSON_BYTES, create_app
 from tests.integration.farm import (
     BIN,
@@ -73,7 +74,8 @@ def seed_data(master: Master, workdir: Path) -> None:
     assert by_hand.status_code == 201, by_hand.text
 
     resp = master.api("POST", "/api/v1/jobs", user="worker", json={
-        "package": "oa-local", "version": "2.0-1", "arch": "all", "worker": "oa-box"})
+        "package": "oa-local", "version": "2.0-1", "arch": "all", "worker": "oa-box",
+        "protocol": PROTOCOL_VERSION})
     assert resp.status_code == 201, resp.text
     job = resp.json()
     log = master.api("POST", f"/api/v1/jobs/{job['job_id']}/log", user="worker",

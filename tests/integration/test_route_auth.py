@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from common.config import settings_from_dict
+from common.messages import PROTOCOL_VERSION
 from master.app import create_app
 from tests.integration.farm import (
     PASSWORD,
@@ -161,7 +162,8 @@ def test_logs_hold_no_password_or_token(master, tmp_path):
     """After a worker's calls, the master's log and gunicorn's access log (one file here)
     contain neither the password nor an attempt's token."""
     resp = master.api("POST", "/api/v1/jobs", user="worker", json={
-        "package": "ra-secret", "version": "1.0-1", "arch": "all", "worker": "ra-box"})
+        "package": "ra-secret", "version": "1.0-1", "arch": "all", "worker": "ra-box",
+        "protocol": PROTOCOL_VERSION})
     assert resp.status_code == 201, resp.text
     job = resp.json()
     job_id, attempt, token = job["job_id"], job["attempt"], job["token"]

@@ -17,7 +17,7 @@ import pytest
 import requests
 import yaml
 
-from common.config import host_arch
+from common.arch import host_arch
 from tests.integration.farm import (
     BIN,
     AptClient,

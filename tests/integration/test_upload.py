@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import requests
 
+from common.messages import PROTOCOL_VERSION
 from tests.integration.farm import (
     PASSWORD,
     AptClient,
@@ -49,7 +50,8 @@ def upload(master: Master, deb: Path, user: str | None = "admin", sha256: str | 
 def local_job(master: Master, package: str, version: str, arch: str = "all",
               user: str = "worker") -> dict[str, Any]:
     resp = master.api("POST", "/api/v1/jobs", user=user, json={
-        "package": package, "version": version, "arch": arch, "worker": f"{user}-box"})
+        "package": package, "version": version, "arch": arch, "worker": f"{user}-box",
+        "protocol": PROTOCOL_VERSION})
     assert resp.status_code == 201, resp.text
     return resp.json()
 

@@ -12,7 +12,7 @@ from werkzeug.security import generate_password_hash
 
 from common.config import UserSettings
 from common.errors import TooManyRequests
-from master.auth import FAILURE_WINDOW, MAX_FAILURES, Authenticator
+from master.auth import FAILURE_WINDOW, MAX_FAILURES, Authenticator, current_user, require
 
 FAST = "pbkdf2:sha256:1000"
 
@@ -69,19 +69,27 @@ def test_roles(auth: Authenticator) -> None:
 # -- on a Flask app --------------------------------------------------------------------------
 
 
+class _Services:
+    """What master.auth asks the app for: its authenticator."""
+
+    def __init__(self, auth: Authenticator) -> None:
+        self.auth = auth
+
+
 @pytest.fixture
 def client(auth: Authenticator) -> FlaskClient:
     app = Flask("auth-test")
+    app.extensions["pkgfarm"] = _Services(auth)
 
     @app.get("/upload")
-    @auth.require("upload")
+    @require("upload")
     def upload() -> str:
-        return f"upload ok for {auth.current_user()}"
+        return f"upload ok for {current_user()}"
 
     @app.get("/read")
-    @auth.require("read")
+    @require("read")
     def read() -> str:
-        return f"read ok for {auth.current_user()}"
+        return f"read ok for {current_user()}"
 
     return app.test_client()
 

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from common.config import ConfigError, Settings, host_arch, load_settings, settings_from_dict
+from common.arch import host_arch
+from common.config import ConfigError, Settings, load_settings, settings_from_dict
 
 HASH = "pbkdf2:sha256:1000$salt$0123abcd"
 

@@ -17,23 +17,23 @@ from typing import Any
 import pytest
 from debian.deb822 import Dsc
 
-from common.aptsources import AptState, machine_deb_src_lines
 from common.config import Settings, settings_from_dict
-from common.debresolve import reference_kind, resolve, resolve_with_files
-from common.debsource import (
+from common.definition import parse_definition, snapshot
+from common.errors import BuildFailed, DefinitionError, NotFound
+from common.formats.deb.apt import AptState, machine_deb_src_lines
+from common.formats.deb.policy import first_alternatives, relation_names
+from common.formats.deb.resolve import reference_kind, resolve, resolve_with_files
+from common.formats.deb.source import (
     GIT_TREE_FILE,
     DebianSource,
     arch_matches,
     is_debian_source_snapshot,
-    relation_names,
     snapshot_debian_source,
     source_from_control,
     unpack_debian_source,
 )
-from common.definition import parse_definition, snapshot
-from common.errors import BuildFailed, DefinitionError, NotFound
 from tests.unit import native_source
-from worker.debsource import binary_kinds, fetch
+from worker.formats.deb.source import binary_kinds, fetch
 
 SERVED = ["amd64", "arm64"]
 
@@ -75,14 +75,18 @@ def test_fields_from_a_dsc() -> None:
     assert src.upstream_version == "1.2"
     assert src.architecture == ("any", "all")
     assert src.binaries == (("foo", "any"), ("foo-doc", "all"))  # udebs are not collected
-    assert src.build_depends == ("debhelper-compat", "libfoo-dev", "python3", "sphinx-doc")
+    # Every alternative: a build waits for any farm package its build dependencies name.
+    assert src.build_depends == ("debhelper-compat", "libfoo-dev", "libbar-dev", "python3",
+                                 "sphinx-doc")
     assert src.files == (("foo_1.2.orig.tar.gz", "a" * 64, 100),
                          ("foo_1.2-3.debian.tar.xz", "b" * 64, 20))
 
 
-def test_relation_names_take_the_first_alternative() -> None:
-    assert relation_names("a (>= 1) | b, c:native [!amd64], d <!nocheck>", "", "a, e") == (
-        "a", "c", "d", "e")
+def test_relation_names_take_every_alternative() -> None:
+    # The one rule of build order: a job waits for every farm package any alternative names.
+    assert relation_names(["aa (>= 1) | bb, cc:native [!amd64], dd <!nocheck>", "",
+                           "aa, ee"]) == ["aa", "bb", "cc", "dd", "ee"]
+    assert first_alternatives(["aa (>= 1) | bb, cc"]) == ["aa", "cc"]
 
 
 def test_any_builds_once_per_served_arch() -> None:

@@ -20,22 +20,21 @@ from typing import IO
 
 import pytest
 
-from common.config import WorkerSettings, host_arch
+from common.arch import host_arch
+from common.config import WorkerSettings
 from common.errors import BuildCancelled, BuildFailed
 from tests.unit import native_source
-from worker import environment as envmod
-from worker.debsource import binary_kinds, build_source
 from worker.environment import (
     ROOT_NAME,
     CleanEnvironment,
     HostEnvironment,
-    base_is_fresh,
-    base_path,
-    can_run,
     environment_for,
-    missing_packages,
-    run_process,
 )
+from worker.environment import bases as envmod
+from worker.environment.bases import base_is_fresh, base_path, can_run
+from worker.environment.host import missing_packages
+from worker.environment.processes import run_process
+from worker.formats.deb.source import binary_kinds, build_source
 
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 

@@ -1,4 +1,4 @@
-"""master/debrepo.py and master/repository.py: the APT index and accepting uploads."""
+"""master/formats/deb/index.py and master/repository.py: the APT index and accepting uploads."""
 
 from __future__ import annotations
 
@@ -16,14 +16,15 @@ from typing import Any
 import pytest
 from debian.deb822 import Deb822
 
-from common.config import RepositorySettings, settings_from_dict
+from common.config import RepositorySettings, Settings, settings_from_dict
 from common.errors import BadRequest, Conflict, PayloadTooLarge, Unprocessable
 from common.messages import UploadReceipt
-from master import debrepo
-from master.index import IndexWriter, group_of
-from master.repository import Expected, Repository
+from master.formats import IndexContext
+from master.formats.deb import index as debindex
+from master.formats.deb.index import IndexWriter
+from master.repository import Repository
 from master.storage import LocalStorage
-from master.store import PackageRecord, Store
+from master.store import IndexKey, NewPackage, PackageRecord, PlannedJob, Store, group_of
 
 _ids = itertools.count(1)
 
@@ -36,10 +37,18 @@ def record(name: str, version: str, arch: str) -> PackageRecord:
     stanza = (f"Package: {name}\nVersion: {version}\nArchitecture: {arch}\n"
               f"Maintainer: Jane Doe <jane@example.org>\nFilename: {pool_path}\nSize: 100\n"
               f"SHA256: {sha}\nDescription: {name}\n")
-    return PackageRecord(id=next(_ids), suite="stable", component="main",
+    return PackageRecord(id=next(_ids), format="deb", suite="stable", component="main",
                          grp=group_of(name), name=name, version=version, arch=arch,
                          filename=filename, pool_path=pool_path, size=100, sha256=sha,
-                         stanza=stanza, uploaded_at=0.0, uploaded_by="tests", job_id=None)
+                         entry=stanza, uploaded_at=0.0, uploaded_by="tests", job_id=None)
+
+
+def new(rec: PackageRecord) -> NewPackage:
+    return NewPackage(format=rec.format, suite=rec.suite, component=rec.component,
+                      name=rec.name, version=rec.version, arch=rec.arch, filename=rec.filename,
+                      pool_path=rec.pool_path, size=rec.size, sha256=rec.sha256,
+                      entry=rec.entry, uploaded_by=rec.uploaded_by, job_id=rec.job_id,
+                      uploaded_at=rec.uploaded_at)
 
 
 def versions(records: list[PackageRecord]) -> dict[str, str]:
@@ -65,7 +74,7 @@ def versions(records: list[PackageRecord]) -> dict[str, str]:
 def test_newest_picks_the_highest_debian_version(older: str, newer: str) -> None:
     recs = [record("hello", older, "amd64"), record("hello", newer, "amd64")]
     for order in (recs, recs[::-1]):
-        assert versions(debrepo.newest(order, "amd64")) == {"hello": newer}
+        assert versions(debindex.newest(order, "amd64")) == {"hello": newer}
 
 
 def test_newest_over_many_versions_in_any_order() -> None:
@@ -74,24 +83,24 @@ def test_newest_over_many_versions_in_any_order() -> None:
     rng = random.Random(1234)
     for _ in range(10):
         rng.shuffle(recs)
-        assert debrepo.newest(recs, "amd64")[0].version == "1:0.1-1"
+        assert debindex.newest(recs, "amd64")[0].version == "1:0.1-1"
 
 
 def test_all_packages_appear_in_every_arch_index() -> None:
     recs = [record("common", "1.0-1", "all"), record("tool", "2.0-1", "amd64"),
             record("armonly", "3.0-1", "arm64"), record("alpha", "1-1", "arm64"),
             record("alpha", "1-1", "amd64")]
-    amd = debrepo.newest(recs, "amd64")
-    arm = debrepo.newest(recs, "arm64")
+    amd = debindex.newest(recs, "amd64")
+    arm = debindex.newest(recs, "arm64")
     assert [r.name for r in amd] == ["alpha", "common", "tool"]  # sorted by name
     assert [(r.name, r.arch) for r in arm] == [("alpha", "arm64"), ("armonly", "arm64"),
                                                ("common", "all")]
-    assert debrepo.newest(recs, "riscv64") == [recs[0]]
+    assert debindex.newest(recs, "riscv64") == [recs[0]]
 
 
 def test_newest_of_nothing() -> None:
-    assert debrepo.newest([], "amd64") == []
-    assert debrepo.render_packages([]) == b""
+    assert debindex.newest([], "amd64") == []
+    assert debindex.render_group([], "amd64").plain == b""
 
 
 # -- render_release --------------------------------------------------------------------------
@@ -127,7 +136,7 @@ def test_render_release_lists_every_file() -> None:
         "main/binary-amd64/Packages.gz": gzip.compress(b"Package: a\n", mtime=0),
         "main/binary-arm64/Packages": b"",
     }
-    text = debrepo.render_release(repo, "trixie", files, date=0).decode()
+    text = debindex.render_release(repo, "trixie", files, date=0).decode()
     fields, sums = parse_release(text)
     assert fields["Origin"] == "Acme"
     assert fields["Label"] == "AcmeL"
@@ -151,11 +160,14 @@ def write_index(tmp_path: Path, repo: RepositorySettings, recs: list[PackageReco
                 full: bool = True) -> tuple[Path, Store]:
     """Record ``recs`` in a real store and write the index through a LocalStorage."""
     store = Store(tmp_path / "state.db")
-    store.add_packages([{k: getattr(r, k) for k in (
-        "suite", "component", "grp", "name", "version", "arch", "filename", "pool_path",
-        "size", "sha256", "stanza", "uploaded_at", "uploaded_by", "job_id")} for r in recs])
-    IndexWriter(repo, store, LocalStorage(tmp_path / "repo")).write(full=full)
+    store.packages.add([new(r) for r in recs])
+    writer(tmp_path, repo, store).write(store.packages.dirty(), full=full)
     return tmp_path / "repo" / "dists" / repo.suite, store
+
+
+def writer(tmp_path: Path, repo: RepositorySettings, store: Store) -> IndexWriter:
+    settings = Settings(repository=repo)
+    return IndexWriter(IndexContext(settings, store, LocalStorage(tmp_path / "repo"), None))
 
 
 def test_index_writes_packages_gz_xz_release_and_by_hash(tmp_path: Path) -> None:
@@ -212,12 +224,11 @@ def test_incremental_write_equals_full_write(tmp_path: Path) -> None:
     recs = [record(f"pkg{i:03d}", "1.0-1", "amd64") for i in range(300)]
     dists, store = write_index(tmp_path / "a", repo, recs)
     newer = record("pkg007", "1.1-1", "amd64")
-    store.add_packages([{k: getattr(newer, k) for k in (
-        "suite", "component", "grp", "name", "version", "arch", "filename", "pool_path",
-        "size", "sha256", "stanza", "uploaded_at", "uploaded_by", "job_id")}])
-    assert store.dirty_groups() == {("stable", "main", group_of("pkg007"))}
-    IndexWriter(repo, store, LocalStorage(tmp_path / "a" / "repo")).write()
-    assert store.dirty_groups() == set()
+    store.packages.clear_dirty(store.packages.dirty())
+    store.packages.add([new(newer)])
+    dirty = store.packages.dirty()
+    assert dirty == {IndexKey("deb", "stable", "main", group_of("pkg007"))}
+    assert writer(tmp_path / "a", repo, store).write(dirty) == ["stable"]
     full, _ = write_index(tmp_path / "b", repo, [*recs, newer])
     for name in ("Packages", "Packages.gz", "Packages.xz"):
         got = (dists / "main/binary-amd64" / name).read_bytes()
@@ -230,10 +241,10 @@ def test_incremental_write_equals_full_write(tmp_path: Path) -> None:
 
 def test_xz_stream_of_many_blocks_is_one_valid_stream() -> None:
     pieces = [f"Package: p{i}\nVersion: 1\n\n".encode() * (i + 1) for i in range(20)]
-    data = debrepo.xz_stream([debrepo.xz_block(p) for p in pieces])
+    data = debindex.xz_stream([debindex.xz_block(p) for p in pieces])
     assert lzma.decompress(data) == b"".join(pieces)
     assert subprocess.run(["xz", "-t"], input=data).returncode == 0
-    assert lzma.decompress(debrepo.xz_stream([])) == b""
+    assert lzma.decompress(debindex.xz_stream([])) == b""
 
 
 # -- Repository: accepting uploads -----------------------------------------------------------
@@ -286,7 +297,7 @@ def farm(tmp_path: Path) -> Farm:
 def test_accept_upload_publishes_into_pool_and_index(farm: Farm, make_deb: MakeDeb) -> None:
     deb = make_deb("hello", "1.0-1", "amd64")
     data = deb.read_bytes()
-    receipt = farm.upload(deb, job_id=None)
+    receipt = farm.upload(deb)
     key = "pool/main/h/hello/hello_1.0-1_amd64.deb"
     assert receipt.filename == "hello_1.0-1_amd64.deb"
     assert receipt.pool_path == key
@@ -312,9 +323,9 @@ def test_accept_upload_publishes_into_pool_and_index(farm: Farm, make_deb: MakeD
     assert sums["SHA256"]["main/binary-amd64/Packages"] == (
         hashlib.sha256(packages).hexdigest(), len(packages))
 
-    (rec,) = farm.store.packages()
+    (rec,) = farm.store.packages.all()
     assert (rec.name, rec.version, rec.arch, rec.uploaded_by) == ("hello", "1.0-1", "amd64", "w1")
-    assert farm.store.index_generation() == 1
+    assert farm.store.packages.index_generation() == 1
 
 
 def test_newer_upload_replaces_the_index_entry(farm: Farm, make_deb: MakeDeb) -> None:
@@ -344,7 +355,7 @@ def test_wrong_sha256_is_refused(farm: Farm, make_deb: MakeDeb) -> None:
     assert info.value.details["field"] == "sha256"
     assert info.value.status == 422
     farm.assert_unchanged({})
-    assert farm.store.packages() == []
+    assert farm.store.packages.all() == []
 
 
 @pytest.mark.parametrize("sha256", ["xyz", "0" * 63, "g" * 64, ""])
@@ -418,14 +429,25 @@ def test_unserved_architecture_is_refused(farm: Farm, make_deb: MakeDeb) -> None
     farm.assert_unchanged({})
 
 
-def test_upload_must_match_the_job(farm: Farm, make_deb: MakeDeb) -> None:
+def test_staged_upload_must_match_the_job(farm: Farm, make_deb: MakeDeb) -> None:
+    _, (job_id,) = farm.store.jobs.create_build(["hello"], None, "tests", [
+        PlannedJob("hello", "1.0-2", "amd64", b"snapshot")])
+    assert farm.store.jobs.claim(job_id, 1, "w1", "w1", "token-hash", 60)
+    job = farm.store.jobs.get(job_id)
+    assert job is not None
     deb = make_deb("hello", "1.0-1", "amd64")
-    with pytest.raises(Unprocessable):
-        farm.upload(deb, expected=Expected("hello", "1.0-2", "amd64"))
+    sha = hashlib.sha256(deb.read_bytes()).hexdigest()
+    with pytest.raises(Unprocessable), open(deb, "rb") as stream:
+        farm.repo.stage_upload(stream, deb.name, sha, job=job)
     farm.assert_unchanged({})
-    receipt = farm.upload(deb, expected=Expected("hello", "1.0-1", "amd64"), job_id=7)
-    assert receipt.already_present is False
-    assert farm.store.packages()[0].job_id == 7
+    good = make_deb("hello", "1.0-2", "amd64")
+    sha = hashlib.sha256(good.read_bytes()).hexdigest()
+    with open(good, "rb") as stream:
+        farm.repo.stage_upload(stream, good.name, sha, job=job)
+    assert farm.pool_files() == {}  # staged, not published before the report
+    assert farm.repo.publish_job(job, {good.name: sha}, "w1") == [good.name]
+    (rec,) = farm.store.packages.all()
+    assert (rec.job_id, rec.version) == (job_id, "1.0-2")
 
 
 def test_same_archive_twice_is_already_present(farm: Farm, make_deb: MakeDeb) -> None:
@@ -437,7 +459,7 @@ def test_same_archive_twice_is_already_present(farm: Farm, make_deb: MakeDeb) ->
     assert (second.filename, second.pool_path, second.sha256, second.size) == (
         first.filename, first.pool_path, first.sha256, first.size)
     farm.assert_unchanged(pool)
-    assert len(farm.store.packages()) == 1
+    assert len(farm.store.packages.all()) == 1
 
 
 def test_different_content_under_the_same_name_conflicts(farm: Farm, make_deb: MakeDeb) -> None:
@@ -452,7 +474,7 @@ def test_different_content_under_the_same_name_conflicts(farm: Farm, make_deb: M
     assert info.value.details["filename"] == "hello_1.0-1_amd64.deb"
     farm.assert_unchanged(pool)
     assert farm.packages_index() == index_before
-    assert len(farm.store.packages()) == 1
+    assert len(farm.store.packages.all()) == 1
 
 
 def test_body_larger_than_the_limit(tmp_path: Path, make_deb: MakeDeb) -> None:
@@ -467,7 +489,7 @@ def test_body_larger_than_the_limit(tmp_path: Path, make_deb: MakeDeb) -> None:
     with pytest.raises(PayloadTooLarge):  # announced by Content-Length
         small.upload(deb, content_length=deb.stat().st_size)
     small.assert_unchanged({})
-    assert small.store.packages() == []
+    assert small.store.packages.all() == []
 
 
 def test_body_at_the_limit_is_accepted(tmp_path: Path, make_deb: MakeDeb) -> None:
@@ -485,8 +507,8 @@ def test_empty_body_is_a_bad_request(farm: Farm) -> None:
 
 def test_rebuild_index_skips_when_up_to_date(farm: Farm, make_deb: MakeDeb) -> None:
     farm.upload(make_deb("hello", "1.0-1", "amd64"))
-    generation = farm.store.index_generation()
-    assert generation == farm.store.packages_generation()
+    generation = farm.store.packages.index_generation()
+    assert generation == farm.store.packages.generation()
     assert farm.repo.rebuild_index(generation) is False
     assert farm.repo.rebuild_index() is True
-    assert farm.store.index_generation() == generation
+    assert farm.store.packages.index_generation() == generation

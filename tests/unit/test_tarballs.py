@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from common import tarballs
-from common.debsource import DebianSource, unpack_debian_source
 from common.definition import unpack_snapshot
 from common.errors import BuildFailed, UnsafeArchive
+from common.formats.deb.source import DebianSource, unpack_debian_source
 from common.tarballs import TarWriter, safe_extract
 
 Member = tuple[tarfile.TarInfo, bytes | None]
@@ -169,7 +169,7 @@ def _unpack_debian_source(data: bytes, dest: Path) -> None:
 
 
 def _unpack_git_tree(data: bytes, dest: Path) -> None:
-    from worker.debsource import _fetch_git
+    from worker.formats.deb.source import _fetch_git
 
     files = dest.parent / "files"
     files.mkdir()

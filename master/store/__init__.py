@@ -1,0 +1,46 @@
+"""The master's durable store, one aggregate per concern over one SQLite database.
+
+`Store` opens (and migrates) the database under ``data_dir`` and offers ``jobs`` (builds,
+jobs, staged files), ``packages`` (published archives, generations, dirty index groups),
+``index`` (each format's index cache) and ``workers`` (heartbeats). Redis is only the queue:
+whatever is here is the truth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from master.store.db import GROUPS, SCHEMA_VERSION, Database, group_of
+from master.store.index import IndexCache
+from master.store.jobs import JobStore
+from master.store.packages import PackageStore
+from master.store.records import (
+    Build,
+    IndexKey,
+    Job,
+    NewPackage,
+    PackageRecord,
+    PlannedJob,
+    StagedFile,
+    WorkerInfo,
+    WorkerRecord,
+)
+from master.store.workers import WorkerStore
+
+__all__ = ["GROUPS", "SCHEMA_VERSION", "Build", "IndexKey", "Job", "NewPackage",
+           "PackageRecord", "PlannedJob", "StagedFile", "Store", "WorkerInfo", "WorkerRecord",
+           "group_of"]
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.db = Database(self.path)
+        self.jobs = JobStore(self.db)
+        self.packages = PackageStore(self.db)
+        self.index = IndexCache(self.db)
+        self.workers = WorkerStore(self.db)
+
+    @classmethod
+    def in_data_dir(cls, data_dir: str | Path) -> Store:
+        return cls(Path(data_dir) / "state.db")

@@ -1,0 +1,305 @@
+"""The master's SQLite database: connections, transactions, the schema and its migrations.
+
+SQLite in WAL mode under ``data_dir``: every gunicorn process and the master's CLI open it
+themselves, writes are serialised by SQLite (``BEGIN IMMEDIATE``), and ``synchronous=FULL``
+keeps a committed build across a crash of the master or the machine.
+
+The schema's version is SQLite's ``user_version``. A database written by an older pkgfarm is
+migrated in place when the store opens it, one step per version, each step in one transaction
+(after a copy of the old file is kept beside it); a database newer than this code is refused
+with a message that says so. The first released schema (pkgfarm as of commit 426347d) had no
+version: it is recognised by its tables and counted as version 1. Every later change to the
+schema adds a step to `MIGRATIONS` and raises `SCHEMA_VERSION`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sqlite3
+import tarfile
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from common.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+
+#: index groups per suite, component and architecture (how the index cache is cut)
+GROUPS = 256
+
+SCHEMA = """
+CREATE TABLE builds (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at   REAL NOT NULL,
+    requested_by TEXT,
+    packages     TEXT NOT NULL,           -- JSON list of the names asked for
+    arch         TEXT                     -- the arch asked for, if any
+);
+CREATE TABLE jobs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    build_id    INTEGER NOT NULL REFERENCES builds(id),
+    package     TEXT NOT NULL,
+    version     TEXT NOT NULL,
+    arch        TEXT NOT NULL,
+    format      TEXT NOT NULL DEFAULT 'deb',          -- the package format it makes
+    source_kind TEXT NOT NULL DEFAULT 'definition',   -- what its snapshot holds
+    local       INTEGER NOT NULL DEFAULT 0,           -- built by `worker package-add --now`
+    state       TEXT NOT NULL,
+    attempt     INTEGER NOT NULL DEFAULT 1,
+    enqueued    INTEGER NOT NULL DEFAULT 0, -- the current attempt's message reached the broker
+    worker      TEXT,
+    claimed_by  TEXT,                     -- the user the worker authenticated as
+    token_hash  TEXT,
+    lease_expires REAL,                   -- a building attempt is re-queued after this
+    queued_at   REAL,
+    started_at  REAL,
+    finished_at REAL,
+    error       TEXT,
+    files       TEXT NOT NULL DEFAULT '[]',
+    depends_on  TEXT NOT NULL DEFAULT '[]', -- ids of jobs of the same build that must succeed
+    snapshot    BLOB NOT NULL
+);
+CREATE INDEX jobs_build ON jobs(build_id);
+CREATE INDEX jobs_state ON jobs(state);
+CREATE TABLE staged (
+    job_id    INTEGER NOT NULL REFERENCES jobs(id),
+    attempt   INTEGER NOT NULL,
+    filename  TEXT NOT NULL,
+    kind      TEXT NOT NULL,              -- archive (for the pool) or auxiliary (kept with it)
+    path      TEXT NOT NULL,
+    size      INTEGER NOT NULL,
+    sha256    TEXT NOT NULL,
+    md5       TEXT NOT NULL,
+    sha1      TEXT NOT NULL,
+    entry     TEXT,                       -- the archive's index entry, in its format
+    name      TEXT,
+    version   TEXT,
+    arch      TEXT,
+    pool_path TEXT,
+    PRIMARY KEY (job_id, attempt, filename)
+);
+CREATE TABLE packages (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    format      TEXT NOT NULL,
+    suite       TEXT NOT NULL,
+    component   TEXT NOT NULL,
+    grp         INTEGER NOT NULL,          -- the index group (master.store.group_of(name))
+    name        TEXT NOT NULL,
+    version     TEXT NOT NULL,
+    arch        TEXT NOT NULL,
+    filename    TEXT NOT NULL,
+    pool_path   TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    sha256      TEXT NOT NULL,
+    entry       TEXT NOT NULL,             -- the format's index entry, computed once at upload
+    uploaded_at REAL NOT NULL,
+    uploaded_by TEXT,
+    job_id      INTEGER,
+    UNIQUE (format, suite, component, filename)
+);
+CREATE INDEX packages_name ON packages(name);
+CREATE INDEX packages_group ON packages(format, suite, component, grp);
+CREATE TABLE index_dirty (
+    format TEXT NOT NULL, suite TEXT NOT NULL, component TEXT NOT NULL, grp INTEGER NOT NULL,
+    PRIMARY KEY (format, suite, component, grp)
+);
+CREATE TABLE index_cache (                -- pieces a format keeps to rewrite its index fast
+    format TEXT NOT NULL, key TEXT NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (format, key)
+);
+CREATE TABLE workers (
+    name      TEXT PRIMARY KEY,
+    info      TEXT NOT NULL,
+    last_seen REAL NOT NULL
+);
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT INTO meta(key, value) VALUES ('packages_generation', 0), ('index_generation', 0);
+"""
+
+
+def group_of(name: str) -> int:
+    """The index group of a package name."""
+    return zlib.crc32(name.encode()) % GROUPS
+
+
+def run_script(db: sqlite3.Connection, script: str) -> None:
+    """Run SQL statements one by one inside the caller's transaction (``executescript`` would
+    commit it first)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            db.execute(statement)
+            statement = ""
+    if statement.strip():
+        raise ValueError(f"incomplete SQL statement: {statement.strip()[:80]}")
+
+
+def _is_debian_source_snapshot(data: bytes | None) -> int:
+    """SQL function for the first migration: 1 if a snapshot holds a Debian source."""
+    if not data:
+        return 0
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            return int(any(m.name.lstrip("./") == "debian-source.json" for m in tar))
+    except (tarfile.TarError, OSError, EOFError):
+        return 0
+
+
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """426347d's schema to the format seam: jobs know their format, source kind and whether
+    they are local; packages and staged files carry a format-neutral index entry; the APT
+    index cache becomes a cache per format (rebuilt: every group is marked to render)."""
+    db.create_function("is_debian_source", 1, _is_debian_source_snapshot)
+    run_script(db, """
+        ALTER TABLE jobs ADD COLUMN format TEXT NOT NULL DEFAULT 'deb';
+        ALTER TABLE jobs ADD COLUMN source_kind TEXT NOT NULL DEFAULT 'definition';
+        ALTER TABLE jobs ADD COLUMN local INTEGER NOT NULL DEFAULT 0;
+        UPDATE jobs SET local = 1 WHERE length(snapshot) = 0;
+        UPDATE jobs SET source_kind = 'debian-source' WHERE is_debian_source(snapshot) = 1;
+
+        ALTER TABLE staged RENAME COLUMN stanza TO entry;
+        UPDATE staged SET kind = CASE kind WHEN 'deb' THEN 'archive' ELSE 'auxiliary' END;
+
+        CREATE TABLE packages_v2 (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, format TEXT NOT NULL, suite TEXT NOT NULL,
+            component TEXT NOT NULL, grp INTEGER NOT NULL, name TEXT NOT NULL,
+            version TEXT NOT NULL, arch TEXT NOT NULL, filename TEXT NOT NULL,
+            pool_path TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL,
+            entry TEXT NOT NULL, uploaded_at REAL NOT NULL, uploaded_by TEXT, job_id INTEGER,
+            UNIQUE (format, suite, component, filename));
+        INSERT INTO packages_v2(id, format, suite, component, grp, name, version, arch,
+                                filename, pool_path, size, sha256, entry, uploaded_at,
+                                uploaded_by, job_id)
+            SELECT id, 'deb', suite, component, grp, name, version, arch, filename, pool_path,
+                   size, sha256, stanza, uploaded_at, uploaded_by, job_id FROM packages;
+        DROP TABLE packages;
+        ALTER TABLE packages_v2 RENAME TO packages;
+        CREATE INDEX packages_name ON packages(name);
+        CREATE INDEX packages_group ON packages(format, suite, component, grp);
+
+        DROP TABLE index_dirty;
+        CREATE TABLE index_dirty (
+            format TEXT NOT NULL, suite TEXT NOT NULL, component TEXT NOT NULL,
+            grp INTEGER NOT NULL, PRIMARY KEY (format, suite, component, grp));
+        INSERT INTO index_dirty(format, suite, component, grp)
+            SELECT DISTINCT format, suite, component, grp FROM packages;
+        DROP TABLE index_groups;
+        CREATE TABLE index_cache (
+            format TEXT NOT NULL, key TEXT NOT NULL, data BLOB NOT NULL,
+            PRIMARY KEY (format, key));
+    """)
+
+
+#: version N -> the step that takes a database from N to N + 1
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2}
+
+
+class Database:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+        self._upgrade()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        return db
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        db = self._connect()
+        try:
+            db.execute("BEGIN")
+            yield db
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One transaction that holds SQLite's write lock from its start."""
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    # -- schema --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _version(db: sqlite3.Connection) -> int:
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version == 0 and db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='jobs'").fetchone():
+            return 1  # the first schema, which had no version
+        return version
+
+    def schema_version(self) -> int:
+        with self.read() as db:
+            return self._version(db)
+
+    def _upgrade(self) -> None:
+        with self.read() as db:
+            version = self._version(db)
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"{self.path} was written by a newer pkgfarm (schema version {version}; this "
+                f"one knows versions up to {SCHEMA_VERSION}): upgrade pkgfarm, or point "
+                "master.data_dir at another folder", key="master.data_dir")
+        if version > 0:
+            self._keep_copy(version)
+        db = self._connect()
+        try:
+            # DDL is transactional in SQLite: each step commits whole or not at all, and the
+            # write lock keeps another process from migrating at the same time.
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                version = self._version(db)  # another process may have done it meanwhile
+                if version == 0:
+                    run_script(db, SCHEMA)
+                    version = SCHEMA_VERSION
+                while version < SCHEMA_VERSION:
+                    log.warning("migrating %s from schema version %d to %d", self.path,
+                                version, version + 1)
+                    MIGRATIONS[version](db)
+                    version += 1
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    def _keep_copy(self, version: int) -> None:
+        """A consistent copy of the database as it was, beside it, before a migration."""
+        copy = self.path.with_name(f"{self.path.name}.schema-{version}.bak")
+        if copy.exists():
+            return
+        source, dest = self._connect(), sqlite3.connect(copy)
+        try:
+            source.backup(dest)
+        finally:
+            dest.close()
+            source.close()

@@ -1,0 +1,129 @@
+"""master/store: the job state machine is enforced by the store itself, and the error table."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+
+import pytest
+
+from common.errors import (
+    STATUS_ERRORS,
+    ApiError,
+    BadRequest,
+    Conflict,
+    InternalError,
+    NotFound,
+    TooManyRequests,
+    Unavailable,
+    Unprocessable,
+    error_for_status,
+)
+from common.states import TRANSITIONS, IllegalTransition, JobState, SourceKind
+from master.store import PlannedJob, Store
+from master.store.jobs import _job, _move
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "state.db")
+
+
+def job_in(store: Store, state: JobState) -> int:
+    _, (job_id,) = store.jobs.create_build(["pkg"], None, "tests",
+                                           [PlannedJob("pkg", "1.0-1", "amd64", b"snap")])
+    with store.db.write() as db:
+        db.execute("UPDATE jobs SET state=? WHERE id=?", (state.value, job_id))
+    return job_id
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    (old, new) for old, new in itertools.product(JobState, JobState)])
+def test_every_move_is_checked_against_transitions(store: Store, old: JobState,
+                                                   new: JobState) -> None:
+    job_id = job_in(store, old)
+    with store.db.write() as db:
+        job = _job(db, job_id)
+        assert job is not None
+        if new in TRANSITIONS[old]:
+            _move(db, job, new)
+        else:
+            with pytest.raises(IllegalTransition):
+                _move(db, job, new)
+    after = store.jobs.get(job_id)
+    assert after is not None
+    assert after.state == (new if new in TRANSITIONS[old] else old)
+
+
+def test_stale_requests_change_nothing(store: Store) -> None:
+    done = job_in(store, JobState.SUCCESS)
+    queued = job_in(store, JobState.QUEUED)
+    assert not store.jobs.finish(queued, 1, JobState.SUCCESS, None, [])  # never claimed
+    assert not store.jobs.claim(done, 1, "w", "u", "h", 60)
+    assert store.jobs.claim(queued, 1, "w", "u", "h", 60)
+    assert not store.jobs.claim(queued, 1, "w2", "u", "h", 60)  # given out already
+    assert not store.jobs.finish(queued, 2, JobState.SUCCESS, None, [])  # another attempt
+    build_of_done = store.jobs.get(done)
+    assert build_of_done is not None
+    assert store.jobs.restart(build_of_done.build_id, {}) == []  # success stays success
+    assert store.jobs.cancel_build(build_of_done.build_id) == []
+    assert store.jobs.get(done).state == JobState.SUCCESS  # type: ignore[union-attr]
+
+
+def test_a_failure_takes_its_dependents_down(store: Store) -> None:
+    _, (first, second) = store.jobs.create_build(["a1", "b1"], None, "tests", [
+        PlannedJob("a1", "1-1", "all", b"s"), PlannedJob("b1", "1-1", "all", b"s", (0,))])
+    assert [j.id for j in store.jobs.to_enqueue()] == [first]
+    assert store.jobs.claim(first, 1, "w", "u", "h", 60)
+    assert store.jobs.finish(first, 1, JobState.FAILED, "broke", [])
+    dependent = store.jobs.get(second)
+    assert dependent is not None and dependent.state == JobState.DEP_FAILED
+    assert "needs a1 (all)" in (dependent.error or "")
+
+
+def test_an_expired_local_job_fails_instead_of_going_to_the_farm(store: Store) -> None:
+    local = store.jobs.create_local_job("pkg", "1.0-1", "amd64", "deb", SourceKind.DEFINITION,
+                                        "w", "u", "h", lease_seconds=-1)
+    assert local.state == JobState.BUILDING and local.local
+    (expired,) = store.jobs.requeue_expired()
+    assert expired.id == local.id
+    after = store.jobs.get(local.id)
+    assert after is not None and after.state == JobState.FAILED
+    assert "stopped renewing its lease" in (after.error or "")
+    assert store.jobs.to_enqueue() == []
+
+
+def test_only_the_state_machine_writes_job_states() -> None:
+    writers = []
+    for path in sorted((ROOT / "master").rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"UPDATE jobs SET (?:(?!WHERE).)*\bstate\s*=", line):
+                writers.append(f"{path.relative_to(ROOT)}:{number}")
+    assert writers == [], writers
+    text = (ROOT / "master/store/jobs.py").read_text()
+    assert 'columns = {"state": new.value' in text
+
+
+# -- the error table -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "cls", "retry"), [
+    (400, BadRequest, False), (404, NotFound, False), (409, Conflict, False),
+    (422, Unprocessable, False), (429, TooManyRequests, True), (500, InternalError, True),
+    (503, Unavailable, True), (418, BadRequest, False), (502, InternalError, True),
+])
+def test_statuses_map_to_the_hierarchy(status: int, cls: type[ApiError], retry: bool) -> None:
+    assert error_for_status(status) is cls
+    assert cls.retryable is retry
+
+
+def test_every_status_of_the_hierarchy_maps_back() -> None:
+    def walk(cls: type[ApiError]) -> list[type[ApiError]]:
+        return [cls, *(c for sub in cls.__subclasses__() for c in walk(sub))]
+
+    for cls in walk(ApiError)[1:]:
+        assert cls.status in STATUS_ERRORS
+        assert issubclass(cls, STATUS_ERRORS[cls.status])

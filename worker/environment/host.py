@@ -1,0 +1,172 @@
+"""Building on this machine: packages installed here with apt-get (as root), commands confined
+by bubblewrap (the system read-only, only the build's folder writable) when the worker's sandbox
+is ``bwrap``."""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from common.arch import host_arch
+from common.errors import BuildCancelled, BuildFailed
+from common.formats.deb.policy import first_alternatives
+from worker.environment.aptconfig import apt_problems, ca_settings
+from worker.environment.processes import Log, note, run_process
+
+
+def sandboxed(argv: Sequence[str], workdir: Path, cwd: Path, sandbox: str) -> list[str]:
+    """Wrap ``argv`` (to run in ``cwd``) so that it can write only inside ``workdir``.
+
+    With bubblewrap the whole system is mounted read-only, /tmp is private, ``workdir`` is the
+    one writable place, and the command runs in its own PID namespace that dies with bwrap, so
+    killing bwrap stops everything it started.
+    """
+    if sandbox == "none":
+        return list(argv)
+    if shutil.which("bwrap") is None:
+        raise BuildFailed("worker.sandbox is bwrap but bubblewrap is not installed "
+                          "(apt-get install bubblewrap, or set worker.sandbox: none)")
+    private_tmp = "/tmp"  # noqa: S108 (a fresh tmpfs inside the sandbox, not the host's /tmp)
+    return ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+            "--tmpfs", private_tmp, "--bind", str(workdir), str(workdir),
+            "--unshare-pid", "--die-with-parent", "--new-session",
+            "--chdir", str(cwd), *argv]
+
+
+def missing_packages(names: Sequence[str]) -> list[str]:
+    """Which of the packages (names or relations: the first alternative's name counts) dpkg
+    does not have installed on this machine."""
+    missing = []
+    for name in first_alternatives(names):
+        out = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Status}", name],
+                             capture_output=True, text=True)
+        if out.returncode != 0 or out.stdout.strip() != "installed":
+            missing.append(name)
+    return missing
+
+
+class HostEnvironment:
+    """Builds on this machine: packages installed here with apt-get, commands confined by
+    ``sandbox`` (``bwrap``: read-only system, only ``workdir`` writable; ``none``)."""
+
+    def __init__(self, workdir: Path, *, sandbox: str = "none", install_deps: bool = True,
+                 extra_apt_lines: Sequence[str] = (), log: Log | None = None,
+                 timeout: float = 3600, cancel: threading.Event | None = None,
+                 ca_file: str | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.ca_file = ca_file
+        self.sandbox = sandbox
+        self.install_deps = install_deps
+        self.log = log
+        self.timeout = timeout
+        self.cancel = cancel
+        self.arch = host_arch()
+        self._extra: list[str] = []
+        self._updated = False
+        if extra_apt_lines:
+            self.extra_sources(extra_apt_lines)
+
+    def __enter__(self) -> HostEnvironment:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        return None
+
+    # apt ---------------------------------------------------------------------------------
+
+    def extra_sources(self, lines: Sequence[str]) -> None:
+        self._extra.extend(line for line in lines if line not in self._extra)
+        self._updated = False
+
+    def _apt_options(self) -> list[str]:
+        """With extra sources: apt reads a copy of the machine's source parts plus them (the
+        machine's apt configuration stays as it is)."""
+        if not self._extra:
+            return []
+        parts = self.workdir / ".apt-sources.d"
+        parts.mkdir(parents=True, exist_ok=True)
+        machine_parts = Path("/etc/apt/sources.list.d")
+        if machine_parts.is_dir():
+            for item in machine_parts.iterdir():
+                if item.is_file() and item.suffix in (".list", ".sources"):
+                    shutil.copyfile(item, parts / item.name)
+        (parts / "zz-pkgfarm-extra.list").write_text("".join(f"{ln}\n" for ln in self._extra))
+        options = ["-o", f"Dir::Etc::sourceparts={parts}"]
+        if self.ca_file:
+            for setting in ca_settings(self._extra, self.ca_file):
+                options += ["-o", setting]
+        return options
+
+    def _apt(self, args: Sequence[str], out: IO[str], what: str) -> None:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        options = self._apt_options()
+        tail: collections.deque[str] = collections.deque(maxlen=200)
+        if options and not self._updated:
+            run_process(["apt-get", "-q", *options, "update"], cwd=self.workdir, env=env,
+                        timeout=self.timeout, out=out, cancel=self.cancel,
+                        what="apt-get update", tail=tail)
+            self._updated = True
+        try:
+            run_process(["apt-get", "-q", "-y", "--no-install-recommends", *options, *args],
+                        cwd=self.workdir, env=env, timeout=self.timeout, out=out,
+                        cancel=self.cancel, what=what, tail=tail)
+        except BuildCancelled:
+            raise
+        except BuildFailed as exc:
+            raise BuildFailed(f"{exc.message}: {apt_problems(tail)}") from None
+
+    def _may_install(self) -> bool:
+        return self.install_deps and os.geteuid() == 0
+
+    def install(self, packages: Sequence[str], out: IO[str]) -> None:
+        missing = missing_packages(list(packages))
+        if not missing:
+            return
+        if not self._may_install():
+            raise BuildFailed(f"missing build dependencies: {', '.join(missing)} (this worker "
+                              "does not install packages; install them or run as root)")
+        note(out, self.log, f"installing build dependencies: {' '.join(missing)}")
+        try:
+            self._apt(["install", *missing], out,
+                      "apt-get install of the build dependencies")
+        except BuildCancelled:
+            raise
+        except BuildFailed as exc:
+            raise BuildFailed(f"apt-get could not install the build dependencies: "
+                              f"{', '.join(missing)} ({exc.message})") from None
+
+    def build_dep(self, source_dir: Path, out: IO[str], arch_indep: bool | None) -> None:
+        flag = {True: ["--indep-only"], False: ["--arch-only"], None: []}[arch_indep]
+        if self._may_install():
+            note(out, self.log, f"installing the build dependencies of {source_dir.name}")
+            self._apt(["build-dep", *flag, str(source_dir)], out, "apt-get build-dep")
+            return
+        check = {True: ["-A"], False: ["-B"], None: []}[arch_indep]
+        result = subprocess.run(["dpkg-checkbuilddeps", *check], cwd=source_dir,
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            words = (result.stderr or result.stdout).strip()
+            unmet = words.split("Unmet build dependencies:", 1)[-1].strip()
+            raise BuildFailed(f"missing build dependencies: {unmet} (this worker does not "
+                              "install packages; install them or run as root)")
+
+    # commands ----------------------------------------------------------------------------
+
+    def run(self, argv: Sequence[str], cwd: Path, env: dict[str, str], timeout: float,
+            out: IO[str], cancel: threading.Event | None = None, *,
+            what: str = "the build script") -> None:
+        hint = ""
+        if self.sandbox != "none":
+            hint = " (it may write only inside its own folder and $DESTDIR)"
+        run_process(sandboxed(argv, self.workdir, cwd, self.sandbox), cwd=cwd, env=env,
+                    timeout=timeout, out=out, cancel=cancel or self.cancel, what=what,
+                    hint=hint)
+
