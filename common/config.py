@@ -9,6 +9,7 @@ wrong type or bad value raises `ConfigError` naming the key (for example
 from __future__ import annotations
 
 import dataclasses
+import enum
 import ipaddress
 import os
 import re
@@ -16,6 +17,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,45 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
 
 
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SIZE_RE = re.compile(r"^\s*([0-9]+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+
+
+class StorageBackend(StrEnum):
+    LOCAL = "local"
+    S3 = "s3"
+
+
+class ServeMode(StrEnum):
+    """How /repo/ serves files kept in S3."""
+
+    PROXY = "proxy"
+    REDIRECT = "redirect"
+
+
+class Sandbox(StrEnum):
+    BWRAP = "bwrap"
+    NONE = "none"
+
+
+class Environment(StrEnum):
+    CLEAN = "clean"
+    HOST = "host"
+
+
+class NetworkPolicy(StrEnum):
+    """Whether a worker lets a definition that asks for it (``build_network: true``) reach
+    the network during its build step; builds are offline otherwise."""
+
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size such as ``512M``, ``8G`` or ``1048576`` (0: no limit)."""
+    m = _SIZE_RE.fullmatch(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a size (a number of bytes, or with K, M, G or T)")
+    return int(m[1]) * 1024 ** " KMGT".index((m[2] or " ").upper())
 
 
 def is_loopback(host: str) -> bool:
@@ -66,8 +107,14 @@ class UserSettings:
     #: master when it starts (containers: the deployer sets it, e.g. in a .env file).
     password_env: str | None = None
     roles: tuple[str, ...] = ("read",)
+    #: shell-style patterns (``hello-*``) of the packages this user may ask to build, by
+    #: POST /api/v1/builds or as a local build; empty: every package. Admins are not limited.
+    packages: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        for pattern in self.packages:
+            if not pattern or not pattern.isprintable() or len(pattern) > 200:
+                raise ValueError(f"{pattern!r} is not a package name pattern", "packages")
         for role in self.roles:
             if role not in ROLES:
                 raise ValueError(f"unknown role {role!r} (known: {', '.join(ROLES)})", "roles")
@@ -172,7 +219,7 @@ class RepositorySettings:
 class StorageSettings:
     """Where the pool and the published index live: the master's disk, or an S3 bucket."""
 
-    backend: str = "local"
+    backend: StorageBackend = StorageBackend.LOCAL
     bucket: str | None = None
     #: an S3-compatible endpoint (MinIO, Ceph, moto); unset: AWS itself.
     endpoint_url: str | None = None
@@ -185,15 +232,41 @@ class StorageSettings:
     secret_access_key: str | None = None
     #: how /repo/ serves files from S3: "redirect" (a presigned URL) or "proxy" (through the
     #: master).
-    serve: str = "proxy"
+    serve: ServeMode = ServeMode.PROXY
 
     def __post_init__(self) -> None:
-        if self.backend not in ("local", "s3"):
-            raise ValueError("must be local or s3", "backend")
-        if self.backend == "s3" and not self.bucket:
+        if self.backend == StorageBackend.S3 and not self.bucket:
             raise ValueError("is required when backend is s3", "bucket")
-        if self.serve not in ("redirect", "proxy"):
-            raise ValueError("must be redirect or proxy", "serve")
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """What one build step may use; past a limit the build fails, the worker goes on."""
+
+    #: address space of each process of the build (RLIMIT_AS), e.g. "8G"; "0": no limit.
+    memory: str = "8G"
+    #: processes and threads the build user may run at once (RLIMIT_NPROC); 0: no limit.
+    processes: int = 4096
+    #: what the build's folder may hold, and the largest single file (RLIMIT_FSIZE); "0": no
+    #: limit. The folder is measured every few seconds while the build runs.
+    disk: str = "50G"
+
+    def __post_init__(self) -> None:
+        for key in ("memory", "disk"):
+            try:
+                parse_size(getattr(self, key))
+            except ValueError as exc:
+                raise ValueError(str(exc), key) from None
+        if self.processes < 0:
+            raise ValueError("must not be negative", "processes")
+
+    @property
+    def memory_bytes(self) -> int:
+        return parse_size(self.memory)
+
+    @property
+    def disk_bytes(self) -> int:
+        return parse_size(self.disk)
 
 
 @dataclass(frozen=True)
@@ -219,11 +292,17 @@ class WorkerSettings:
     #: "bwrap": the build script sees the system read-only and only its own folder writable
     #: (bubblewrap, in its own PID namespace); "none": it runs as the worker's user, for
     #: containers that are already disposable.
-    sandbox: str = "bwrap"
+    sandbox: Sandbox = Sandbox.BWRAP
     #: "clean": every build runs in a fresh root made from a cached base of ``base_suite``
     #: (its build dependencies installed inside it, the machine left as it was); "host": on
     #: this machine (build dependencies installed here), confined by ``sandbox``.
-    environment: str = "clean"
+    environment: Environment = Environment.CLEAN
+    #: the unprivileged user (and group) id build scripts and dpkg-buildpackage run as when
+    #: the worker runs as root; it owns nothing else on the machine.
+    build_uid: int = 64999
+    #: whether a definition asking for the network during its build step gets it.
+    build_network: NetworkPolicy = NetworkPolicy.ALLOW
+    limits: LimitSettings = field(default_factory=LimitSettings)
     #: the suite and mirror the clean base is made from (mmdebstrap --variant=buildd).
     base_suite: str = "bookworm"
     base_mirror: str = "http://deb.debian.org/debian"
@@ -233,10 +312,8 @@ class WorkerSettings:
     base_max_age: int = 7 * 86400
 
     def __post_init__(self) -> None:
-        if self.sandbox not in ("bwrap", "none"):
-            raise ValueError("must be bwrap or none", "sandbox")
-        if self.environment not in ("clean", "host"):
-            raise ValueError("must be clean or host", "environment")
+        if not 1000 <= self.build_uid < 2**31:
+            raise ValueError("must be an unprivileged id (1000 or more)", "build_uid")
         if self.base_max_age < 0:
             raise ValueError("must not be negative", "base_max_age")
         if not self.master_url.startswith(("http://", "https://")):
@@ -272,6 +349,18 @@ class Settings:
     repository: RepositorySettings = field(default_factory=RepositorySettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    #: the file these settings were read from (not a key of it)
+    config_file: str | None = field(default=None, metadata={"internal": True})
+
+    def private_paths(self) -> list[Path]:
+        """What the farm's own processes read and builds must not: the config file and its
+        folder, the master's and the worker's folders, the keys."""
+        paths = [self.master.data_dir, self.worker.work_dir, self.worker.base_dir,
+                 self.master.tls_key, self.repository.signing_key]
+        if self.config_file:
+            folder = os.path.dirname(self.config_file)
+            paths += [self.config_file] + ([folder] if folder not in ("/", "/etc") else [])
+        return [Path(p) for p in dict.fromkeys(p for p in paths if p)]
 
     @property
     def embedded_broker_socket(self) -> Path:
@@ -313,6 +402,8 @@ def load_settings(
         base = p.resolve().parent
     data = _apply_env(data, env)
     settings = _build(Settings, data, "")
+    if path:
+        settings = dataclasses.replace(settings, config_file=str(Path(path).resolve()))
     return _resolve_paths(settings, base)
 
 
@@ -363,7 +454,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: must be a mapping", key=where)
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in dataclasses.fields(cls)
+              if f.init and not f.metadata.get("internal")}
     for key in data:
         if key not in fields:
             known = ", ".join(sorted(fields))
@@ -404,6 +496,12 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: must be a mapping", key=where)
         return {str(k): _convert(args[1], v, _join(where, str(k))) for k, v in value.items()}
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            names = " or ".join(str(m.value) for m in hint)
+            raise ConfigError(f"{where}: must be {names}", key=where) from None
     if hint is bool:
         if isinstance(value, bool):
             return value

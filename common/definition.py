@@ -26,7 +26,7 @@ from common.tarballs import TarWriter, safe_extract
 SNAPSHOT_DEFINITION = "package.yaml"
 SNAPSHOT_SOURCES = "sources"
 
-_TOP_KEYS = {"package", "build_depends", "sources", "build"}
+_TOP_KEYS = {"package", "build_depends", "sources", "build", "build_network"}
 _PACKAGE_KEYS = {
     "name", "version", "release", "architecture", "description", "maintainer", "depends",
     "section", "priority", "homepage", "recommends", "conflicts", "provides", "replaces",
@@ -60,6 +60,9 @@ class PackageDefinition:
     homepage: str | None = None
     build_depends: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
+    #: the build step may reach the network (builds are offline otherwise); a worker's
+    #: ``build_network: deny`` refuses such builds
+    build_network: bool = False
     #: where the YAML was read from (for error messages and the snapshot)
     path: Path = field(default=Path("."), compare=False)
 
@@ -238,6 +241,9 @@ def parse_definition(
     build = data.get("build")
     if not isinstance(build, str) or not build.strip():
         raise _fail(path, "build", "is required: a shell script that installs into $DESTDIR")
+    build_network = data.get("build_network", False)
+    if not isinstance(build_network, bool):
+        raise _fail(path, "build_network", "must be true or false")
 
     sources = []
     raw_sources = data.get("sources") or []
@@ -277,6 +283,7 @@ def parse_definition(
         homepage=homepage,
         build_depends=_string_list(path, data, "build_depends", "", [formats.build_host()]),
         sources=tuple(sources),
+        build_network=build_network,
         path=path,
     )
 

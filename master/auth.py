@@ -6,11 +6,14 @@ remembered for a short while (keyed by a keyed hash of the password, never the p
 
 Repeated failed logins are slowed down: after `MAX_FAILURES` failures for one user name from
 one client address within `FAILURE_WINDOW` seconds, that pair gets 429 with Retry-After until
-the oldest failure ages out. The count is kept per master process.
+the oldest failure ages out. The failures are kept in the store, so every master process
+counts the same ones, and per address, so a stranger guessing a worker's password never turns
+the worker away at its own address.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import hmac
 import os
@@ -25,7 +28,8 @@ from flask_httpauth import HTTPBasicAuth
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from common.config import UserSettings
-from common.errors import ConfigError, TooManyRequests
+from common.errors import ConfigError, Forbidden, TooManyRequests
+from master.store.logins import LoginStore
 
 ADMIN = "admin"
 _CACHE_SECONDS = 300.0
@@ -55,45 +59,48 @@ def password_hashes(users: dict[str, UserSettings],
 
 
 class Authenticator:
-    def __init__(self, users: dict[str, UserSettings]) -> None:
+    def __init__(self, users: dict[str, UserSettings], logins: LoginStore) -> None:
         self.users = users
         self.hashes = password_hashes(users)
+        self.logins = logins
         self._key = secrets.token_bytes(32)
         self._ok: dict[tuple[str, bytes], float] = {}
-        self._failures: dict[tuple[str, str], list[float]] = {}
         self._lock = threading.Lock()
 
     def verify(self, username: str, password: str) -> str | None:
         if not username and not password:
             return None  # no credentials at all: 401, not a failed login
-        now = time.monotonic()
-        client = (request.remote_addr or "", username)
-        self._check_throttle(client, now)
+        address = request.remote_addr or ""
+        now = time.time()
+        self._check_throttle(username, address, now)
         user = self.users.get(username)
         digest = hmac.new(self._key, password.encode(), hashlib.sha256).digest()
         with self._lock:
             if user is not None and self._ok.get((username, digest), 0.0) > now:
                 return username
         if user is None or not check_password_hash(self.hashes[username], password):
-            with self._lock:
-                self._failures.setdefault(client, []).append(now)
+            self.logins.failed(username[:200], address, now)
             return None
         with self._lock:
             self._ok[(username, digest)] = now + _CACHE_SECONDS
-            self._failures.pop(client, None)
+        self.logins.clear(username, address)
         return username
 
-    def _check_throttle(self, client: tuple[str, str], now: float) -> None:
-        with self._lock:
-            recent = [t for t in self._failures.get(client, []) if t > now - FAILURE_WINDOW]
-            if recent:
-                self._failures[client] = recent
-            else:
-                self._failures.pop(client, None)
+    def _check_throttle(self, username: str, address: str, now: float) -> None:
+        recent = self.logins.failures_since(username[:200], address, now - FAILURE_WINDOW)
         if len(recent) >= MAX_FAILURES:
             wait = int(recent[0] + FAILURE_WINDOW - now) + 1
-            raise TooManyRequests(f"too many failed logins for {client[1]!r}; try again in "
-                                  f"{wait} s", retry_after=wait)
+            raise TooManyRequests(f"too many failed logins for {username!r} from this address; "
+                                  f"try again in {wait} s", retry_after=wait)
+
+    def may_build(self, username: str | None, package: str) -> bool:
+        """Whether the user's package patterns (none: every package) admit ``package``."""
+        user = self.users.get(username or "")
+        if user is None:
+            return False
+        if ADMIN in user.roles or not user.packages:
+            return True
+        return any(fnmatch.fnmatchcase(package, pattern) for pattern in user.packages)
 
     def roles(self, username: str) -> list[str]:
         user = self.users.get(username)
@@ -143,3 +150,12 @@ def current_user() -> str | None:
 
 def caller_has(role: str) -> bool:
     return _authenticator().has_role(current_user(), role)
+
+
+def check_may_build(packages: list[str]) -> None:
+    """403 unless the caller's package patterns admit every name in ``packages``."""
+    user = current_user()
+    for package in packages:
+        if not _authenticator().may_build(user, package):
+            raise Forbidden(f"{user} may not build {package!r} (their package patterns do "
+                            "not admit it)", package=package)

@@ -23,6 +23,8 @@ log = logging.getLogger("pkgfarm.master")
 
 #: How often the master re-queues expired leases and sends what has not reached the broker.
 HOUSEKEEPING_INTERVAL = 2.0
+#: Connections each gunicorn process serves at once.
+WORKER_CONNECTIONS = 2000
 
 config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), default=None,
@@ -86,8 +88,11 @@ def serve(config_path: str | None) -> None:
             options: dict[str, Any] = {
                 "bind": settings.master.bind,
                 "workers": settings.master.processes,
-                "worker_class": "gthread",
-                "threads": 8,
+                # Event-loop processes (gevent): a slow or idle connection, a followed log or an
+                # event stream costs a greenlet, not one of a few threads, so slow clients
+                # cannot starve the API.
+                "worker_class": "gevent",
+                "worker_connections": WORKER_CONNECTIONS,
                 "timeout": 300,
                 "graceful_timeout": 30,
                 "accesslog": "-",

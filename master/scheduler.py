@@ -25,8 +25,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from graphlib import CycleError, TopologicalSorter
@@ -68,6 +70,17 @@ log = logging.getLogger(__name__)
 BROKER_MARKER = "pkgfarm:broker-marker"
 #: The longest error text kept with a failed job.
 MAX_ERROR = 4000
+#: How often, and how long after it was sent, the master looks for a job's message in the
+#: broker; a message missing at two looks in a row is taken for lost and sent again. So a
+#: message a worker consumed without claiming its job (or that the broker lost) is noticed
+#: within about GRACE + 2 * INTERVAL seconds (30 s) of being sent, or of being consumed.
+LOST_CHECK_INTERVAL = 10.0
+LOST_GRACE = 10.0
+
+
+def task_id(job_id: int, attempt: int) -> str:
+    """The id of the message of one attempt (so the master can find it in the broker)."""
+    return f"pkgfarm-job-{job_id}-{attempt}"
 
 
 def token_hash(token: str) -> str:
@@ -111,6 +124,8 @@ class Scheduler:
         self.celery = celery
         self.repository = repository
         self.lock_path = Path(settings.master.data_dir) / "enqueue.lock"
+        self._last_lost_check = 0.0
+        self._suspects: set[tuple[int, int]] = set()
 
     # -- planning ------------------------------------------------------------------------------
 
@@ -350,7 +365,8 @@ class Scheduler:
         which the claim makes harmless; the other order could lose it)."""
         try:
             self.celery.send_task(BUILD_TASK, kwargs=BuildTask(job_id, attempt).to_json(),
-                                  queue=archmod.queue_for(arch))
+                                  queue=archmod.queue_for(arch),
+                                  task_id=task_id(job_id, attempt))
         except Exception as exc:  # the broker is unreachable; the job waits in the store
             log.warning("could not queue job %d (attempt %d): %s", job_id, attempt, exc)
             return False
@@ -407,9 +423,63 @@ class Scheduler:
                         "will be sent again", lost)
         return True
 
+    def _message_ids(self) -> set[str] | None:
+        """The ids of every build message the broker holds, waiting or being worked on
+        (Redis: the ``build.*`` lists and the transport's unacknowledged set); None when the
+        broker cannot be read."""
+        try:
+            with self.celery.connection_for_read() as conn:
+                channel = conn.default_channel
+                client = channel.client
+                payloads: list[bytes] = []
+                for key in client.scan_iter(match="build.*", count=1000):
+                    if client.type(key) in (b"list", "list"):
+                        payloads.extend(client.lrange(key, 0, -1))
+                for raw in client.hvals(getattr(channel, "unacked_key", "unacked")):
+                    message = json.loads(raw)
+                    payloads.append(json.dumps(message[0]).encode())
+        except AttributeError:
+            return None  # not a Redis broker
+        except Exception as exc:
+            log.debug("broker messages not read: %s", exc)
+            return None
+        ids = set()
+        for payload in payloads:
+            try:
+                ids.add(str(json.loads(payload)["headers"]["id"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return ids
+
+    def find_lost_messages(self, now: float | None = None) -> int:
+        """Send again the queued jobs whose message is in the broker no more (see
+        LOST_CHECK_INTERVAL); returns how many."""
+        now = time.time() if now is None else now
+        if now - self._last_lost_check < LOST_CHECK_INTERVAL:
+            return 0
+        self._last_lost_check = now
+        waiting = self.store.jobs.waiting_in_broker(now - LOST_GRACE)
+        if not waiting:
+            self._suspects = set()
+            return 0
+        present = self._message_ids()
+        if present is None:
+            return 0
+        missing = {(j.id, j.attempt) for j in waiting if task_id(j.id, j.attempt) not in present}
+        confirmed, self._suspects = missing & self._suspects, missing - self._suspects
+        resent = 0
+        for job_id, attempt in sorted(confirmed):
+            if self.store.jobs.resend(job_id, attempt):
+                log.warning("the message of job %d attempt %d is no longer in the broker (lost, "
+                            "or consumed without a claim); sending it again as attempt %d",
+                            job_id, attempt, attempt + 1)
+                resent += 1
+        return resent
+
     def tick(self) -> None:
         self.requeue_expired()
         self.check_broker()
+        self.find_lost_messages()
         sent = self.enqueue_pending()
         if sent:
             log.info("queued %d job(s)", sent)

@@ -8,17 +8,19 @@ made from the tree by the job's package format (worker.formats), never by the sc
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 from typing import IO
 
 from common import arch as archmod
 from common import formats as common_formats
+from common.config import NetworkPolicy
 from common.definition import SNAPSHOT_SOURCES, PackageDefinition
 from common.errors import BuildFailed
 from worker import formats
 from worker.environment import BuildEnvironment, HostEnvironment, Log
-from worker.environment.processes import PATH
+from worker.environment.processes import PATH, give_to, take_tree
 from worker.formats import BuildResult
 
 
@@ -26,48 +28,62 @@ def build_definition(
     definition: PackageDefinition, arch: str, workdir: Path, out: IO[str], log: Log,
     *, timeout: float, install_deps: bool = True, sandbox: str = "none",
     cancel: threading.Event | None = None, environment: BuildEnvironment | None = None,
-    fmt: str = common_formats.BUILD_HOST,
+    fmt: str = common_formats.BUILD_HOST, network_policy: str = NetworkPolicy.ALLOW,
 ) -> BuildResult:
-    """Build ``definition`` for ``arch`` inside ``workdir`` (which holds the unpacked snapshot)
-    and pack it as format ``fmt``.
+    """Build ``definition`` for ``arch`` and pack it as format ``fmt``.
 
-    ``workdir`` must contain ``sources/`` (the build's working directory); the package tree is
-    made in ``workdir/root`` and the archive in ``workdir/out``. The build dependencies are
-    installed and the script run in ``environment`` (its folder must hold ``workdir``); by
-    default a `HostEnvironment` of ``workdir`` with ``install_deps`` and ``sandbox``.
+    ``workdir`` holds the unpacked snapshot (``sources/`` in it). The sources are copied into
+    the environment's writable area (``src/``), the script runs there as a build step with
+    ``$DESTDIR`` (``destdir/``) inside the area too; then the worker takes the tree out of
+    the area (refusing anything but the folder it gave) and packs it where only the worker
+    writes. By default the environment is a `HostEnvironment` of ``workdir`` with
+    ``install_deps`` and ``sandbox``.
     """
     if definition.architecture != archmod.ALL and not archmod.is_known(arch):
         raise BuildFailed(f"unknown architecture {arch!r}")
+    if definition.build_network and network_policy == NetworkPolicy.DENY:
+        raise BuildFailed("the definition asks for the network during its build "
+                          "(build_network: true), which this worker refuses "
+                          "(worker.build_network: deny)")
     packer = formats.get(fmt)
-    srcdir = workdir / SNAPSHOT_SOURCES
-    srcdir.mkdir(parents=True, exist_ok=True)
-    destdir = workdir / "root"
-    destdir.mkdir()
-    outdir = workdir / "out"
-    outdir.mkdir()
     if environment is None:
         environment = HostEnvironment(workdir, sandbox=sandbox, install_deps=install_deps,
                                       log=log, timeout=timeout, cancel=cancel)
     version = common_formats.build_host().full_version(definition.version, definition.release)
-    env = {
-        "PATH": PATH,
-        "HOME": str(workdir),
-        "TMPDIR": str(workdir),
-        "LANG": "C.UTF-8",
-        "DESTDIR": str(destdir),
-        "PKGFARM_PACKAGE": definition.name,
-        "PKGFARM_VERSION": version,
-        "PKGFARM_ARCH": arch,
-        "DEB_HOST_ARCH": arch,
-        # The snapshot's time (see common.definition.snapshot): unchanged input, same archive.
-        "SOURCE_DATE_EPOCH": str(int(definition.path.stat().st_mtime)),
-    }
     with environment:
+        area = environment.area
+        srcdir, destdir = area / "src", area / "destdir"
+        shutil.copytree(workdir / SNAPSHOT_SOURCES, srcdir, symlinks=True)
+        destdir.mkdir()
+        if environment.build_uid is not None:
+            give_to(srcdir, environment.build_uid)
+            give_to(destdir, environment.build_uid)
+        env = {
+            "PATH": PATH,
+            "HOME": str(area / "home"),
+            "TMPDIR": str(area / "tmp"),
+            "LANG": "C.UTF-8",
+            "DESTDIR": str(destdir),
+            "PKGFARM_PACKAGE": definition.name,
+            "PKGFARM_VERSION": version,
+            "PKGFARM_ARCH": arch,
+            "DEB_HOST_ARCH": arch,
+            # The snapshot's time (see common.definition.snapshot): unchanged input, same
+            # archive.
+            "SOURCE_DATE_EPOCH": str(int(definition.path.stat().st_mtime)),
+        }
         environment.install(list(definition.build_depends), out)
-        log(f"building {definition.name} {version} for {arch}")
-        script_path = workdir / "build.sh"
-        script_path.write_text("set -eu\numask 022\n" + definition.build)
-        environment.run(["bash", str(script_path)], srcdir, env, timeout, out, cancel)
-    archive = packer.pack(definition, arch, destdir, outdir, env, out)
+        log(f"building {definition.name} {version} for {arch}"
+            + (" (with network)" if definition.build_network else ""))
+        script = area / "build.sh"
+        script.write_text("set -eu\numask 022\n" + definition.build)
+        script.chmod(0o644)
+        environment.run(["bash", str(script)], srcdir, env, timeout, out, cancel,
+                        network=definition.build_network)
+        pack = environment.private / "pack"
+        tree = take_tree(destdir, pack / "root", environment.build_uid)
+    outdir = pack / "out"
+    outdir.mkdir()
+    archive = packer.pack(definition, arch, tree, outdir, env, out)
     log(f"built {archive.name} ({archive.stat().st_size} bytes)")
     return BuildResult([archive])

@@ -5,18 +5,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
+import stat
 import threading
 from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 
 from common import arch as archmod
 from common import cli as clitools
 from common import formats as common_formats
-from common.config import Settings, load_settings
+from common.config import Sandbox, Settings, load_settings
 from common.definition import find_definition, snapshot
-from common.errors import BuildFailed, NotFound, PkgfarmError
+from common.errors import BuildFailed, ConfigError, NotFound, PkgfarmError
 from common.logs import setup_logging
 from common.messages import Heartbeat
 from common.states import SourceKind
@@ -91,6 +94,7 @@ def run(config_path: str | None, arches: tuple[str, ...], concurrency: int | Non
 
     settings = _with_overrides(load_settings(config_path), arches, concurrency, name)
     setup_logging(loglevel)
+    check_config_private(settings)
     ws = settings.worker
     worker_name = ws.display_name
     queues = archmod.queues_for_worker(ws.architectures)
@@ -115,6 +119,24 @@ def run(config_path: str | None, arches: tuple[str, ...], concurrency: int | Non
         ])
     finally:
         heartbeat.leave()
+
+
+def check_config_private(settings: Settings) -> None:
+    """With ``sandbox: none`` build scripts see this machine's files as the build user: the
+    worker refuses to start if its password sits in a config file anyone may read."""
+    path = settings.config_file
+    if settings.worker.sandbox != Sandbox.NONE or os.geteuid() != 0 or not path:
+        return
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return
+    holds_password = isinstance(data, dict) and isinstance(data.get("worker"), dict) and \
+        "password" in data["worker"]
+    if holds_password and os.stat(path).st_mode & stat.S_IROTH:
+        raise ConfigError(f"{path} holds worker.password and anyone may read it, build "
+                          "scripts included (worker.sandbox is none): chmod o-r it, or give "
+                          "the password in PKGFARM_WORKER_PASSWORD", key="worker.password")
 
 
 def _local_arch(settings: Settings, definition_arch: tuple[str, ...] | str,

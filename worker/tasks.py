@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
-import shutil
+import os
 import tempfile
 import threading
 import traceback
@@ -33,6 +33,7 @@ from worker import formats
 from worker.build import build_definition
 from worker.client import MasterClient
 from worker.environment import environment_for
+from worker.environment.processes import remove_tree
 from worker.formats import BuildResult
 
 log = logging.getLogger(__name__)
@@ -47,12 +48,17 @@ class Outcome(NamedTuple):
 
 
 class LogStreamer(threading.Thread):
-    """Sends what the build log gained to the master every few seconds, while it builds."""
+    """Sends what the build log gained to the master every few seconds, while it builds.
+
+    The log is read through a descriptor opened once, before anything of the build runs, and
+    never by its name again: whatever a build does to names, the worker sends only its log.
+    """
 
     def __init__(self, client: MasterClient, assignment: JobAssignment, path: Path,
                  interval: float = 2.0) -> None:
         super().__init__(name=f"log-{assignment.job_id}", daemon=True)
-        self.client, self.assignment, self.path = client, assignment, path
+        self.client, self.assignment = client, assignment
+        self.fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         self.interval = interval
         self.sent = 0
         self.stopping = threading.Event()
@@ -68,12 +74,9 @@ class LogStreamer(threading.Thread):
     def send(self) -> None:
         """Send everything not sent yet (also called once more at the end)."""
         with self.lock:
-            try:
-                with open(self.path, "rb") as fh:
-                    fh.seek(self.sent)
-                    chunk = fh.read(8 * 1024 * 1024)
-            except FileNotFoundError:
+            if self.fd < 0:
                 return
+            chunk = os.pread(self.fd, 8 * 1024 * 1024, self.sent)
             if not chunk:
                 return
             try:
@@ -95,6 +98,12 @@ class LogStreamer(threading.Thread):
             self.send()
             if self.sent == before:
                 return
+
+    def close(self) -> None:
+        with self.lock:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
 
 
 class LeaseKeeper(threading.Thread):
@@ -146,12 +155,15 @@ def execute_attempt(settings: Settings, client: MasterClient, assignment: JobAss
     The status is "success", "failed", or "lost" when the master took the attempt away.
     """
     Path(settings.worker.work_dir).mkdir(parents=True, exist_ok=True)
+    # The build's folder is the worker's (mode 0700 from mkdtemp, 0711 once its area is
+    # made): the log, the trees it packs and the clean root live here, where build steps
+    # cannot write; they write only in its area.
     workdir = Path(tempfile.mkdtemp(prefix=f"job{assignment.job_id}-",
                                     dir=settings.worker.work_dir))
     keeper = LeaseKeeper(client, assignment)
     keeper.start()
     log_file = workdir / "build.log"
-    log_file.touch()
+    log_file.touch(mode=0o600)
     streamer = LogStreamer(client, assignment, log_file)
     streamer.start()
     try:
@@ -174,7 +186,8 @@ def execute_attempt(settings: Settings, client: MasterClient, assignment: JobAss
     finally:
         keeper.stop()
         streamer.stopping.set()
-        shutil.rmtree(workdir, ignore_errors=True)
+        streamer.close()
+        remove_tree(workdir)
 
 
 def build(settings: Settings, assignment: JobAssignment, snapshot: bytes, workdir: Path,
@@ -186,14 +199,15 @@ def build(settings: Settings, assignment: JobAssignment, snapshot: bytes, workdi
     fmt = formats.get(assignment.format)
     is_definition = assignment.source_kind == SourceKind.DEFINITION
     with environment_for(ws, assignment.arch, workdir, list(assignment.apt_sources), out=out,
-                         log=note, cancel=cancel, label_only=is_definition) as env:
+                         log=note, cancel=cancel, label_only=is_definition,
+                         hidden=settings.private_paths()) as env:
         if not is_definition:
             return fmt.build_source(settings, snapshot, assignment.arch, workdir, env, out,
                                     cancel)
         definition = unpack_snapshot(snapshot, workdir / "def")
         return build_definition(definition, assignment.arch, workdir / "def", out, note,
                                 timeout=ws.build_timeout, cancel=cancel, environment=env,
-                                fmt=assignment.format)
+                                fmt=assignment.format, network_policy=ws.build_network)
 
 
 def _build_and_upload(settings: Settings, client: MasterClient, assignment: JobAssignment,

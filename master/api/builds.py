@@ -7,16 +7,18 @@ from typing import Any
 from flask import Blueprint, Response, request, url_for
 
 from common import formats as common_formats
+from common.definition import MAX_NAME
 from common.errors import BadRequest, Forbidden, NotFound
 from master import buildlogs
 from master.api.helpers import build_json, flag_arg, int_arg, json_body, svc
-from master.auth import caller_has, current_user, require
+from master.auth import caller_has, check_may_build, current_user, require
 from master.store import Build, Job
 
 bp = Blueprint("builds", __name__, url_prefix="/api/v1")
 
-#: The most packages one request may name.
+#: The most packages one request may name, and the longest name or reference (a URL).
 MAX_PACKAGES = 1000
+MAX_REFERENCE = 2000
 
 
 def _found(build_id: int) -> tuple[Build, list[Job]]:
@@ -37,6 +39,13 @@ def create_build() -> Any:
             or not all(isinstance(p, str) and p for p in packages)):
         raise BadRequest("packages must be a non-empty list of package names",
                          field="packages")
+    for name in packages:
+        if len(name) > MAX_REFERENCE or not name.isprintable():
+            raise BadRequest(f"a package name or reference is at most {MAX_REFERENCE} "
+                             "printable characters", field="packages")
+        if len(name) > MAX_NAME and not common_formats.build_host().names_location(name):
+            raise BadRequest(f"package names are at most {MAX_NAME} characters",
+                             field="packages")
     arch = data.get("arch")
     if arch is not None and not isinstance(arch, str):
         raise BadRequest("arch must be a string", field="arch")
@@ -47,6 +56,7 @@ def create_build() -> Any:
         # other hosts: only admins may ask for that; names are for everyone with `build`.
         raise Forbidden(f"only admins may build from a URL, a path or a git repository "
                         f"({references[0]!r}); others name packages", field="packages")
+    check_may_build(packages)
     submitted = services.scheduler.submit(packages, arch, current_user())
     return {
         "id": submitted.build_id,
@@ -97,6 +107,7 @@ def build_log(build_id: int, name: str) -> Any:
 @bp.post("/builds/<id:build_id>/restart")
 @require("build")
 def restart_build(build_id: int) -> Any:
+    check_may_build(list(_found(build_id)[0].packages))
     restarted = svc().scheduler.restart(build_id)
     return {**build_json(*_found(build_id)), "restarted": restarted}
 

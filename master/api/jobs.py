@@ -18,7 +18,7 @@ from master.api.helpers import (
     repo_url,
     svc,
 )
-from master.auth import current_user, require
+from master.auth import check_may_build, current_user, require
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1")
 
@@ -36,10 +36,13 @@ def claim(job_id: int) -> Any:
 
 
 @bp.post("/jobs")
-@require("upload")
+@require("build")
 def create_local_job() -> Any:
+    """A local build is a build like any other: it needs the build role (and, to send its
+    log, files and report, the upload role), and the user's package patterns apply."""
     req = parse_message(LocalJobRequest)
     check_name(req.worker, "worker")
+    check_may_build([req.package])
     return svc().scheduler.create_local_job(req.package, req.version, req.arch, req.format,
                                             req.source_kind, req.worker, current_user(),
                                             req.protocol, repo_url()).to_json(), 201

@@ -8,10 +8,10 @@ from typing import Any
 from flask import Blueprint
 
 from common import arch as archmod
-from common.errors import BadRequest
+from common.errors import BadRequest, Forbidden
 from common.messages import Heartbeat
 from master.api.helpers import check_name, iso, parse_message, svc
-from master.auth import current_user, require
+from master.auth import caller_has, current_user, require
 from master.store import Job, WorkerInfo
 
 bp = Blueprint("workers", __name__, url_prefix="/api/v1")
@@ -30,6 +30,12 @@ def heartbeat() -> Any:
         if not archmod.is_known(a):
             raise BadRequest(f"unknown architecture {a!r}", field="architectures")
     services = svc()
+    known = services.store.workers.get(beat.name)
+    if known is not None and known.info.user not in (None, current_user()) and \
+            not caller_has("admin"):
+        # A worker's name belongs to the user that registered it.
+        raise Forbidden(f"the worker name {beat.name!r} belongs to another user",
+                        field="name")
     if beat.leaving:
         services.store.workers.forget(beat.name)
     else:

@@ -2,7 +2,8 @@
 
 `Store` opens (and migrates) the database under ``data_dir`` and offers ``jobs`` (builds,
 jobs, staged files), ``packages`` (published archives, generations, dirty index groups),
-``index`` (each format's index cache) and ``workers`` (heartbeats). Redis is only the queue:
+``index`` (each format's index cache), ``workers`` (heartbeats) and ``logins`` (failed
+logins). Redis is only the queue:
 whatever is here is the truth.
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from master.store.db import GROUPS, SCHEMA_VERSION, Database, group_of
 from master.store.index import IndexCache
 from master.store.jobs import JobStore
+from master.store.logins import LoginStore
 from master.store.packages import PackageStore
 from master.store.records import (
     Build,
@@ -40,6 +42,7 @@ class Store:
         self.packages = PackageStore(self.db)
         self.index = IndexCache(self.db)
         self.workers = WorkerStore(self.db)
+        self.logins = LoginStore(self.db)
 
     @classmethod
     def in_data_dir(cls, data_dir: str | Path) -> Store:

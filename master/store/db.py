@@ -27,7 +27,7 @@ from common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: index groups per suite, component and architecture (how the index cache is cut)
 GROUPS = 256
@@ -52,6 +52,7 @@ CREATE TABLE jobs (
     state       TEXT NOT NULL,
     attempt     INTEGER NOT NULL DEFAULT 1,
     enqueued    INTEGER NOT NULL DEFAULT 0, -- the current attempt's message reached the broker
+    enqueued_at REAL,                     -- when it did
     worker      TEXT,
     claimed_by  TEXT,                     -- the user the worker authenticated as
     token_hash  TEXT,
@@ -117,6 +118,12 @@ CREATE TABLE workers (
     info      TEXT NOT NULL,
     last_seen REAL NOT NULL
 );
+CREATE TABLE login_failures (            -- failed logins, shared by every master process
+    user    TEXT NOT NULL,
+    address TEXT NOT NULL,
+    at      REAL NOT NULL
+);
+CREATE INDEX login_failures_pair ON login_failures(user, address, at);
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -199,8 +206,20 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
     """)
 
 
+def _migrate_2_to_3(db: sqlite3.Connection) -> None:
+    """Failed logins shared by all master processes; when a job's message was sent (to find
+    messages the broker lost or a worker consumed without claiming)."""
+    run_script(db, """
+        ALTER TABLE jobs ADD COLUMN enqueued_at REAL;
+        CREATE TABLE login_failures (
+            user TEXT NOT NULL, address TEXT NOT NULL, at REAL NOT NULL);
+        CREATE INDEX login_failures_pair ON login_failures(user, address, at);
+    """)
+
+
 #: version N -> the step that takes a database from N to N + 1
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2,
+                                                                2: _migrate_2_to_3}
 
 
 class Database:

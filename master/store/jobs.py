@@ -134,7 +134,17 @@ class JobStore:
 
     def mark_enqueued(self, job_id: int, attempt: int) -> None:
         with self.db.write() as db:
-            db.execute("UPDATE jobs SET enqueued=1 WHERE id=? AND attempt=?", (job_id, attempt))
+            db.execute("UPDATE jobs SET enqueued=1, enqueued_at=? WHERE id=? AND attempt=?",
+                       (time.time(), job_id, attempt))
+
+    def waiting_in_broker(self, older_than: float) -> list[Job]:
+        """Queued farm jobs whose message reached the broker before ``older_than`` and that
+        no worker has claimed."""
+        with self.db.read() as db:
+            rows = db.execute(f"{_SELECT} WHERE state=? AND enqueued=1 AND local=0 AND "
+                              "enqueued_at<? ORDER BY id",
+                              (JobState.QUEUED.value, older_than)).fetchall()
+        return [Job.from_row(r) for r in rows]
 
     def to_enqueue(self) -> list[Job]:
         """Queued jobs whose current attempt never reached the broker and may run now: every

@@ -48,10 +48,12 @@ class Job:
     source_kind: SourceKind = SourceKind.DEFINITION
     #: built by a worker on its own (`worker package-add --now`); never queued to the farm
     local: bool = False
+    #: when the current attempt's message reached the broker
+    enqueued_at: float | None = None
 
     COLUMNS = ("id, build_id, package, version, arch, format, source_kind, local, state, "
-               "attempt, enqueued, worker, claimed_by, token_hash, lease_expires, queued_at, "
-               "started_at, finished_at, error, files, depends_on")
+               "attempt, enqueued, enqueued_at, worker, claimed_by, token_hash, lease_expires, "
+               "queued_at, started_at, finished_at, error, files, depends_on")
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -60,7 +62,8 @@ class Job:
             version=row["version"], arch=row["arch"], format=row["format"],
             source_kind=SourceKind(row["source_kind"]), local=bool(row["local"]),
             state=JobState(row["state"]), attempt=row["attempt"],
-            enqueued=bool(row["enqueued"]), worker=row["worker"], claimed_by=row["claimed_by"],
+            enqueued=bool(row["enqueued"]), enqueued_at=row["enqueued_at"],
+            worker=row["worker"], claimed_by=row["claimed_by"],
             token_hash=row["token_hash"], lease_expires=row["lease_expires"],
             queued_at=row["queued_at"], started_at=row["started_at"],
             finished_at=row["finished_at"], error=row["error"],

@@ -27,8 +27,9 @@ class WorkerStore:
                             row["last_seen"]) if row else None
 
     def forget(self, name: str) -> None:
+        """The worker left: out of the live list now (its name stays its user's)."""
         with self.db.write() as db:
-            db.execute("DELETE FROM workers WHERE name=?", (name,))
+            db.execute("UPDATE workers SET last_seen=0 WHERE name=?", (name,))
 
     def live(self, ttl: float) -> list[WorkerRecord]:
         with self.db.read() as db:

@@ -18,9 +18,11 @@ from common.errors import BuildFailed
 from common.locks import LockBusy, file_lock
 from worker.environment.processes import PATH, Log, note, run_process
 
-BASE_INCLUDE = ("apt-utils", "ca-certificates")
-#: Docker's default capability set: enough for apt, dpkg and builds as root in the root; not
-#: enough to mount, load modules, trace other processes or reach the machine's devices.
+#: What the base has besides the buildd variant (apt-utils: debconf configures packages as
+#: they are installed; ca-certificates: https mirrors and masters; fakeroot: dpkg-buildpackage
+#: as the unprivileged build user).
+BASE_INCLUDE = ("apt-utils", "ca-certificates", "fakeroot")
+#: The program qemu registers with binfmt_misc for each Debian CPU that is not the machine's.
 QEMU_NAMES = {
     "amd64": "x86_64", "arm64": "aarch64", "armhf": "arm", "armel": "arm", "i386": "i386",
     "ppc64el": "ppc64le", "s390x": "s390x", "riscv64": "riscv64", "mips64el": "mips64el",
@@ -62,6 +64,8 @@ def base_is_fresh(settings: WorkerSettings, arch: str) -> bool:
         return False
     if info.get("mirror") != settings.base_mirror or info.get("suite") != settings.base_suite:
         return False
+    if info.get("include") != list(BASE_INCLUDE):
+        return False  # made with other packages than this worker's bases get
     return time.time() - path.stat().st_mtime <= settings.base_max_age
 
 

@@ -28,17 +28,28 @@ from worker.environment.bases import (
     hold_tree,
     unpack,
 )
-from worker.environment.processes import PATH, Log, note, run_process
+from worker.environment.processes import (
+    AREA,
+    BUILD_USER,
+    PATH,
+    Log,
+    StepLimits,
+    drop_privileges,
+    note,
+    prepare_area,
+    run_process,
+    step_environment,
+)
 
+#: The folder, inside the build's own folder, that holds its clean root.
 ROOT_NAME = ".pkgfarm-root"
-#: What the base has besides the buildd variant (apt-utils: debconf configures packages as
-#: they are installed; ca-certificates: https mirrors and masters).
+#: Docker's default capability set: enough for apt, dpkg and builds as root in the root; not
+#: enough to mount, load modules, trace other processes or reach the machine's devices.
 KEPT_CAPABILITIES = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
     "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
     "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 )
-#: The program qemu registers with binfmt_misc for each Debian CPU that is not the machine's.
 #: Mounts the overlay (lower: the unpacked base; upper: the build's own changes) in a mount
 #: namespace of its own, then execs the rest of the command line (bwrap) in it.
 _OVERLAY_SCRIPT = ('mount -t overlay pkgfarm-root -o "lowerdir=$1,upperdir=$2,workdir=$3" "$4" '
@@ -67,8 +78,14 @@ class CleanEnvironment:
         self.settings = settings
         self.ca_file = settings.ca_file
         self.arch = host_arch() if arch == "all" else arch
-        self.workdir = Path(workdir).resolve()
-        self.root = self.workdir / ROOT_NAME
+        #: the build's own folder (the worker's) and the one part of it build steps write
+        self.private = Path(workdir).resolve()
+        self.area = self.private / AREA
+        self.build_uid: int | None = settings.build_uid
+        self.limits = StepLimits(memory=settings.limits.memory_bytes,
+                                 processes=settings.limits.processes,
+                                 disk=settings.limits.disk_bytes)  # as limits_of() says
+        self.root = self.private / ROOT_NAME
         self.out = out
         self.log = log
         self.base = base
@@ -124,7 +141,9 @@ class CleanEnvironment:
             raise BuildFailed(foreign_message(self.arch))
         base = self.base or create_base(self.settings, self.arch, self.out, log=self.log)
         self._remove()
+        prepare_area(self.area, self.build_uid)
         self.root.mkdir(parents=True)
+        self.root.chmod(0o700)
         start = time.monotonic()
         how = "unpacked"
         if self.overlay and self._start_overlay(base):
@@ -188,12 +207,24 @@ class CleanEnvironment:
             'Acquire::Retries "3";\n'
             'Dpkg::Use-Pty "0";\n'
         )
+        uid = self.build_uid
+        self._append("etc/passwd", f"{BUILD_USER}:x:{uid}:{uid}:pkgfarm build user:"
+                                   "/nonexistent:/bin/sh\n")
+        self._append("etc/group", f"{BUILD_USER}:x:{uid}:\n")
         sbin = self.tree / "usr" / "sbin"
         sbin.mkdir(parents=True, exist_ok=True)
         policy = sbin / "policy-rc.d"
         policy.write_text("#!/bin/sh\nexit 101\n")
         policy.chmod(0o755)
         self._write_sources()
+
+    def _append(self, rel: str, line: str) -> None:
+        """Add a line to a file of the root (copied up from the base first, in an overlay)."""
+        target = self.tree / rel
+        if not target.exists() and self.lower is not None and (self.lower / rel).is_file():
+            shutil.copy2(self.lower / rel, target)
+        with open(target, "a") as fh:
+            fh.write(line)
 
     def _write_sources(self) -> None:
         target = self.tree / "etc" / "apt" / "sources.list.d" / "pkgfarm-extra.list"
@@ -237,16 +268,16 @@ class CleanEnvironment:
         tail: collections.deque[str] = collections.deque(maxlen=300)
         try:
             if not self._updated:
-                self.run(["apt-get", "-q", "update"], self.workdir, env, self.timeout, out,
-                         what="apt-get update (in the clean root)", _tail=tail)
+                self._run_root(["apt-get", "-q", "update"], env, out,
+                               what="apt-get update (in the clean root)", tail=tail)
                 failed = update_failures(list(tail))
                 if failed:
                     raise BuildFailed("apt-get update (in the clean root) could not fetch "
                                       "every index: " + "; ".join(failed[-3:]))
                 tail.clear()
                 self._updated = True
-            self.run(["apt-get", "-q", "-y", "--no-install-recommends", *args], self.workdir,
-                     env, self.timeout, out, what=what, _tail=tail)
+            self._run_root(["apt-get", "-q", "-y", "--no-install-recommends", *args], env, out,
+                           what=what, tail=tail)
         except BuildCancelled:
             raise
         except BuildFailed as exc:
@@ -273,14 +304,16 @@ class CleanEnvironment:
 
     # commands ----------------------------------------------------------------------------
 
-    def wrap(self, argv: Sequence[str], cwd: Path) -> list[str]:
-        """The command line that runs ``argv`` in ``cwd`` inside the root."""
+    def wrap(self, argv: Sequence[str], cwd: Path, *, network: bool = True,
+             uid: int | None = None) -> list[str]:
+        """The command line that runs ``argv`` in ``cwd`` inside the root: as root with a
+        reduced set of capabilities, or as ``uid`` with none; offline unless ``network``."""
         if not self.root.is_dir():
             raise BuildFailed("the clean environment is used outside its `with` block")
         caps: list[str] = ["--cap-drop", "ALL"]
         for cap in KEPT_CAPABILITIES:
             caps += ["--cap-add", cap]
-        work = str(self.workdir)
+        area = str(self.area)
         private_tmp = "/tmp"  # noqa: S108 (a fresh tmpfs inside the root)
         private_shm = "/dev/shm"  # noqa: S108 (the same)
         prefix: list[str] = []
@@ -294,16 +327,25 @@ class CleanEnvironment:
                 "--dev", "/dev", "--proc", "/proc", "--ro-bind", "/sys", "/sys",
                 "--perms", "1777", "--tmpfs", private_tmp,
                 "--perms", "1777", "--tmpfs", private_shm,
-                "--bind", work, work,
-                "--tmpfs", str(self.root),  # the root, seen through the bound folder: hidden
-                "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--new-session",
-                *caps, "--chdir", str(cwd), *argv]
+                "--bind", area, area,
+                "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+                *([] if network else ["--unshare-net"]),
+                "--die-with-parent", "--new-session",
+                *caps, "--chdir", str(cwd),
+                *(drop_privileges(uid) if uid is not None else []), *argv]
+
+    def _run_root(self, argv: Sequence[str], env: dict[str, str], out: IO[str], *, what: str,
+                  tail: collections.deque[str] | None = None) -> None:
+        """Run a command of the environment's own (apt) as root inside the root, online."""
+        run_process(self.wrap(argv, self.area), cwd=self.private, env=env,
+                    timeout=self.timeout, out=out, cancel=self.cancel, what=what, tail=tail)
 
     def run(self, argv: Sequence[str], cwd: Path, env: dict[str, str], timeout: float,
             out: IO[str], cancel: threading.Event | None = None, *,
-            what: str = "the build script",
-            _tail: collections.deque[str] | None = None) -> None:
-        run_process(self.wrap(argv, Path(cwd).resolve()), cwd=self.workdir, env=env,
-                    timeout=timeout, out=out, cancel=cancel or self.cancel, what=what,
-                    tail=_tail)
+            what: str = "the build script", network: bool = False) -> None:
+        wrapped = self.wrap(argv, Path(cwd).resolve(), network=network, uid=self.build_uid)
+        run_process([*self.limits.prefix(), *wrapped], cwd=self.private,
+                    env=step_environment(env, self.build_uid), timeout=timeout, out=out,
+                    cancel=cancel or self.cancel, what=what,
+                    watch=(self.area, self.limits.disk) if self.limits.disk else None)
 

@@ -18,26 +18,61 @@ from common.arch import host_arch
 from common.errors import BuildCancelled, BuildFailed
 from common.formats.deb.policy import first_alternatives
 from worker.environment.aptconfig import apt_problems, ca_settings
-from worker.environment.processes import Log, note, run_process
+from worker.environment.processes import (
+    AREA,
+    NO_LIMITS,
+    Log,
+    StepLimits,
+    drop_privileges,
+    kill_user_processes,
+    note,
+    prepare_area,
+    run_process,
+    step_environment,
+)
+
+#: What a sandboxed build step sees of this machine, read-only: its programs, libraries and
+#: settings, and dpkg's database (dpkg-buildpackage checks build dependencies against it).
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc",
+                "/opt", "/var/lib/dpkg")
 
 
-def sandboxed(argv: Sequence[str], workdir: Path, cwd: Path, sandbox: str) -> list[str]:
-    """Wrap ``argv`` (to run in ``cwd``) so that it can write only inside ``workdir``.
+def sandboxed(argv: Sequence[str], area: Path, cwd: Path, sandbox: str, *,
+              network: bool = False, hidden: Sequence[Path] = (),
+              uid: int | None = None) -> list[str]:
+    """Wrap ``argv`` (to run in ``cwd``) so that it can write only inside ``area``.
 
-    With bubblewrap the whole system is mounted read-only, /tmp is private, ``workdir`` is the
-    one writable place, and the command runs in its own PID namespace that dies with bwrap, so
-    killing bwrap stops everything it started.
+    With bubblewrap the command sees only the system's programs and settings, read-only
+    (`SYSTEM_PATHS`: no /home, /root, /srv, /var, /run, nor their sockets), with the
+    ``hidden`` paths among them (the worker's config and keys) covered, private /tmp and /dev,
+    and ``area``, the one writable place; the network is the sandbox's own loopback unless
+    ``network``; and it runs in its own PID namespace that dies with bwrap, so killing bwrap
+    stops everything it started. With ``uid`` the command runs as that unprivileged user.
     """
+    drop = drop_privileges(uid) if uid is not None else []
     if sandbox == "none":
-        return list(argv)
+        return [*drop, *argv]
     if shutil.which("bwrap") is None:
         raise BuildFailed("worker.sandbox is bwrap but bubblewrap is not installed "
                           "(apt-get install bubblewrap, or set worker.sandbox: none)")
     private_tmp = "/tmp"  # noqa: S108 (a fresh tmpfs inside the sandbox, not the host's /tmp)
-    return ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-            "--tmpfs", private_tmp, "--bind", str(workdir), str(workdir),
-            "--unshare-pid", "--die-with-parent", "--new-session",
-            "--chdir", str(cwd), *argv]
+    args = ["bwrap"]
+    for system in SYSTEM_PATHS:
+        if os.path.islink(system):
+            args += ["--symlink", os.readlink(system), system]
+        elif os.path.isdir(system):
+            args += ["--ro-bind", system, system]
+    args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", private_tmp]
+    for path in hidden:
+        if path.is_dir():
+            args += ["--tmpfs", str(path)]
+        elif path.exists():
+            args += ["--ro-bind", "/dev/null", str(path)]
+    args += ["--bind", str(area), str(area),
+             "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+             *([] if network else ["--unshare-net"]),
+             "--die-with-parent", "--new-session", "--chdir", str(cwd)]
+    return [*args, *drop, *argv]
 
 
 def missing_packages(names: Sequence[str]) -> list[str]:
@@ -53,14 +88,24 @@ def missing_packages(names: Sequence[str]) -> list[str]:
 
 
 class HostEnvironment:
-    """Builds on this machine: packages installed here with apt-get, commands confined by
-    ``sandbox`` (``bwrap``: read-only system, only ``workdir`` writable; ``none``)."""
+    """Builds on this machine: packages installed here with apt-get (as root), build steps
+    confined by ``sandbox`` (``bwrap``: read-only system, only the area writable, offline;
+    ``none``), as the build user when the worker is root.
 
-    def __init__(self, workdir: Path, *, sandbox: str = "none", install_deps: bool = True,
+    ``jobdir`` is the build's own folder, which only the worker can write; the build steps
+    write only in its ``area`` sub-folder (see `BuildEnvironment`).
+    """
+
+    def __init__(self, jobdir: Path, *, sandbox: str = "none", install_deps: bool = True,
                  extra_apt_lines: Sequence[str] = (), log: Log | None = None,
                  timeout: float = 3600, cancel: threading.Event | None = None,
-                 ca_file: str | None = None) -> None:
-        self.workdir = Path(workdir)
+                 ca_file: str | None = None, build_uid: int | None = None,
+                 limits: StepLimits = NO_LIMITS, hidden: Sequence[Path] = ()) -> None:
+        self.private = Path(jobdir)
+        self.area = self.private / AREA
+        self.build_uid = build_uid if os.geteuid() == 0 else None
+        self.limits = limits
+        self.hidden = list(hidden)
         self.ca_file = ca_file
         self.sandbox = sandbox
         self.install_deps = install_deps
@@ -74,11 +119,13 @@ class HostEnvironment:
             self.extra_sources(extra_apt_lines)
 
     def __enter__(self) -> HostEnvironment:
+        prepare_area(self.area, self.build_uid)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        return None
+        if self.build_uid is not None and self.sandbox == "none":
+            kill_user_processes(self.build_uid)  # nothing the build started outlives it
 
     # apt ---------------------------------------------------------------------------------
 
@@ -91,7 +138,7 @@ class HostEnvironment:
         machine's apt configuration stays as it is)."""
         if not self._extra:
             return []
-        parts = self.workdir / ".apt-sources.d"
+        parts = self.private / ".apt-sources.d"
         parts.mkdir(parents=True, exist_ok=True)
         machine_parts = Path("/etc/apt/sources.list.d")
         if machine_parts.is_dir():
@@ -110,13 +157,13 @@ class HostEnvironment:
         options = self._apt_options()
         tail: collections.deque[str] = collections.deque(maxlen=200)
         if options and not self._updated:
-            run_process(["apt-get", "-q", *options, "update"], cwd=self.workdir, env=env,
+            run_process(["apt-get", "-q", *options, "update"], cwd=self.private, env=env,
                         timeout=self.timeout, out=out, cancel=self.cancel,
                         what="apt-get update", tail=tail)
             self._updated = True
         try:
             run_process(["apt-get", "-q", "-y", "--no-install-recommends", *options, *args],
-                        cwd=self.workdir, env=env, timeout=self.timeout, out=out,
+                        cwd=self.private, env=env, timeout=self.timeout, out=out,
                         cancel=self.cancel, what=what, tail=tail)
         except BuildCancelled:
             raise
@@ -162,11 +209,18 @@ class HostEnvironment:
 
     def run(self, argv: Sequence[str], cwd: Path, env: dict[str, str], timeout: float,
             out: IO[str], cancel: threading.Event | None = None, *,
-            what: str = "the build script") -> None:
+            what: str = "the build script", network: bool = False) -> None:
         hint = ""
         if self.sandbox != "none":
-            hint = " (it may write only inside its own folder and $DESTDIR)"
-        run_process(sandboxed(argv, self.workdir, cwd, self.sandbox), cwd=cwd, env=env,
-                    timeout=timeout, out=out, cancel=cancel or self.cancel, what=what,
-                    hint=hint)
+            hint = " (it may write only inside its own folder and $DESTDIR, offline)"
+        wrapped = sandboxed(argv, self.area, cwd, self.sandbox, network=network,
+                            hidden=self.hidden, uid=self.build_uid)
+        try:
+            run_process([*self.limits.prefix(), *wrapped], cwd=cwd,
+                        env=step_environment(env, self.build_uid), timeout=timeout, out=out,
+                        cancel=cancel or self.cancel, what=what, hint=hint,
+                        watch=(self.area, self.limits.disk) if self.limits.disk else None)
+        finally:
+            if self.build_uid is not None and self.sandbox == "none":
+                kill_user_processes(self.build_uid)
 

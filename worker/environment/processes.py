@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -22,7 +25,128 @@ from common.errors import BuildCancelled, BuildFailed
 Log = Callable[[str], None]
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-#: The folder, inside the build's work folder, that holds a clean build's root.
+#: How often a running build's folder is measured against its disk limit (seconds).
+DISK_CHECK_INTERVAL = 2.0
+#: The name the build user has inside clean roots (where pkgfarm writes its passwd entry).
+BUILD_USER = "pkgfarm-build"
+#: The sub-folder of a build's folder that its steps may write; the rest is the worker's.
+AREA = "area"
+
+
+def prepare_area(area: Path, uid: int | None) -> None:
+    """Make the build's writable area (its ``home`` and ``tmp`` inside), owned by the build
+    user when there is one; the folder above stays the worker's (traversable, not
+    writable)."""
+    area.parent.chmod(0o711)
+    for sub in ("", "home", "tmp"):
+        (area / sub).mkdir(parents=True, exist_ok=True)
+    if uid is not None:
+        give_to(area, uid)
+
+
+def give_to(path: Path, uid: int) -> None:
+    """Hand ``path`` and everything under it to ``uid`` (links themselves, never what they
+    point to)."""
+    os.lchown(path, uid, uid)
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, name), uid, uid)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a build's folder, also what a build left read-only (never following links)."""
+    shutil.rmtree(path, ignore_errors=True)
+    if os.path.lexists(path):
+        subprocess.run(["chmod", "-R", "u+rwX", str(path)], capture_output=True, check=False)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def step_environment(env: dict[str, str], uid: int | None) -> dict[str, str]:
+    """A build step's variables, with the user it runs as."""
+    if uid is None:
+        return env
+    return {**env, "USER": BUILD_USER, "LOGNAME": BUILD_USER}
+
+
+@dataclass(frozen=True)
+class StepLimits:
+    """What a build step may use (see common.config.LimitSettings); 0: no limit."""
+
+    memory: int = 0
+    processes: int = 0
+    disk: int = 0
+
+    def prefix(self) -> list[str]:
+        """A `prlimit` command line that sets the limits for what it runs (limits survive
+        the change of user, so the build user's processes keep them)."""
+        options = ["--core=0"]
+        if self.memory:
+            options.append(f"--as={self.memory}")
+        if self.processes:
+            options.append(f"--nproc={self.processes}")
+        if self.disk:
+            options.append(f"--fsize={self.disk}")
+        return ["prlimit", *options, "--"]
+
+
+NO_LIMITS = StepLimits()
+
+
+def drop_privileges(uid: int) -> list[str]:
+    """A `setpriv` command line that runs what follows as ``uid`` (group ``uid``), with no
+    supplementary groups, no capabilities, and no way back to root (no new privileges:
+    setuid programs do not raise it)."""
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+
+
+def kill_user_processes(uid: int) -> None:
+    """Kill every process of ``uid`` (whatever a build left running outside a sandbox)."""
+    subprocess.run([*drop_privileges(uid), "kill", "-KILL", "-1"], capture_output=True,
+                   check=False)
+
+
+def folder_usage(path: Path) -> int:
+    """Bytes ``path`` holds on disk, counted without following links."""
+    total = 0
+    todo = [path]
+    while todo:
+        folder = todo.pop()
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    total += st.st_blocks * 512
+                    if entry.is_dir(follow_symlinks=False):
+                        todo.append(Path(entry.path))
+        except OSError:
+            continue
+    return total
+
+
+def take_tree(made: Path, dest: Path, owner: int | None) -> Path:
+    """Move the folder a build made (``made``, inside its writable area) to ``dest``, a
+    place only the worker can reach, and return it; BuildFailed if ``made`` is not a folder
+    the build user owns (a symbolic link, a file, anything the build swapped in).
+
+    Called when nothing the build started runs any more, so nothing can change ``made``
+    between the check and the move; after the move nothing of the build can reach it.
+    """
+    try:
+        st = os.lstat(made)
+    except FileNotFoundError:
+        raise BuildFailed(f"the build removed {made.name}/, which it must fill") from None
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise BuildFailed(f"{made.name}/ was replaced by something that is not a folder (a "
+                          "link, say); nothing of it is used")
+    if owner is not None and st.st_uid != owner:
+        raise BuildFailed(f"{made.name}/ is not the folder the build was given")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(made, dest)
+    return dest
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM, then SIGKILL, to the process group ``proc`` leads (its session)."""
@@ -41,12 +165,14 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 def run_process(argv: Sequence[str], *, cwd: Path, env: dict[str, str], timeout: float,
                 out: IO[str], cancel: threading.Event | None = None,
                 what: str = "the build script", hint: str = "",
-                tail: collections.deque[str] | None = None) -> None:
+                tail: collections.deque[str] | None = None,
+                watch: tuple[Path, int] | None = None) -> None:
     """Run ``argv`` in a session of its own, its output copied to ``out`` as it comes.
 
-    The last lines are kept in ``tail`` (for error messages). On the time limit or ``cancel``
-    the whole process group is killed and BuildFailed or BuildCancelled raised; a non-zero
-    exit raises BuildFailed naming ``what`` and the status, followed by ``hint``.
+    The last lines are kept in ``tail`` (for error messages). On the time limit, ``cancel``,
+    or when the folder of ``watch`` = (folder, bytes) grows past its bytes, the whole process
+    group is killed and BuildFailed or BuildCancelled raised; a non-zero exit raises
+    BuildFailed naming ``what`` and the status, followed by ``hint``.
     """
     out.flush()
     try:
@@ -74,12 +200,21 @@ def run_process(argv: Sequence[str], *, cwd: Path, env: dict[str, str], timeout:
     copier = threading.Thread(target=copy, name="output-copy", daemon=True)
     copier.start()
     deadline = time.monotonic() + timeout
+    next_measure = time.monotonic() + DISK_CHECK_INTERVAL
     try:
         while True:
             try:
                 code = proc.wait(timeout=0.25)
                 break
             except subprocess.TimeoutExpired:
+                if watch is not None and time.monotonic() > next_measure:
+                    next_measure = time.monotonic() + DISK_CHECK_INTERVAL
+                    used = folder_usage(watch[0])
+                    if used > watch[1]:
+                        _kill_group(proc)
+                        raise BuildFailed(f"{what} used {used // 2**20} MiB of disk, more "
+                                          f"than its limit of {watch[1] // 2**20} MiB, and "
+                                          "was stopped") from None
                 if cancel is not None and cancel.is_set():
                     _kill_group(proc)
                     raise BuildCancelled("the build was stopped: this attempt is no longer "

@@ -15,6 +15,8 @@ import re
 import subprocess
 from pathlib import Path
 
+from debian.debfile import DebFile
+
 from common import arch as archmod
 from common.errors import Unprocessable
 from common.formats.deb import policy
@@ -122,20 +124,31 @@ def check_fields(fields: dict[str, str]) -> None:
                 raise Unprocessable(f"control field {name}: {exc}", field=name) from None
 
 
+def _raw_control(path: Path) -> bytes:
+    """The control file as the archive holds it (python-debian reads the ar members)."""
+    try:
+        with DebFile(str(path)) as deb:
+            raw: bytes | None = deb.control.get_content("control")
+    except Exception as exc:  # python-debian raises many kinds of errors on garbage
+        raise Unprocessable(f"not a valid Debian archive: {exc}") from None
+    if raw is None:
+        raise Unprocessable("the archive holds no control file")
+    return raw
+
+
 def inspect(path: Path) -> ArchiveInfo:
     """Read and check a .deb (see the module's text)."""
-    raw = _dpkg_deb("--field", str(path))
-    if raw.returncode != 0:
-        raise Unprocessable(f"not a valid Debian archive: {_reason(raw)}")
-    # dpkg's own parse of the control file (the raw dump above does not parse it).
     parsed = _dpkg_deb("--field", str(path), "Package")
     if parsed.returncode != 0:
-        raise Unprocessable(f"dpkg refuses the control file: {_reason(parsed)}")
+        reason = _reason(parsed)
+        if "not a Debian format archive" in reason or "unexpected end" in reason:
+            raise Unprocessable(f"not a valid Debian archive: {reason}")
+        raise Unprocessable(f"dpkg refuses the control file: {reason}")
     # Reading the whole data member proves the archive is not truncated or corrupt.
     contents = _dpkg_deb("--contents", str(path))
     if contents.returncode != 0:
         raise Unprocessable(f"archive data is damaged: {_reason(contents)}")
-    fields = parse_control(raw.stdout)
+    fields = parse_control(_raw_control(path))
     check_fields(fields)
     source = fields.get("Source", fields["Package"]).split()[0]
     return ArchiveInfo(name=fields["Package"], version=fields["Version"],

@@ -31,7 +31,8 @@ class DebBuilder:
                      ) -> BuildResult:
         ws = settings.worker
         src, local = unpack_debian_source(snapshot, workdir / "snapshot")
-        tree = source.fetch(src, workdir / "src", out, local,
+        # Fetched and unpacked by the worker, into the area the build steps will write.
+        tree = source.fetch(src, env.area / "src", out, local,
                             state_dir=Path(ws.work_dir) / "apt-sources", cancel=cancel)
         return source.build_source(tree, arch, env, out, ws.build_timeout, cancel)
 

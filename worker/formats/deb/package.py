@@ -75,7 +75,7 @@ def md5sums(root: Path) -> str:
 def pack(definition: PackageDefinition, arch: str, destdir: Path, outdir: Path,
          env: dict[str, str], out: IO[str]) -> Path:
     """The .deb of the staged tree ``destdir``, made in ``outdir``."""
-    if (destdir / "DEBIAN").exists():
+    if os.path.lexists(destdir / "DEBIAN"):
         raise BuildFailed("the build script must not write $DESTDIR/DEBIAN; pkgfarm makes it")
     debian_dir = destdir / "DEBIAN"
     debian_dir.mkdir()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import threading
 import time
 import urllib.parse
@@ -43,7 +44,7 @@ from common.formats.deb.source import GIT_TREE_FILE, DebianSource, dsc_checksums
 from common.git import GitFailed, run_git
 from common.tarballs import safe_extract
 from worker.environment import BuildEnvironment
-from worker.environment.processes import PATH, run_process
+from worker.environment.processes import PATH, give_to, run_process, take_tree
 from worker.formats import BuildResult
 
 #: apt-get update of a shared download state at most this often (seconds).
@@ -251,8 +252,11 @@ def build_source(srcdir: Path, arch: str, env: BuildEnvironment, out: IO[str],
                  timeout: float, cancel: threading.Event | None = None, *,
                  parallel: int | None = None, run_tests: bool = True,
                  extra_options: str = "") -> BuildResult:
-    """Build the unpacked Debian source ``srcdir`` for ``arch`` (``all``: its
-    arch-independent binaries) in ``env``; the archives are collected from its parent folder.
+    """Build the unpacked Debian source ``srcdir`` (a folder of the environment's area) for
+    ``arch`` (``all``: its arch-independent binaries) in ``env``: its build dependencies are
+    installed as root, then dpkg-buildpackage runs as a build step (the build user, fakeroot,
+    offline). The archives are collected from the source's parent folder once the worker has
+    taken it out of the area; only regular files count, never links.
 
     ``timeout`` covers installing the build dependencies and the build. ``DEB_BUILD_OPTIONS``
     gets ``parallel=N`` (default: the machine's cores), ``noautodbgsym`` (debug symbol
@@ -274,24 +278,28 @@ def build_source(srcdir: Path, arch: str, env: BuildEnvironment, out: IO[str],
                               f"{srcdir.name} for {arch}")
         flag, indep = ("-B", False) if has_indep else ("-b", None)
     deadline = time.monotonic() + timeout
+    parent = srcdir.parent
     with env:
         env.build_dep(srcdir, out, indep)
         options = [f"parallel={parallel or os.cpu_count() or 1}", "noautodbgsym"]
         if not run_tests:
             options.append("nocheck")
         options.extend(extra_options.split())
-        home = srcdir.parent / ".home"
-        home.mkdir(exist_ok=True)
         variables = {
-            "PATH": PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": str(home),
+            "PATH": PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+            "HOME": str(env.area / "home"), "TMPDIR": str(env.area / "tmp"),
             "DEB_BUILD_OPTIONS": " ".join(options), "DEBIAN_FRONTEND": "noninteractive",
         }
-        before = set(srcdir.parent.iterdir())
+        if env.build_uid is not None:
+            give_to(parent, env.build_uid)
+        before = set(os.listdir(parent))
         _note(out, f"dpkg-buildpackage {flag} of {srcdir.name} for {arch}")
         remaining = max(deadline - time.monotonic(), 1.0)
         env.run(["dpkg-buildpackage", "-us", "-uc", flag], srcdir, variables, remaining, out,
                 cancel, what="dpkg-buildpackage")
-    made = sorted(set(srcdir.parent.iterdir()) - before)
+        taken = take_tree(parent, env.private / "pack" / parent.name, env.build_uid)
+    made = [taken / name for name in sorted(set(os.listdir(taken)) - before)
+            if stat.S_ISREG(os.lstat(taken / name).st_mode)]
     archives = [p for p in made if p.suffix == ".deb"]
     if not archives:
         raise BuildFailed(f"dpkg-buildpackage {flag} made no .deb")
