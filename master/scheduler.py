@@ -39,7 +39,7 @@ from celery import Celery
 from common import arch as archmod
 from common import formats as common_formats
 from common.config import Settings
-from common.definition import find_definition, snapshot
+from common.definition import MAX_NAME, MAX_VERSION, find_definition, snapshot
 from common.errors import (
     BadRequest,
     Conflict,
@@ -285,6 +285,10 @@ class Scheduler:
             fmt = common_formats.get(fmt_name)
         except PkgfarmError as exc:
             raise BadRequest(exc.message, field="format") from None
+        for field, value, limit in (("package", package, MAX_NAME),
+                                    ("version", version, MAX_VERSION)):
+            if len(value) > limit:
+                raise BadRequest(f"{field} is longer than {limit} characters", field=field)
         problem = fmt.check_name(package)
         if problem:
             raise BadRequest(problem, field="package")

@@ -53,7 +53,7 @@ def request_from(address: str, master_url: str, method: str, path: str,
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     """redis-server and the master (two processes, short leases), no worker yet; besides the
-    usual users: `limited` (build, packages itest-a*), `manual` (upload and build) and
+    usual users: `limited` (build, packages itest-al*), `manual` (upload and build) and
     `uploader` (upload only)."""
     f = Farm(tmp_path_factory.mktemp("security"), extra_master={"lease_seconds": 6})
     f.redis.start()
@@ -61,7 +61,7 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
                  package_paths=[TEST_PACKAGES], extra_master=f.extra_master)
     data = yaml.safe_load(f.config.read_text())
     users = data["master"]["users"]
-    users["limited"] = {**users["builder"], "packages": ["itest-a*"]}
+    users["limited"] = {**users["builder"], "packages": ["itest-al*"]}
     users["manual"] = {**users["worker"], "roles": ["upload", "build"]}
     users["uploader"] = {**users["worker2"]}
     f.config.write_text(yaml.safe_dump(data))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -13,6 +14,7 @@ from werkzeug.security import generate_password_hash
 from common.config import UserSettings
 from common.errors import TooManyRequests
 from master.auth import FAILURE_WINDOW, MAX_FAILURES, Authenticator, current_user, require
+from master.store import Store
 
 FAST = "pbkdf2:sha256:1000"
 
@@ -30,10 +32,10 @@ def users() -> dict[str, UserSettings]:
 
 
 @pytest.fixture
-def auth(users: dict[str, UserSettings]) -> Iterator[Authenticator]:
-    # verify() reads the client address of the current request.
+def auth(users: dict[str, UserSettings], tmp_path: Path) -> Iterator[Authenticator]:
+    # verify() reads the client address of the current request; failures go to a real store.
     with Flask("auth-unit").test_request_context(environ_base={"REMOTE_ADDR": "192.0.2.1"}):
-        yield Authenticator(users)
+        yield Authenticator(users, Store(tmp_path / "state.db").logins)
 
 
 def test_verify_right_password(auth: Authenticator) -> None:
@@ -154,6 +156,32 @@ def test_repeated_failures_are_throttled(auth: Authenticator) -> None:
     assert 0 < exc.value.details["retry_after"] <= FAILURE_WINDOW + 1
     # Another user name from the same address is not affected.
     assert auth.verify("uploader", "up-pw") == "uploader"
+
+
+def test_throttle_is_shared_by_every_authenticator_of_one_store(users, tmp_path: Path) -> None:
+    """Two master processes, each with its own Authenticator, count the same failures."""
+    store = Store(tmp_path / "shared.db")
+    with Flask("p").test_request_context(environ_base={"REMOTE_ADDR": "192.0.2.7"}):
+        first, second = Authenticator(users, store.logins), Authenticator(users, Store(
+            tmp_path / "shared.db").logins)
+        for i in range(MAX_FAILURES):
+            (first if i % 2 else second).verify("reader", "guess")
+        for one in (first, second):
+            with pytest.raises(TooManyRequests):
+                one.verify("reader", "read-pw")
+
+
+def test_package_patterns(tmp_path: Path) -> None:
+    users = {"lim": UserSettings(password_hash="pbkdf2:x", roles=("build",),
+                                 packages=("hello-*", "farm-?")),
+             "any": UserSettings(password_hash="pbkdf2:x", roles=("build",)),
+             "boss": UserSettings(password_hash="pbkdf2:x", roles=("admin",),
+                                  packages=("none",))}
+    auth = Authenticator(users, Store(tmp_path / "s.db").logins)
+    assert auth.may_build("lim", "hello-farm") and auth.may_build("lim", "farm-1")
+    assert not auth.may_build("lim", "farm-10") and not auth.may_build("lim", "bash")
+    assert auth.may_build("any", "bash") and auth.may_build("boss", "bash")
+    assert not auth.may_build("nobody", "bash") and not auth.may_build(None, "bash")
 
 
 def test_throttle_is_per_client_address(auth: Authenticator, users) -> None:

@@ -177,7 +177,7 @@ def dpkg_deb(*args: str) -> str:
 def test_build_produces_a_real_archive(tmp_path: Path) -> None:
     definition, workdir = prepare(tmp_path, INSTALL + 'echo "built it"\n')
     archives, messages, log_text = run_build(definition, workdir, "amd64")
-    assert archives == [workdir / "out" / "hello_1.0.0-1_amd64.deb"]
+    assert archives == [workdir / "pack" / "out" / "hello_1.0.0-1_amd64.deb"]
     deb = archives[0]
     assert deb.is_file()
     assert "built it" in log_text
@@ -228,14 +228,14 @@ def test_build_for_another_arch(tmp_path: Path) -> None:
 
 def test_script_environment(tmp_path: Path) -> None:
     script = (
-        'test "$(pwd)" = "$HOME/sources"\n'
+        'test "$(pwd)" = "$(dirname "$HOME")/src"\n'
         'mkdir -p "$DESTDIR/usr/share/hello"\n'
         'printf "%s|%s|%s|%s\\n" "$PKGFARM_PACKAGE" "$PKGFARM_VERSION" "$PKGFARM_ARCH" '
         '"$DEB_HOST_ARCH" > "$DESTDIR/usr/share/hello/env"\n'
     )
     definition, workdir = prepare(tmp_path, script)
     run_build(definition, workdir, "arm64")
-    env_file = workdir / "root" / "usr" / "share" / "hello" / "env"
+    env_file = workdir / "pack" / "root" / "usr" / "share" / "hello" / "env"
     assert env_file.read_text() == "hello|1.0.0-1|arm64|arm64\n"
 
 
@@ -245,7 +245,7 @@ def test_failing_script_raises(tmp_path: Path) -> None:
         run_build(definition, workdir)
     # A worker-side failure carries no HTTP status.
     assert not hasattr(info.value, "status")
-    assert list((workdir / "out").iterdir()) == []
+    assert no_archives(workdir)
     assert "about to fail" in (tmp_path / "build.log").read_text()
 
 
@@ -254,13 +254,29 @@ def test_failing_command_stops_the_script(tmp_path: Path) -> None:
     definition, workdir = prepare(tmp_path, f"false\n{INSTALL}")
     with pytest.raises(BuildFailed):
         run_build(definition, workdir)
-    assert list((workdir / "out").iterdir()) == []
+    assert no_archives(workdir)
 
 
 def test_unset_variable_fails(tmp_path: Path) -> None:
     definition, workdir = prepare(tmp_path, 'echo "$NO_SUCH_VARIABLE"\n')
     with pytest.raises(BuildFailed):
         run_build(definition, workdir)
+
+
+def no_archives(workdir: Path) -> bool:
+    """Nothing was packed: the worker's output folder is absent or empty."""
+    out = workdir / "pack" / "out"
+    return not out.exists() or not any(out.iterdir())
+
+
+def test_network_is_refused_by_the_workers_policy(tmp_path: Path) -> None:
+    definition, workdir = prepare(tmp_path, INSTALL)
+    definition = PackageDefinition(**{**definition.__dict__, "build_network": True})
+    with pytest.raises(BuildFailed, match=r"worker\.build_network: deny"), \
+            open(tmp_path / "build.log", "w") as out:
+        build_definition(definition, "amd64", workdir, out, print, timeout=60,
+                         network_policy="deny")
+    assert no_archives(workdir)
 
 
 def _gone(pid: int) -> bool:
@@ -288,12 +304,13 @@ def test_timeout_stops_the_script_and_its_children(tmp_path: Path) -> None:
     with pytest.raises(BuildFailed, match="longer than its limit of 1 s"):
         run_build(definition, workdir, timeout=1)
     assert time.monotonic() - start < 10
-    pids = [int((workdir / name).read_text()) for name in ("bg.pid", "script.pid")]
+    pids = [int((workdir / "area" / "home" / name).read_text())
+            for name in ("bg.pid", "script.pid")]
     deadline = time.monotonic() + 5
     while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [p for p in pids if not _gone(p)] == []
-    assert list((workdir / "out").iterdir()) == []
+    assert no_archives(workdir)
 
 
 def test_script_may_not_write_debian_folder(tmp_path: Path) -> None:
@@ -301,7 +318,7 @@ def test_script_may_not_write_debian_folder(tmp_path: Path) -> None:
     definition, workdir = prepare(tmp_path, script)
     with pytest.raises(BuildFailed, match="DEBIAN"):
         run_build(definition, workdir)
-    assert list((workdir / "out").iterdir()) == []
+    assert no_archives(workdir)
 
 
 def test_missing_build_depends_without_install(tmp_path: Path) -> None:

@@ -115,19 +115,26 @@ def test_host_build_dep_check_without_installing(tmp_path: Path) -> None:
 def test_host_run_in_the_sandbox_writes_only_its_folder(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    env = HostEnvironment(work, sandbox="bwrap")
-    env.run(["sh", "-c", "echo hi > inside"], work, ENV, 10, io.StringIO())
-    assert (work / "inside").read_text() == "hi\n"
-    # /tmp is private to the sandbox: what is written there never reaches the machine's.
-    env.run(["sh", "-c", f"echo hi > {tmp_path}/outside"], work, ENV, 10, io.StringIO())
-    assert not (tmp_path / "outside").exists()
-    forbidden = Path("/var/lib/pkgfarm-sandbox-test-must-not-exist")
-    try:
-        with pytest.raises(BuildFailed, match="may write only inside its own folder"):
-            env.run(["sh", "-c", f"echo hi > {forbidden}"], work, ENV, 10, io.StringIO())
-        assert not forbidden.exists()
-    finally:
-        forbidden.unlink(missing_ok=True)
+    with HostEnvironment(work, sandbox="bwrap") as env:
+        env.run(["sh", "-c", "echo hi > inside"], env.area, ENV, 10, io.StringIO())
+        assert (env.area / "inside").read_text() == "hi\n"
+        # /tmp is private to the sandbox: what is written there never reaches the machine's.
+        outside = Path(f"/tmp/pkgfarm-sandbox-test-{os.getpid()}")
+        env.run(["sh", "-c", f"echo hi > {outside}"], env.area, ENV, 10, io.StringIO())
+        assert not outside.exists()
+        # The build's own folder, above its area, is the worker's: a step writing there
+        # (here under /tmp, the sandbox's private one) never reaches the folder.
+        env.run(["sh", "-c", f"mkdir -p {work} && echo hi > {work}/beside"], env.area, ENV,
+                10, io.StringIO())
+        assert not (work / "beside").exists()
+        forbidden = Path("/var/lib/pkgfarm-sandbox-test-must-not-exist")
+        try:
+            with pytest.raises(BuildFailed, match="may write only inside its own folder"):
+                env.run(["sh", "-c", f"echo hi > {forbidden}"], env.area, ENV, 10,
+                        io.StringIO())
+            assert not forbidden.exists()
+        finally:
+            forbidden.unlink(missing_ok=True)
 
 
 def test_host_extra_sources_use_a_copy_of_the_source_parts(tmp_path: Path) -> None:
@@ -135,7 +142,7 @@ def test_host_extra_sources_use_a_copy_of_the_source_parts(tmp_path: Path) -> No
     options = env._apt_options()
     assert options[0] == "-o"
     parts = Path(options[1].split("=", 1)[1])
-    assert parts.parent == tmp_path
+    assert parts.parent == tmp_path  # the worker's folder, not the build's area
     assert "http://m/repo" in (parts / "zz-pkgfarm-extra.list").read_text()
     assert HostEnvironment(tmp_path)._apt_options() == []
 
@@ -179,21 +186,28 @@ def test_clean_mode_refuses_an_arch_it_cannot_run(tmp_path: Path) -> None:
     assert env.arch == host_arch()
 
 
-def test_clean_wrap_binds_the_folder_and_hides_the_root(tmp_path: Path) -> None:
+def test_clean_wrap_binds_only_the_area(tmp_path: Path) -> None:
     env = CleanEnvironment(settings(tmp_path), host_arch(), tmp_path)
     with pytest.raises(BuildFailed, match="outside its `with` block"):
         env.wrap(["true"], tmp_path)
     env.root.mkdir()
-    argv = env.wrap(["make"], tmp_path / "src")
-    root, work = str(env.root), str(tmp_path.resolve())
+    argv = env.wrap(["make"], tmp_path / "area" / "src")
+    root, area = str(env.root), str(env.area)
     assert argv[:4] == ["bwrap", "--bind", f"{root}/tree", "/"]
-    assert argv[-3:] == ["--chdir", str(tmp_path / "src"), "make"]
+    assert argv[-3:] == ["--chdir", str(tmp_path / "area" / "src"), "make"]
     pairs = list(itertools.pairwise(argv))
-    assert ("--bind", work) in pairs
-    assert ("--tmpfs", root) in pairs
+    assert ("--bind", area) in pairs
+    assert str(tmp_path.resolve()) not in argv  # the worker's folder is not bound
     assert "--unshare-pid" in argv and "--die-with-parent" in argv
+    assert "--unshare-net" not in argv  # the environment's own commands (apt) are online
     assert ("--cap-drop", "ALL") in pairs
     assert "CAP_SYS_ADMIN" not in argv
+    # A build step: offline, as the build user, with no capabilities.
+    step = env.wrap(["make"], env.area, network=False, uid=64999)
+    assert "--unshare-net" in step
+    assert step[-9:] == ["setpriv", "--reuid=64999", "--regid=64999", "--clear-groups",
+                         "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
+                         "make"]
     # With an overlay, a mount namespace of its own mounts it, then bwrap runs on it.
     env.lower = tmp_path / "lower"
     argv = env.wrap(["make"], tmp_path)
@@ -216,7 +230,10 @@ def test_base_freshness(tmp_path: Path) -> None:
     path.write_bytes(b"tar")
     assert not base_is_fresh(ws, "amd64")  # nothing recorded about it
     envmod.base_meta_path(ws, "amd64").write_text(json.dumps(
-        {"suite": "bookworm", "mirror": ws.base_mirror}))
+        {"suite": "bookworm", "mirror": ws.base_mirror, "include": ["apt-utils"]}))
+    assert not base_is_fresh(ws, "amd64")  # made with other packages than bases get now
+    envmod.base_meta_path(ws, "amd64").write_text(json.dumps(
+        {"suite": "bookworm", "mirror": ws.base_mirror, "include": list(envmod.BASE_INCLUDE)}))
     assert base_is_fresh(ws, "amd64")
     old = time.time() - 7200
     os.utime(path, (old, old))
@@ -233,7 +250,8 @@ def test_create_base_keeps_a_fresh_one(tmp_path: Path, monkeypatch: pytest.Monke
     path.parent.mkdir(parents=True)
     path.write_bytes(b"tar")
     envmod.base_meta_path(ws, "amd64").write_text(json.dumps(
-        {"suite": ws.base_suite, "mirror": ws.base_mirror}))
+        {"suite": ws.base_suite, "mirror": ws.base_mirror,
+         "include": list(envmod.BASE_INCLUDE)}))
 
     def boom(*args: object, **kwargs: object) -> Path:
         raise AssertionError("the base was made again")
@@ -271,9 +289,14 @@ def test_base_tree_versions(tmp_path: Path) -> None:
 class FakeEnvironment:
     """Records what build_source asks for, and 'builds' by dropping .deb files."""
 
-    def __init__(self, arch: str, makes: Sequence[str]) -> None:
+    def __init__(self, arch: str, makes: Sequence[str], tree: Path,
+                 links: Sequence[str] = ()) -> None:
         self.arch = arch
         self.makes = list(makes)
+        self.links = list(links)
+        self.area = tree.parent
+        self.private = tree.parent.parent / "private"
+        self.build_uid = None
         self.calls: list[tuple[object, ...]] = []
 
     def __enter__(self) -> FakeEnvironment:
@@ -294,10 +317,12 @@ class FakeEnvironment:
 
     def run(self, argv: Sequence[str], cwd: Path, env: dict[str, str], timeout: float,
             out: IO[str], cancel: threading.Event | None = None, *,
-            what: str = "the build script") -> None:
-        self.calls.append(("run", list(argv), env["DEB_BUILD_OPTIONS"]))
+            what: str = "the build script", network: bool = False) -> None:
+        self.calls.append(("run", list(argv), env["DEB_BUILD_OPTIONS"], network))
         for name in self.makes:
             (cwd.parent / name).write_bytes(b"deb")
+        for name in self.links:  # what a hostile build system leaves: links to host files
+            (cwd.parent / name).symlink_to("/etc/shadow")
 
 
 def test_build_source_flags(tmp_path: Path) -> None:
@@ -305,15 +330,19 @@ def test_build_source_flags(tmp_path: Path) -> None:
     assert binary_kinds(tree) == (True, True)
     arch = host_arch()
     fake = FakeEnvironment(arch, [f"pkgfarm-tiny_1.0_{arch}.deb",
-                                  f"pkgfarm-tiny_1.0_{arch}.buildinfo"])
+                                  f"pkgfarm-tiny_1.0_{arch}.buildinfo"], tree,
+                           links=[f"pkgfarm-evil_1.0_{arch}.deb"])
     result = build_source(tree, arch, fake, io.StringIO(), timeout=60, parallel=3)
     assert fake.calls == [("build_dep", False),
                           ("run", ["dpkg-buildpackage", "-us", "-uc", "-B"],
-                           "parallel=3 noautodbgsym")]
+                           "parallel=3 noautodbgsym", False)]
+    # Collected from the worker's own folder; the link the build left is not an archive.
     assert [a.name for a in result.archives] == [f"pkgfarm-tiny_1.0_{arch}.deb"]
+    assert result.archives[0].parent.parent == fake.private / "pack"
     assert result.buildinfo is not None and result.buildinfo.suffix == ".buildinfo"
 
-    fake = FakeEnvironment(arch, ["pkgfarm-tiny-data_1.0_all.deb"])
+    tree = native_source.make_tree(tmp_path / "again")
+    fake = FakeEnvironment(arch, ["pkgfarm-tiny-data_1.0_all.deb"], tree)
     result = build_source(tree, "all", fake, io.StringIO(), timeout=60, run_tests=False)
     assert fake.calls[0] == ("build_dep", True)
     assert fake.calls[1][1] == ["dpkg-buildpackage", "-us", "-uc", "-A"]
@@ -326,23 +355,23 @@ def test_build_source_uses_b_when_there_is_one_kind(tmp_path: Path) -> None:
     control = tree / "debian" / "control"
     text = control.read_text()
     control.write_text(text[:text.index("Package: pkgfarm-tiny-data")])
-    fake = FakeEnvironment(host_arch(), ["x_1_all.deb"])
+    fake = FakeEnvironment(host_arch(), ["x_1_all.deb"], tree)
+    with pytest.raises(BuildFailed, match="no architecture-independent"):
+        build_source(tree, "all", fake, io.StringIO(), timeout=60)
     build_source(tree, host_arch(), fake, io.StringIO(), timeout=60)
     assert fake.calls[0] == ("build_dep", None)
     assert fake.calls[1][1] == ["dpkg-buildpackage", "-us", "-uc", "-b"]
-    with pytest.raises(BuildFailed, match="no architecture-independent"):
-        build_source(tree, "all", fake, io.StringIO(), timeout=60)
 
 
 def test_build_source_refuses_an_arch_the_environment_does_not_run(tmp_path: Path) -> None:
     tree = native_source.make_tree(tmp_path)
     with pytest.raises(BuildFailed, match="cannot build"):
-        build_source(tree, foreign_arch(), FakeEnvironment(host_arch(), []), io.StringIO(),
-                     timeout=60)
+        build_source(tree, foreign_arch(), FakeEnvironment(host_arch(), [], tree),
+                     io.StringIO(), timeout=60)
 
 
 def test_build_source_without_archives_fails(tmp_path: Path) -> None:
     tree = native_source.make_tree(tmp_path)
     with pytest.raises(BuildFailed, match=r"made no \.deb"):
-        build_source(tree, host_arch(), FakeEnvironment(host_arch(), []), io.StringIO(),
+        build_source(tree, host_arch(), FakeEnvironment(host_arch(), [], tree), io.StringIO(),
                      timeout=60)

@@ -32,9 +32,12 @@ from worker.environment.processes import (
     AREA,
     BUILD_USER,
     PATH,
+    BuildUser,
     Log,
     StepLimits,
+    Watch,
     drop_privileges,
+    mount_parents,
     note,
     prepare_area,
     run_process,
@@ -81,7 +84,8 @@ class CleanEnvironment:
         #: the build's own folder (the worker's) and the one part of it build steps write
         self.private = Path(workdir).resolve()
         self.area = self.private / AREA
-        self.build_uid: int | None = settings.build_uid
+        self.build_uid: int | None = None  # taken from the machine's range while in use
+        self._user: BuildUser | None = None
         self.limits = StepLimits(memory=settings.limits.memory_bytes,
                                  processes=settings.limits.processes,
                                  disk=settings.limits.disk_bytes)  # as limits_of() says
@@ -141,6 +145,8 @@ class CleanEnvironment:
             raise BuildFailed(foreign_message(self.arch))
         base = self.base or create_base(self.settings, self.arch, self.out, log=self.log)
         self._remove()
+        self._user = BuildUser(self.settings.build_uid)
+        self.build_uid = self._user.__enter__()
         prepare_area(self.area, self.build_uid)
         self.root.mkdir(parents=True)
         self.root.chmod(0o700)
@@ -246,6 +252,9 @@ class CleanEnvironment:
 
     def _remove(self) -> None:
         self._release()
+        if self._user is not None:  # the build user goes back, its processes killed first
+            self._user.__exit__()
+            self._user = None
         if self.root.is_symlink():
             self.root.unlink()
         elif self.root.exists():
@@ -327,7 +336,7 @@ class CleanEnvironment:
                 "--dev", "/dev", "--proc", "/proc", "--ro-bind", "/sys", "/sys",
                 "--perms", "1777", "--tmpfs", private_tmp,
                 "--perms", "1777", "--tmpfs", private_shm,
-                "--bind", area, area,
+                *mount_parents(self.area), "--bind", area, area,
                 "--unshare-pid", "--unshare-ipc", "--unshare-uts",
                 *([] if network else ["--unshare-net"]),
                 "--die-with-parent", "--new-session",
@@ -347,5 +356,5 @@ class CleanEnvironment:
         run_process([*self.limits.prefix(), *wrapped], cwd=self.private,
                     env=step_environment(env, self.build_uid), timeout=timeout, out=out,
                     cancel=cancel or self.cancel, what=what,
-                    watch=(self.area, self.limits.disk) if self.limits.disk else None)
+                    watch=Watch(self.area, self.limits, self.build_uid))
 

@@ -21,10 +21,14 @@ from worker.environment.aptconfig import apt_problems, ca_settings
 from worker.environment.processes import (
     AREA,
     NO_LIMITS,
+    BuildUser,
     Log,
     StepLimits,
+    Watch,
+    check_reachable,
     drop_privileges,
     kill_user_processes,
+    mount_parents,
     note,
     prepare_area,
     run_process,
@@ -56,7 +60,8 @@ def sandboxed(argv: Sequence[str], area: Path, cwd: Path, sandbox: str, *,
         raise BuildFailed("worker.sandbox is bwrap but bubblewrap is not installed "
                           "(apt-get install bubblewrap, or set worker.sandbox: none)")
     private_tmp = "/tmp"  # noqa: S108 (a fresh tmpfs inside the sandbox, not the host's /tmp)
-    args = ["bwrap"]
+    mounted = [Path(p) for p in SYSTEM_PATHS if os.path.isdir(p) and not os.path.islink(p)]
+    args = ["bwrap", *mount_parents(*mounted, *hidden)]
     for system in SYSTEM_PATHS:
         if os.path.islink(system):
             args += ["--symlink", os.readlink(system), system]
@@ -68,7 +73,10 @@ def sandboxed(argv: Sequence[str], area: Path, cwd: Path, sandbox: str, *,
             args += ["--tmpfs", str(path)]
         elif path.exists():
             args += ["--ro-bind", "/dev/null", str(path)]
-    args += ["--bind", str(area), str(area),
+    # The area's folders are made after the masks, which may cover the place they hang in.
+    args += [*mount_parents(area), "--bind", str(area), str(area),
+             # The sandbox's own root (where the binds hang) is read-only too.
+             "--remount-ro", "/",
              "--unshare-pid", "--unshare-ipc", "--unshare-uts",
              *([] if network else ["--unshare-net"]),
              "--die-with-parent", "--new-session", "--chdir", str(cwd)]
@@ -103,7 +111,11 @@ class HostEnvironment:
                  limits: StepLimits = NO_LIMITS, hidden: Sequence[Path] = ()) -> None:
         self.private = Path(jobdir)
         self.area = self.private / AREA
-        self.build_uid = build_uid if os.geteuid() == 0 else None
+        #: the first id of the machine's build users (None: the worker is not root)
+        self.first_uid = build_uid if os.geteuid() == 0 else None
+        self.build_uid: int | None = None
+        self._user: BuildUser | None = None
+        self._depth = 0
         self.limits = limits
         self.hidden = list(hidden)
         self.ca_file = ca_file
@@ -119,13 +131,31 @@ class HostEnvironment:
             self.extra_sources(extra_apt_lines)
 
     def __enter__(self) -> HostEnvironment:
-        prepare_area(self.area, self.build_uid)
+        if self._depth == 0:
+            if self.first_uid is not None:
+                self._user = BuildUser(self.first_uid)
+                self.build_uid = self._user.__enter__()
+            try:
+                prepare_area(self.area, self.build_uid)
+                if self.build_uid is not None and self.sandbox == "none":
+                    check_reachable(self.area)
+            except BaseException:
+                self._release()
+                raise
+        self._depth += 1
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if self.build_uid is not None and self.sandbox == "none":
-            kill_user_processes(self.build_uid)  # nothing the build started outlives it
+        self._depth -= 1
+        if self._depth == 0:
+            self._release()
+
+    def _release(self) -> None:
+        """The build user goes back to the machine (its processes killed first)."""
+        if self._user is not None:
+            self._user.__exit__()
+        self._user = None
 
     # apt ---------------------------------------------------------------------------------
 
@@ -219,8 +249,8 @@ class HostEnvironment:
             run_process([*self.limits.prefix(), *wrapped], cwd=cwd,
                         env=step_environment(env, self.build_uid), timeout=timeout, out=out,
                         cancel=cancel or self.cancel, what=what, hint=hint,
-                        watch=(self.area, self.limits.disk) if self.limits.disk else None)
+                        watch=Watch(self.area, self.limits, self.build_uid))
         finally:
             if self.build_uid is not None and self.sandbox == "none":
-                kill_user_processes(self.build_uid)
+                kill_user_processes(self.build_uid)  # nothing the step started outlives it
 

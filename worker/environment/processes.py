@@ -8,6 +8,7 @@ and on the time limit or a cancel the whole process group killed.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import shutil
 import signal
@@ -21,12 +22,13 @@ from pathlib import Path
 from typing import IO
 
 from common.errors import BuildCancelled, BuildFailed
+from common.locks import LockBusy, file_lock
 
 Log = Callable[[str], None]
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-#: How often a running build's folder is measured against its disk limit (seconds).
-DISK_CHECK_INTERVAL = 2.0
+#: How often a running build step is measured against its limits (seconds).
+LIMIT_CHECK_INTERVAL = 1.0
 #: The name the build user has inside clean roots (where pkgfarm writes its passwd entry).
 BUILD_USER = "pkgfarm-build"
 #: The sub-folder of a build's folder that its steps may write; the rest is the worker's.
@@ -35,13 +37,35 @@ AREA = "area"
 
 def prepare_area(area: Path, uid: int | None) -> None:
     """Make the build's writable area (its ``home`` and ``tmp`` inside), owned by the build
-    user when there is one; the folder above stays the worker's (traversable, not
-    writable)."""
+    user when there is one and closed to every other user; the folder above stays the
+    worker's (traversable, not writable)."""
     area.parent.chmod(0o711)
     for sub in ("", "home", "tmp"):
         (area / sub).mkdir(parents=True, exist_ok=True)
     if uid is not None:
         give_to(area, uid)
+        area.chmod(0o700)
+
+
+def mount_parents(*paths: Path) -> list[str]:
+    """bwrap arguments, to come before the mounts, that make every folder above ``paths``
+    (mount points) a folder anyone may pass through, as on the machine (the folders bwrap
+    makes for a mount point on its own are for root alone)."""
+    parents = sorted({parent for path in paths for parent in path.parents
+                      if parent != Path("/")}, key=lambda p: len(p.parts))
+    args: list[str] = []
+    for parent in parents:
+        args += ["--perms", "0755", "--dir", str(parent)]
+    return args
+
+
+def check_reachable(path: Path) -> None:
+    """BuildFailed unless anyone may pass through every folder above ``path`` (the build user
+    must reach its area without a sandbox that makes the way)."""
+    for parent in path.parents:
+        if not os.stat(parent).st_mode & stat.S_IXOTH:
+            raise BuildFailed(f"the build user cannot reach its folder: {parent} is closed to "
+                              "others (chmod o+x it, or put worker.work_dir elsewhere)")
 
 
 def give_to(path: Path, uid: int) -> None:
@@ -91,6 +115,43 @@ class StepLimits:
 
 NO_LIMITS = StepLimits()
 
+#: How many build users a machine has: ids ``build_uid`` … ``build_uid + BUILD_USERS - 1``,
+#: one per build running at once, so that limits, clean-ups and areas are a build's own.
+BUILD_USERS = 64
+#: Where the builds of this machine (of every worker on it) take their build user.
+BUILD_USER_LOCKS = Path("/run/pkgfarm-build-users")
+
+
+class BuildUser:
+    """One build user id of the machine's range, held (a file lock) while a build uses it."""
+
+    def __init__(self, first: int, count: int = BUILD_USERS,
+                 locks: Path = BUILD_USER_LOCKS) -> None:
+        self.first, self.count, self.locks = first, count, locks
+        self.uid: int | None = None
+        self._held: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> int:
+        self.locks.mkdir(mode=0o755, parents=True, exist_ok=True)
+        for uid in range(self.first, self.first + self.count):
+            held = contextlib.ExitStack()
+            try:
+                held.enter_context(file_lock(self.locks / f"{uid}.lock", wait=False))
+            except LockBusy:
+                continue
+            self.uid, self._held = uid, held
+            kill_user_processes(uid)  # nothing of a build before may still run as it
+            return uid
+        raise BuildFailed(f"all {self.count} build users ({self.first}…"
+                          f"{self.first + self.count - 1}) are in use on this machine")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.uid is not None:
+            kill_user_processes(self.uid)
+        if self._held is not None:
+            self._held.close()
+        self.uid, self._held = None, None
+
 
 def drop_privileges(uid: int) -> list[str]:
     """A `setpriv` command line that runs what follows as ``uid`` (group ``uid``), with no
@@ -104,6 +165,43 @@ def kill_user_processes(uid: int) -> None:
     """Kill every process of ``uid`` (whatever a build left running outside a sandbox)."""
     subprocess.run([*drop_privileges(uid), "kill", "-KILL", "-1"], capture_output=True,
                    check=False)
+
+
+def user_processes(uid: int) -> int:
+    """How many processes ``uid`` runs on this machine (its build user's, for a build)."""
+    count = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if entry.stat(follow_symlinks=False).st_uid == uid:
+                    count += 1
+            except OSError:
+                continue
+    return count
+
+
+@dataclass(frozen=True)
+class Watch:
+    """What a running build step is measured against every few seconds: the bytes its area
+    holds, and the processes its build user runs (reaching the limit is a failed build, not
+    only a refused fork)."""
+
+    area: Path
+    limits: StepLimits
+    uid: int | None = None
+
+    def problem(self, what: str) -> str | None:
+        if self.limits.disk:
+            used = folder_usage(self.area)
+            if used > self.limits.disk:
+                return (f"{what} used {used // 2**20} MiB of disk, more than its limit of "
+                        f"{self.limits.disk // 2**20} MiB, and was stopped")
+        if self.uid is not None and self.limits.processes:
+            running = user_processes(self.uid)
+            if running >= self.limits.processes * 9 // 10:
+                return (f"{what} ran {running} processes, at its limit of "
+                        f"{self.limits.processes}, and was stopped")
+        return None
 
 
 def folder_usage(path: Path) -> int:
@@ -166,13 +264,13 @@ def run_process(argv: Sequence[str], *, cwd: Path, env: dict[str, str], timeout:
                 out: IO[str], cancel: threading.Event | None = None,
                 what: str = "the build script", hint: str = "",
                 tail: collections.deque[str] | None = None,
-                watch: tuple[Path, int] | None = None) -> None:
+                watch: Watch | None = None) -> None:
     """Run ``argv`` in a session of its own, its output copied to ``out`` as it comes.
 
     The last lines are kept in ``tail`` (for error messages). On the time limit, ``cancel``,
-    or when the folder of ``watch`` = (folder, bytes) grows past its bytes, the whole process
-    group is killed and BuildFailed or BuildCancelled raised; a non-zero exit raises
-    BuildFailed naming ``what`` and the status, followed by ``hint``.
+    or a limit that ``watch`` finds reached, the whole process group is killed and
+    BuildFailed or BuildCancelled raised; a non-zero exit raises BuildFailed naming ``what``
+    and the status, followed by ``hint``.
     """
     out.flush()
     try:
@@ -200,7 +298,7 @@ def run_process(argv: Sequence[str], *, cwd: Path, env: dict[str, str], timeout:
     copier = threading.Thread(target=copy, name="output-copy", daemon=True)
     copier.start()
     deadline = time.monotonic() + timeout
-    next_measure = time.monotonic() + DISK_CHECK_INTERVAL
+    next_measure = time.monotonic() + LIMIT_CHECK_INTERVAL
     try:
         while True:
             try:
@@ -208,13 +306,11 @@ def run_process(argv: Sequence[str], *, cwd: Path, env: dict[str, str], timeout:
                 break
             except subprocess.TimeoutExpired:
                 if watch is not None and time.monotonic() > next_measure:
-                    next_measure = time.monotonic() + DISK_CHECK_INTERVAL
-                    used = folder_usage(watch[0])
-                    if used > watch[1]:
+                    next_measure = time.monotonic() + LIMIT_CHECK_INTERVAL
+                    problem = watch.problem(what)
+                    if problem:
                         _kill_group(proc)
-                        raise BuildFailed(f"{what} used {used // 2**20} MiB of disk, more "
-                                          f"than its limit of {watch[1] // 2**20} MiB, and "
-                                          "was stopped") from None
+                        raise BuildFailed(problem) from None
                 if cancel is not None and cancel.is_set():
                     _kill_group(proc)
                     raise BuildCancelled("the build was stopped: this attempt is no longer "
