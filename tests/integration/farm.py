@@ -173,6 +173,7 @@ def write_config(path: Path, *, data_dir: Path, port: int, broker_url: str | Non
     config["debian_sources"] = [local_deb_src(path.parent / "deb-src")]
     config.update(extra or {})
     path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)  # it holds the worker's password
     return path
 
 

@@ -113,7 +113,7 @@ def test_hello_builds_in_a_clean_environment(settings: WorkerSettings, apt_state
     assert src.produces(ARCH) == ["hello"]
 
     start = time.monotonic()
-    tree = fetch(src, job / "src", out, state_dir=apt_state)
+    tree = fetch(src, job / "area" / "src", out, state_dir=apt_state)  # the build's area
     TIMES["hello fetch"] = time.monotonic() - start
     start = time.monotonic()
     with CleanEnvironment(settings, ARCH, job, out=out) as env:
@@ -146,7 +146,7 @@ def test_arch_and_indep_jobs_of_a_native_source(settings: WorkerSettings, tmp_pa
     for job_arch in src.build_arches([ARCH]):
         job = tmp_path / f"job-{job_arch}"
         back, local = unpack_debian_source(snapshot, job / "snapshot")
-        tree = fetch(back, job / "src", out, local)
+        tree = fetch(back, job / "area" / "src", out, local)
         with CleanEnvironment(settings, job_arch, job, out=out) as env:
             result = build_source(tree, job_arch, env, out, timeout=300)
         made[job_arch] = [a.name for a in result.archives]
@@ -214,7 +214,7 @@ def test_timeout_in_a_clean_root_kills_everything(settings: WorkerSettings, job:
     start = time.monotonic()
     with CleanEnvironment(settings, ARCH, job, out=out) as env:
         with pytest.raises(BuildFailed, match="longer than its limit of 2 s"):
-            env.run(["sh", "-c", script], job, ENV, 2, out)
+            env.run(["sh", "-c", script], env.area, ENV, 2, out)
         assert time.monotonic() - start < 30
         deadline = time.monotonic() + 5
         while processes_with("sleep 98765") and time.monotonic() < deadline:
@@ -229,8 +229,12 @@ def test_unpacked_root_where_overlays_are_not_wanted(settings: WorkerSettings, j
     with CleanEnvironment(settings, ARCH, job, out=out, overlay=False) as env:
         assert env.lower is None
         assert (job / ROOT_NAME / "tree" / "etc" / "apt").is_dir()
-        env.run(["sh", "-c", "touch /usr/made-in-the-root"], job, ENV, 30, out)
+        # The root's own commands (apt, as root) write into the per-build tree ...
+        env._run_root(["sh", "-c", "touch /usr/made-in-the-root"], ENV, out, what="touch")
         assert (job / ROOT_NAME / "tree" / "usr" / "made-in-the-root").exists()
+        # ... and a build step, as the build user, may not.
+        with pytest.raises(BuildFailed):
+            env.run(["sh", "-c", "touch /usr/made-by-the-build"], env.area, ENV, 30, out)
     assert not (job / ROOT_NAME).exists()
     assert not Path("/usr/made-in-the-root").exists()
 
@@ -273,7 +277,7 @@ def test_extra_sources_reach_a_repository_on_this_machine(settings: WorkerSettin
         with CleanEnvironment(settings, ARCH, job, out=out) as env:
             env.extra_sources([f"deb [trusted=yes] http://127.0.0.1:{port}/ ./"])
             env.install(["pkgfarm-published (>= 1.0)"], out)
-            env.run(["dpkg-query", "-W", "pkgfarm-published"], job, ENV, 30, out,
+            env.run(["dpkg-query", "-W", "pkgfarm-published"], env.area, ENV, 30, out,
                     what="dpkg-query")
     finally:
         server.terminate()

@@ -191,6 +191,25 @@ MALFORMED = [
      "only 'path'"),
     ("sources-not-list", _set("sources", value="src"), "sources", "must be a list"),
     ("sources-empty-path", _set("sources", value=[{"path": ""}]), "sources[0].path", ""),
+    # Fields that end up in control files and indexes are checked before anything is queued.
+    ("homepage-newline", _set("package", "homepage", value="https://a.example/\nX-Evil: 1"),
+     "package.homepage", "one line"),
+    ("homepage-not-a-url", _set("package", "homepage", value="javascript:alert(1)"),
+     "package.homepage", "http(s) URL"),
+    ("section-odd", _set("package", "section", value="utils: evil"), "package.section",
+     "section name"),
+    ("name-too-long", _set("package", "name", value="a" * 300), "package.name",
+     "longer than 128"),
+    ("version-too-long", _set("package", "version", value="1" * 300), "package.version",
+     "longer than 128"),
+    ("release-too-long", _set("package", "release", value="1" * 300), "package.release",
+     "longer than 128"),
+    ("maintainer-control", _set("package", "maintainer", value="A <a@b.c>\x07"),
+     "package.maintainer", ""),
+    ("build-network-text", _set("build_network", value="yes please"), "build_network",
+     "true or false"),
+    ("depends-bad-operator", _set("package", "depends", value=["bash (=> 5)"]),
+     "package.depends", "operator"),
 ]
 
 
