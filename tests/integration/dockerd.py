@@ -224,7 +224,7 @@ class ComposeProject:
 
     def run(self, *args: str, check: bool = True, timeout: float = 300
             ) -> subprocess.CompletedProcess[str]:
-        argv = ["docker-compose", "--no-ansi", "-p", self.name]
+        argv = ["docker-compose", "--ansi", "never", "-p", self.name]
         for f in self.files:
             argv += ["-f", str(f)]
         result = subprocess.run([*argv, *args], env=self.env, capture_output=True, text=True,

@@ -91,6 +91,21 @@ def source(engine: DockerEngine, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return tree
 
 
+def test_image_carries_no_build_ca(engine: DockerEngine, source: Path) -> None:
+    """The image was built with this machine's whole CA bundle in docker/ca-certificates/, yet
+    trusts Debian's CAs only, and keeps nothing of the build's CA set-up."""
+    assert (source / "docker/ca-certificates/host-bundle.crt").is_file()
+    check = ("test -z \"$(find /usr/local/share/ca-certificates /tmp -mindepth 1)\" && "
+             "! grep -rqs build-ca /etc/apt/apt.conf.d && "
+             "test \"$(grep -c 'BEGIN CERTIFICATE' /etc/ssl/certs/ca-certificates.crt)\" = "
+             "\"$(find /usr/share/ca-certificates -name '*.crt' | wc -l)\"")
+    result = engine.docker("run", "--rm", "--network", "none", IMAGE, "sh", "-c", check,
+                           check=False)
+    assert result.returncode == 0, result
+    history = engine.docker("history", "--no-trunc", IMAGE).stdout
+    assert "ca-certificates" not in history and "PROXY" not in history.upper(), history
+
+
 # -- helpers -----------------------------------------------------------------------------------
 
 
