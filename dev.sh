@@ -19,7 +19,10 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 RUNTIME_DEBS="python3 python3-venv python3-pip redis-server dpkg-dev fakeroot xz-utils zstd
   bubblewrap mmdebstrap gnupg git ca-certificates"
-TEST_DEBS="docker-compose apt-utils iproute2"
+# The tests also run the compose recipes under a Docker engine of their own (docker.io), make
+# its base image (mmdebstrap), TLS certificates (openssl) and check the systemd units
+# (systemd-analyze, in the systemd package).
+TEST_DEBS="docker.io docker-compose apt-utils iproute2 openssl systemd"
 
 install_debs() {
     local missing=()

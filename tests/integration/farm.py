@@ -356,6 +356,18 @@ class AptClient:
         assert not bad, "apt-get update complained:\n" + "\n".join(bad)
         return result
 
+    def install_into(self, target: Path, *names: str) -> subprocess.CompletedProcess[str]:
+        """`apt-get install NAMES` into the throwaway root ``target``, which has a dpkg database
+        of its own (empty at first): apt resolves against that database and dpkg unpacks
+        below ``target``. This machine's own packages are never touched."""
+        admin = target / "var/lib/dpkg"
+        for sub in ("updates", "info"):
+            (admin / sub).mkdir(parents=True, exist_ok=True)
+        for name in ("status", "available"):
+            (admin / name).touch()
+        return self.run("-y", "-o", f"Dir::State::status={admin / 'status'}",
+                        "-o", f"DPkg::Options::=--root={target}", "install", *names)
+
     def download(self, spec: str) -> Path:
         downloads = self.root / "downloads"
         before = set(downloads.iterdir())
