@@ -110,7 +110,8 @@ def test_image_carries_no_build_ca(engine: DockerEngine, source: Path) -> None:
 
 
 def definition(name: str, arch: str | list[str], seconds: float = 1) -> str:
-    """A definition whose program says what it is and on which host it was built."""
+    """A definition whose program says what it is, on which host it was built, as which user,
+    and whether its build reached the master over the network."""
     return yaml.safe_dump({
         "package": {
             "name": name, "version": "1.0", "release": 1, "architecture": arch,
@@ -119,9 +120,10 @@ def definition(name: str, arch: str | list[str], seconds: float = 1) -> str:
         },
         "build": (f"echo 'build of {name} starts'\n"
                   f"sleep {seconds}\n"
+                  'net=no; (exec 3<>/dev/tcp/master/8080) 2>/dev/null && net=yes\n'
                   'mkdir -p "$DESTDIR/usr/bin"\n'
-                  "printf '#!/bin/sh\\necho \"%s %s built on %s\"\\n' "
-                  '"$PKGFARM_PACKAGE" "$PKGFARM_ARCH" "$(uname -n)" '
+                  "printf '#!/bin/sh\\necho \"%s %s built on %s as %s, network %s\"\\n' "
+                  '"$PKGFARM_PACKAGE" "$PKGFARM_ARCH" "$(uname -n)" "$(id -u)" "$net" '
                   '> "$DESTDIR/usr/bin/$PKGFARM_PACKAGE"\n'
                   'chmod 0755 "$DESTDIR/usr/bin/$PKGFARM_PACKAGE"\n'),
     }, sort_keys=False)
@@ -302,7 +304,10 @@ def test_default_compose_four_workers_faults_and_apt(engine: DockerEngine, sourc
             outputs = install_and_run(master, tmp_path / "client", sorted(SET))
         for name, output in outputs.items():
             arch = "all" if SET[name][0] == "all" else "amd64"
-            assert output == f"{name} {arch} built on {builders[name]}"
+            # Built under bubblewrap in the container: as a build user, offline.
+            prefix = f"{name} {arch} built on {builders[name]} as "
+            assert output.startswith(prefix) and output.endswith(", network no"), output
+            assert int(output[len(prefix):].split(",")[0]) >= 64999, output
 
         # Kill the worker container that holds a running build.
         with timed("default: killed worker, build done as attempt 2"):
