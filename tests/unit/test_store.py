@@ -127,3 +127,27 @@ def test_every_status_of_the_hierarchy_maps_back() -> None:
     for cls in walk(ApiError)[1:]:
         assert cls.status in STATUS_ERRORS
         assert issubclass(cls, STATUS_ERRORS[cls.status])
+
+
+# -- build logs ------------------------------------------------------------------------------
+
+
+def test_log_pieces_are_streamed_and_bounded(tmp_path: Path) -> None:
+    import io
+
+    from master import buildlogs
+
+    store = Store(tmp_path / "state.db")
+    job_id = job_in(store, JobState.BUILDING)
+    job = store.jobs.get(job_id)
+    assert job is not None
+    buildlogs.start(tmp_path, job)
+    limit = 1000
+    assert buildlogs.append(tmp_path, job, 1, io.BytesIO(b"a" * 600), limit) == 600
+    size = buildlogs.append(tmp_path, job, 1, io.BytesIO(b"b" * 700), limit)
+    text = buildlogs.log_path(tmp_path, job).read_bytes()
+    assert text == b"a" * 600 + b"b" * 400 + buildlogs.MARKER
+    assert size == len(text)
+    # Past the limit, more pieces are read and dropped: one marker, the log unchanged.
+    assert buildlogs.append(tmp_path, job, 1, io.BytesIO(b"c" * 5000), limit) == len(text)
+    assert buildlogs.log_path(tmp_path, job).read_bytes() == text
