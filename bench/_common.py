@@ -231,6 +231,8 @@ def temporary_folder(prefix: str, keep: bool = False) -> Iterator[Path]:
     import tempfile
 
     path = Path(tempfile.mkdtemp(prefix=prefix))
+    # The workers' build users must pass through it to their build areas (mkdtemp makes 0700).
+    path.chmod(0o755)
     try:
         yield path
     finally:
