@@ -51,6 +51,19 @@ def without_new_keys(value: Any) -> Any:
     return value
 
 
+def _layout(store: Store) -> dict[str, Any]:
+    """Each table's columns and each index's columns, as SQLite reports them."""
+    with store.db.read() as db:
+        names = [(r[0], r[1]) for r in db.execute(
+            "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")]
+        layout: dict[str, Any] = {}
+        for kind, name in names:
+            pragma = "table_info" if kind == "table" else "index_info"
+            layout[f"{kind} {name}"] = sorted(r[2] if kind == "index" else r[1]
+                                              for r in db.execute(f"PRAGMA {pragma}({name})"))
+    return layout
+
+
 def test_store_migrates_the_old_schema(tmp_path: Path) -> None:
     data = copy_data_dir(tmp_path)
     with sqlite3.connect(data / "state.db") as db:
@@ -77,6 +90,13 @@ def test_store_migrates_the_old_schema(tmp_path: Path) -> None:
     records = store.packages.all()
     assert {r.suite for r in records} == {"stable", "testing"}
     assert all(r.format == "deb" and r.entry.startswith("Package: ") for r in records)
+    # The migrated database has what a new one has: the same tables, columns and indexes.
+    fresh = Store.in_data_dir(tmp_path / "fresh")
+    assert _layout(store) == _layout(fresh)
+    with store.db.read() as db:
+        plan = " ".join(row[3] for row in db.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM packages WHERE format='deb' AND filename='x'"))
+    assert "USING INDEX" in plan, plan
     # Opening it again changes nothing, and a newer store is refused.
     assert Store.in_data_dir(data).db.schema_version() == SCHEMA_VERSION
     with sqlite3.connect(data / "state.db") as db:
