@@ -324,3 +324,33 @@ def test_the_index_holds_only_checked_fields(farm: Farm, tmp_path: Path) -> None
         f"SHA256: {hashlib.sha256(data).hexdigest()}"]
     assert f"Size: {len(data)}" in entry
     assert not [line for line in entry if line.startswith(("SHA512", "Description-md5"))]
+
+
+def test_many_followed_logs_do_not_starve_the_master(farm: Farm) -> None:
+    master = farm.master
+    assert master is not None
+    job = master.api("POST", "/api/v1/jobs", user="manual", json={
+        "package": "follow-me", "version": "1.0-1", "arch": "all", "worker": "box",
+        "protocol": PROTOCOL_VERSION}).json()
+    url = f"{master.url}/api/v1/builds/{job['build_id']}/packages/follow-me/log"
+    streams = []
+    try:
+        # Each follow answers at once (before the log has a line), and holds no thread.
+        for _ in range(200):
+            resp = requests.get(url, params={"follow": "1"}, auth=("admin", PASSWORD),
+                                stream=True, timeout=10)
+            assert resp.status_code == 200, resp.text
+            streams.append(resp)
+        times = []
+        for _ in range(10):
+            start = time.monotonic()
+            assert master.api("GET", "/api/v1/builds?limit=5").status_code == 200
+            times.append(time.monotonic() - start)
+        assert max(times) < 1.0, times
+        # When the job ends, every follow ends too.
+        assert master.api("POST", f"/api/v1/builds/{job['build_id']}/cancel").status_code == 200
+        for resp in streams:
+            b"".join(resp.iter_content(None))  # ends, or times out after 10 s
+    finally:
+        for resp in streams:
+            resp.close()
