@@ -147,6 +147,8 @@ class MasterSettings:
     #: HTTPS: a PEM certificate (chain) and its key; the master serves TLS itself when set.
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: seconds the event stream's events are kept (a client may resume within it).
+    events_window: int = 7 * 86400
 
     @property
     def tls(self) -> bool:
@@ -169,6 +171,8 @@ class MasterSettings:
             raise ValueError("must be at least 1", "processes")
         if self.max_upload_bytes < 1:
             raise ValueError("must be positive", "max_upload_bytes")
+        if not 60 <= self.events_window <= 366 * 86400:
+            raise ValueError("must be between 60 seconds and 366 days", "events_window")
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ def serve(config_path: str | None) -> None:
     """Run the master under gunicorn (and its private Redis when no broker_url is set)."""
     from gunicorn.app.base import BaseApplication
 
+    from master import streams
     from master.app import create_app
     from master.broker import EmbeddedRedis
     from master.services import Services
@@ -99,6 +100,9 @@ def serve(config_path: str | None) -> None:
                 "access_log_format": '%(h)s %(u)s "%(r)s" %(s)s %(b)s %(M)sms',
                 "when_ready": lambda _server: threading.Thread(
                     target=housekeeping, name="housekeeping", daemon=True).start(),
+                # Streams (events, followed logs) watch their process's worker, so a stop
+                # ends them at once instead of waiting graceful_timeout for them.
+                "post_worker_init": lambda worker: streams.attach(worker),
             }
             if settings.master.tls:
                 options["certfile"] = settings.master.tls_cert
