@@ -327,3 +327,21 @@ def test_drained_worker_takes_nothing_new(farm):
     workers = {w["name"]: w for w in api("GET", "/api/v1/workers").json()["workers"]}
     assert workers[drained]["drained"] is False
     assert api("POST", "/api/v1/workers/no-such-worker/drain").status_code == 404
+
+
+def test_a_queue_only_drained_workers_consume_waits_for_a_resume(farm):
+    api = farm.master.api
+    for name in ("ev-a", "ev-b"):
+        assert api("POST", f"/api/v1/workers/{name}/drain").status_code == 200
+    try:
+        build_id = farm.master.submit(["itest-all"])
+        time.sleep(6)  # three housekeeping rounds
+        job = api("GET", f"/api/v1/builds/{build_id}").json()["jobs"][0]
+        assert job["status"] == "queued"
+        # Held in the store, not bounced between the broker and refused claims.
+        assert job["attempt"] <= 2, job
+    finally:
+        assert api("POST", "/api/v1/workers/ev-a/resume").status_code == 200
+    result = farm.master.wait_build(build_id, timeout=120)
+    assert result["status"] == "success" and result["jobs"][0]["worker"] == "ev-a"
+    assert api("POST", "/api/v1/workers/ev-b/resume").status_code == 200
