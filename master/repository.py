@@ -355,7 +355,7 @@ class Repository:
                 fmt.format.name, name=info.name, version=info.version, arch=info.arch,
                 filename=filename, pool_path=key, size=digests.size, sha256=digests.sha256,
                 entry=fmt.index_entry(info, key, digests), uploaded_by=uploader,
-                job_id=job_id)])
+                job_id=job_id)], uploaded=True)
         log.info("published %s (%d bytes) from %s", key, digests.size, uploader)
         self.rebuild_index(generation)
         self.apply_retention(fmt.format.name, {(info.name, info.arch)})
@@ -384,7 +384,8 @@ class Repository:
             for name in self.formats:
                 formats.get(name).write_index(ctx, dirty, full or at_least is None)
             packages.clear_dirty(dirty)
-            packages.set_index_generation(generation)
+            packages.set_index_generation(generation, tuple(self.formats),
+                                          self.settings.repository.all_suites)
         if self.signer is not None:
             self.storage.put_bytes(KEY_FILE, self.signer.public_key())
         return True

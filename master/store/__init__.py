@@ -2,8 +2,9 @@
 
 `Store` opens (and migrates) the database under ``data_dir`` and offers ``jobs`` (builds,
 jobs, staged files), ``packages`` (published archives, generations, dirty index groups),
-``index`` (each format's index cache), ``workers`` (heartbeats) and ``logins`` (failed
-logins). Redis is only the queue:
+``index`` (each format's index cache), ``workers`` (heartbeats, drained workers),
+``logins`` (failed logins), ``events`` (what happened, in commit order) and ``queues``
+(paused queues). Redis is only the queue:
 whatever is here is the truth.
 """
 
@@ -12,10 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from master.store.db import GROUPS, SCHEMA_VERSION, Database, group_of
+from master.store.events import Event, EventStore
 from master.store.index import IndexCache
 from master.store.jobs import JobStore
 from master.store.logins import LoginStore
 from master.store.packages import PackageStore
+from master.store.queues import QueueStore
 from master.store.records import (
     Build,
     IndexKey,
@@ -29,7 +32,7 @@ from master.store.records import (
 )
 from master.store.workers import WorkerStore
 
-__all__ = ["GROUPS", "SCHEMA_VERSION", "Build", "IndexKey", "Job", "NewPackage",
+__all__ = ["GROUPS", "SCHEMA_VERSION", "Build", "Event", "IndexKey", "Job", "NewPackage",
            "PackageRecord", "PlannedJob", "StagedFile", "Store", "WorkerInfo", "WorkerRecord",
            "group_of"]
 
@@ -43,6 +46,8 @@ class Store:
         self.index = IndexCache(self.db)
         self.workers = WorkerStore(self.db)
         self.logins = LoginStore(self.db)
+        self.events = EventStore(self.db)
+        self.queues = QueueStore(self.db)
 
     @classmethod
     def in_data_dir(cls, data_dir: str | Path) -> Store:

@@ -11,6 +11,7 @@ import sqlite3
 import time
 
 from master.store.db import Database, group_of
+from master.store.events import record
 from master.store.records import IndexKey, NewPackage, PackageRecord
 
 
@@ -18,11 +19,19 @@ class PackageStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def add(self, packages: list[NewPackage]) -> int:
+    def add(self, packages: list[NewPackage], *, uploaded: bool = False) -> int:
         """Record archives in one transaction (an index shows all of them or none); the
-        packages generation they belong to."""
+        packages generation they belong to. ``uploaded``: they were uploaded straight into
+        the repository (not by a job's report), which an ``upload.accepted`` event records."""
         now = time.time()
         with self.db.write() as db:
+            if uploaded:
+                jobs = {p.job_id for p in packages}
+                job_id = jobs.pop() if len(jobs) == 1 else None
+                row = (db.execute("SELECT build_id FROM jobs WHERE id=?", (job_id,)).fetchone()
+                       if job_id is not None else None)
+                record(db, "upload.accepted", job_id=job_id,
+                       build_id=row[0] if row else None, files=[p.filename for p in packages])
             for p in packages:
                 grp = group_of(p.name)
                 db.execute(
@@ -94,9 +103,14 @@ class PackageStore:
     def index_generation(self) -> int:
         return self._meta("index_generation")
 
-    def set_index_generation(self, gen: int) -> None:
+    def set_index_generation(self, gen: int, formats: tuple[str, ...] = (),
+                             suites: tuple[str, ...] = ()) -> None:
+        """Record that the index of ``formats`` now shows generation ``gen`` (with an
+        ``index.updated`` event per format)."""
         with self.db.write() as db:
             db.execute("UPDATE meta SET value=? WHERE key='index_generation'", (gen,))
+            for fmt in formats:
+                record(db, "index.updated", generation=gen, format=fmt, suites=list(suites))
 
     def _meta(self, key: str) -> int:
         with self.db.read() as db:
