@@ -44,15 +44,20 @@ def cli() -> None:
 @config_option
 def serve(config_path: str | None) -> None:
     """Run the master under gunicorn (and its private Redis when no broker_url is set)."""
+    from master import metricsdir
+
+    settings = _settings(config_path)
+    setup_logging()
+    Path(settings.master.data_dir).mkdir(parents=True, exist_ok=True)
+    # Before anything imports prometheus-client: every process counts into this folder.
+    metricsdir.prepare(settings.master.data_dir)
+
     from gunicorn.app.base import BaseApplication
 
     from master.app import create_app
     from master.broker import EmbeddedRedis
     from master.services import Services
 
-    settings = _settings(config_path)
-    setup_logging()
-    Path(settings.master.data_dir).mkdir(parents=True, exist_ok=True)
     embedded = None
     if not settings.broker_url:
         embedded = EmbeddedRedis(settings.embedded_broker_socket)
@@ -99,6 +104,7 @@ def serve(config_path: str | None) -> None:
                 "access_log_format": '%(h)s %(u)s "%(r)s" %(s)s %(b)s %(M)sms',
                 "when_ready": lambda _server: threading.Thread(
                     target=housekeeping, name="housekeeping", daemon=True).start(),
+                "child_exit": lambda _server, worker: metricsdir.process_exited(worker.pid),
             }
             if settings.master.tls:
                 options["certfile"] = settings.master.tls_cert

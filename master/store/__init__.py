@@ -2,15 +2,16 @@
 
 `Store` opens (and migrates) the database under ``data_dir`` and offers ``jobs`` (builds,
 jobs, staged files), ``packages`` (published archives, generations, dirty index groups),
-``index`` (each format's index cache), ``workers`` (heartbeats) and ``logins`` (failed
-logins). Redis is only the queue:
-whatever is here is the truth.
+``index`` (each format's index cache), ``workers`` (heartbeats), ``logins`` (failed
+logins), ``counters`` (what /metrics counts) and ``webhooks`` (queued deliveries).
+Redis is only the queue: whatever is here is the truth.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from master.store.counters import CounterStore
 from master.store.db import GROUPS, SCHEMA_VERSION, Database, group_of
 from master.store.index import IndexCache
 from master.store.jobs import JobStore
@@ -27,6 +28,7 @@ from master.store.records import (
     WorkerInfo,
     WorkerRecord,
 )
+from master.store.webhooks import WebhookStore
 from master.store.workers import WorkerStore
 
 __all__ = ["GROUPS", "SCHEMA_VERSION", "Build", "IndexKey", "Job", "NewPackage",
@@ -43,6 +45,8 @@ class Store:
         self.index = IndexCache(self.db)
         self.workers = WorkerStore(self.db)
         self.logins = LoginStore(self.db)
+        self.counters = CounterStore(self.db)
+        self.webhooks = WebhookStore(self.db)
 
     @classmethod
     def in_data_dir(cls, data_dir: str | Path) -> Store:
