@@ -64,6 +64,9 @@ def serve(config_path: str | None) -> None:
         embedded.start()
     services = Services.build(settings)
     _check_storage(services.repository.storage)
+    from master.metrics import scrape_token
+
+    scrape_token(settings)  # a token variable named but unset stops the start, clearly
     # Nobody could renew a lease while the master was away: give running attempts a fresh one.
     services.store.jobs.extend_all_leases(settings.master.lease_seconds)
     services.repository.discard_partial_uploads()
