@@ -220,6 +220,8 @@ class MasterSettings:
     public_url: str | None = None
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     webhooks: tuple[WebhookSettings, ...] = ()
+    #: seconds the event stream's events are kept (a client may resume within it).
+    events_window: int = 7 * 86400
 
     @property
     def tls(self) -> bool:
@@ -256,6 +258,8 @@ class MasterSettings:
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise ValueError(f"two webhooks are named {name!r}", f"webhooks[{i}].name")
+        if not 60 <= self.events_window <= 366 * 86400:
+            raise ValueError("must be between 60 seconds and 366 days", "events_window")
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ def serve(config_path: str | None) -> None:
 
     from gunicorn.app.base import BaseApplication
 
+    from master import streams
     from master.app import create_app
     from master.broker import EmbeddedRedis
     from master.services import Services
@@ -108,6 +109,9 @@ def serve(config_path: str | None) -> None:
                 "when_ready": lambda _server: threading.Thread(
                     target=housekeeping, name="housekeeping", daemon=True).start(),
                 "child_exit": lambda _server, worker: metricsdir.process_exited(worker.pid),
+                # Streams (events, followed logs) watch their process's worker, so a stop
+                # ends them at once instead of waiting graceful_timeout for them.
+                "post_worker_init": lambda worker: streams.attach(worker),
             }
             if settings.master.tls:
                 options["certfile"] = settings.master.tls_cert

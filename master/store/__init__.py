@@ -2,8 +2,9 @@
 
 `Store` opens (and migrates) the database under ``data_dir`` and offers ``jobs`` (builds,
 jobs, staged files), ``packages`` (published archives, generations, dirty index groups),
-``index`` (each format's index cache), ``workers`` (heartbeats), ``logins`` (failed
-logins), ``counters`` (what /metrics counts) and ``webhooks`` (queued deliveries).
+``index`` (each format's index cache), ``workers`` (heartbeats, drained workers),
+``logins`` (failed logins), ``events`` (what happened, in commit order), ``queues``
+(paused queues), ``counters`` (what /metrics counts) and ``webhooks`` (queued deliveries).
 Redis is only the queue: whatever is here is the truth.
 """
 
@@ -13,10 +14,12 @@ from pathlib import Path
 
 from master.store.counters import CounterStore
 from master.store.db import GROUPS, SCHEMA_VERSION, Database, group_of
+from master.store.events import Event, EventStore
 from master.store.index import IndexCache
 from master.store.jobs import JobStore
 from master.store.logins import LoginStore
 from master.store.packages import PackageStore
+from master.store.queues import QueueStore
 from master.store.records import (
     Build,
     IndexKey,
@@ -31,7 +34,7 @@ from master.store.records import (
 from master.store.webhooks import WebhookStore
 from master.store.workers import WorkerStore
 
-__all__ = ["GROUPS", "SCHEMA_VERSION", "Build", "IndexKey", "Job", "NewPackage",
+__all__ = ["GROUPS", "SCHEMA_VERSION", "Build", "Event", "IndexKey", "Job", "NewPackage",
            "PackageRecord", "PlannedJob", "StagedFile", "Store", "WorkerInfo", "WorkerRecord",
            "group_of"]
 
@@ -47,6 +50,8 @@ class Store:
         self.logins = LoginStore(self.db)
         self.counters = CounterStore(self.db)
         self.webhooks = WebhookStore(self.db)
+        self.events = EventStore(self.db)
+        self.queues = QueueStore(self.db)
 
     @classmethod
     def in_data_dir(cls, data_dir: str | Path) -> Store:

@@ -27,7 +27,7 @@ from common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: index groups per suite, component and architecture (how the index cache is cut)
 GROUPS = 256
@@ -126,6 +126,25 @@ CREATE TABLE login_failures (            -- failed logins, shared by every maste
     at      REAL NOT NULL
 );
 CREATE INDEX login_failures_pair ON login_failures(user, address, at);
+CREATE TABLE events (                   -- what happened, in commit order (master.store.events)
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    at       REAL NOT NULL,
+    kind     TEXT NOT NULL,
+    build_id INTEGER,
+    job_id   INTEGER,
+    data     TEXT NOT NULL                -- JSON object: the kind's own fields
+);
+CREATE INDEX events_build ON events(build_id);
+CREATE INDEX events_at ON events(at);
+CREATE TABLE worker_flags (             -- what the master knows of a worker besides heartbeats
+    name    TEXT PRIMARY KEY,
+    online  INTEGER NOT NULL DEFAULT 0,   -- its worker.online was the last of its events
+    drained INTEGER NOT NULL DEFAULT 0    -- finishes what it builds, claims nothing new
+);
+CREATE TABLE queue_flags (
+    queue  TEXT PRIMARY KEY,              -- a build.* queue
+    paused INTEGER NOT NULL DEFAULT 0     -- its jobs stay queued until it is resumed
+);
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -299,13 +318,28 @@ def _add_counters_and_webhooks(db: sqlite3.Connection) -> None:
     dispatcher's cursor, and leases for one-process-at-a-time tasks. Jobs and builds that
     finished before have no counts (the counters start at zero)."""
     run_script(db, _OBSERVABILITY)
+def _add_events(db: sqlite3.Connection) -> None:
+    """The event stream (kept for master.events_window), drained workers and paused queues."""
+    run_script(db, """
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL,
+            build_id INTEGER, job_id INTEGER, data TEXT NOT NULL);
+        CREATE INDEX events_build ON events(build_id);
+        CREATE INDEX events_at ON events(at);
+        CREATE TABLE worker_flags (
+            name TEXT PRIMARY KEY, online INTEGER NOT NULL DEFAULT 0,
+            drained INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE queue_flags (
+            queue TEXT PRIMARY KEY, paused INTEGER NOT NULL DEFAULT 0);
+    """)
 
 
 #: version N -> the step that takes a database from N to N + 1
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2,
                                                                 2: _migrate_2_to_3,
                                                                 3: _migrate_3_to_4,
-                                                                4: _add_counters_and_webhooks}
+                                                                4: _add_events,
+                                                                5: _add_counters_and_webhooks}
 
 
 class Database:

@@ -15,9 +15,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from common.states import RESTARTABLE, JobState, SourceKind, check_move
+from common.states import RESTARTABLE, JobState, SourceKind, build_state, check_move
 from master.store import counters
 from master.store.db import Database
+from master.store.events import record
 from master.store.records import Build, Job, PlannedJob, StagedFile
 
 _SELECT = f"SELECT {Job.COLUMNS} FROM jobs"
@@ -39,6 +40,41 @@ def _move(db: sqlite3.Connection, job: Job, new: JobState, **changes: Any) -> No
         raise RuntimeError(f"job {job.id} changed under a write transaction")
     counters.job_moved(db, job.build_id, job.arch, job.state, new, job.queued_at,
                        job.started_at)
+    _job_event(db, job.id)
+
+
+def _job_event(db: sqlite3.Connection, job_id: int) -> None:
+    """The event of the move just made (in its transaction); and the build's end, when this
+    move ended its last open job."""
+    job = _job(db, job_id)
+    assert job is not None
+    common: dict[str, Any] = {"package": job.package, "version": job.version,
+                              "arch": job.arch, "attempt": job.attempt}
+    ids = {"job_id": job.id, "build_id": job.build_id}
+    if job.state == JobState.QUEUED:
+        record(db, "job.queued", **ids, **common)
+    elif job.state == JobState.BUILDING:
+        record(db, "job.started", worker=job.worker, **ids, **common)
+    else:
+        duration = (round(job.finished_at - job.started_at, 3)
+                    if job.finished_at is not None and job.started_at is not None else None)
+        record(db, "job.finished", state=job.state.value, error=job.error, worker=job.worker,
+               duration=duration, **ids, **common)
+        _build_event(db, job.build_id)
+
+
+def _build_event(db: sqlite3.Connection, build_id: int) -> None:
+    """``build.finished`` if every job of the build has now reached a final state."""
+    counts: dict[str, int] = {}
+    for (state,) in db.execute("SELECT state FROM jobs WHERE build_id=?", (build_id,)):
+        counts[state] = counts.get(state, 0) + 1
+    states = [JobState(s) for s in counts]
+    if not states or not all(s.is_final for s in states):
+        return
+    summary = build_state(states)
+    outcome = {JobState.SUCCESS: "success", JobState.CANCELLED: "cancelled"}.get(summary,
+                                                                                 "failed")
+    record(db, "build.finished", build_id=build_id, state=outcome, jobs=counts)
 
 
 def _new_attempt(db: sqlite3.Connection, job: Job, error: str | None = None,
@@ -75,6 +111,13 @@ class JobStore:
                      json.dumps(deps)))
                 assert cur.lastrowid is not None
                 job_ids.append(cur.lastrowid)
+            record(db, "build.created", build_id=build_id, packages=list(packages),
+                   requested_by=requested_by,
+                   jobs=[{"id": i, "package": j.package, "version": j.version, "arch": j.arch}
+                         for i, j in zip(job_ids, jobs, strict=True)])
+            for job_id, job in zip(job_ids, jobs, strict=True):
+                record(db, "job.queued", job_id=job_id, build_id=build_id,
+                       package=job.package, version=job.version, arch=job.arch, attempt=1)
         return build_id, job_ids
 
     def create_local_job(self, package: str, version: str, arch: str, fmt: str,
@@ -93,6 +136,11 @@ class JobStore:
             assert cur.lastrowid is not None
             job = _job(db, cur.lastrowid)
             assert job is not None
+            record(db, "build.created", build_id=build_id, packages=[package],
+                   requested_by=user,
+                   jobs=[{"id": job.id, "package": package, "version": version, "arch": arch}])
+            record(db, "job.queued", job_id=job.id, build_id=build_id, package=package,
+                   version=version, arch=arch, attempt=1)
             _move(db, job, JobState.BUILDING, worker=worker, claimed_by=user,
                   token_hash=token_hash, started_at=now, lease_expires=now + lease_seconds)
             started = _job(db, job.id)
@@ -241,6 +289,9 @@ class JobStore:
             job = _job(db, job_id)
             if job is None or job.attempt != attempt or job.state != JobState.BUILDING:
                 return False
+            if state == JobState.SUCCESS and files:
+                record(db, "upload.accepted", job_id=job.id, build_id=job.build_id,
+                       files=list(files))
             _move(db, job, state, finished_at=time.time(), error=error, files=json.dumps(files),
                   lease_expires=None)
             if state != JobState.SUCCESS:
