@@ -133,7 +133,8 @@ class UserSettings:
 #: The event kinds a webhook may subscribe to (the event stream's kinds).
 WEBHOOK_EVENTS = ("build.created", "build.finished", "job.queued", "job.started",
                   "job.finished", "upload.accepted", "index.updated", "worker.online",
-                  "worker.offline")
+                  "worker.offline", "worker.drained", "worker.resumed", "queue.paused",
+                  "queue.resumed")
 _HOOK_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 

@@ -68,6 +68,10 @@ def serve(config_path: str | None) -> None:
     from master.metrics import scrape_token
 
     scrape_token(settings)  # a token variable named but unset stops the start, clearly
+    from master.webhooks import Dispatcher
+
+    dispatcher = Dispatcher(settings, services.store)  # an unset secret_env stops it too
+    dispatcher.start_cursor()
     # Nobody could renew a lease while the master was away: give running attempts a fresh one.
     services.store.jobs.extend_all_leases(settings.master.lease_seconds)
     services.repository.discard_partial_uploads()
@@ -92,6 +96,12 @@ def serve(config_path: str | None) -> None:
             except Exception:
                 log.exception("housekeeping failed")
 
+    def background(_server: Any) -> None:
+        threading.Thread(target=housekeeping, name="housekeeping", daemon=True).start()
+        # Webhook deliveries go out from the arbiter, never from a request.
+        threading.Thread(target=dispatcher.run, args=(stop,), name="webhooks",
+                         daemon=True).start()
+
     class Server(BaseApplication):
         def load_config(self) -> None:
             options: dict[str, Any] = {
@@ -106,8 +116,7 @@ def serve(config_path: str | None) -> None:
                 "graceful_timeout": 30,
                 "accesslog": "-",
                 "access_log_format": '%(h)s %(u)s "%(r)s" %(s)s %(b)s %(M)sms',
-                "when_ready": lambda _server: threading.Thread(
-                    target=housekeeping, name="housekeeping", daemon=True).start(),
+                "when_ready": background,
                 "child_exit": lambda _server, worker: metricsdir.process_exited(worker.pid),
                 # Streams (events, followed logs) watch their process's worker, so a stop
                 # ends them at once instead of waiting graceful_timeout for them.
