@@ -121,6 +121,8 @@ class Dispatcher:
         self.lease_seconds = float(longest + 30)
         self.session = requests.Session()
         self._last_prune = 0.0
+        self._lease_until = 0.0
+        self._pid = os.getpid()
 
     @property
     def owner(self) -> str:
@@ -228,7 +230,7 @@ class Dispatcher:
             if not due:
                 return tried
             for delivery in due:
-                if not self.store.webhooks.take_lease(LEASE, self.owner, self.lease_seconds):
+                if not self._hold_lease():
                     return tried  # another process took over
                 self.send(delivery)
                 tried += 1
@@ -263,6 +265,8 @@ class Dispatcher:
             error = f"no answer within {hook.timeout} s"
         except requests.RequestException as exc:
             error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR]
+        if os.getpid() != self._pid:
+            return False  # a forked copy of the loop: the process that sent records it
         attempts = delivery.attempts + 1
         if error is None:
             self.store.webhooks.record(delivery.seq, delivered=True, status=status, error=None,
@@ -284,11 +288,25 @@ class Dispatcher:
 
     # -- the loop ----------------------------------------------------------------------------
 
+    def _hold_lease(self) -> bool:
+        """Whether this process may send; the lease is renewed when half of it is left (a
+        write every few seconds, not every round)."""
+        now = time.time()
+        if now < self._lease_until - self.lease_seconds / 2:
+            return True
+        if self.store.webhooks.take_lease(LEASE, self.owner, self.lease_seconds):
+            self._lease_until = now + self.lease_seconds
+            return True
+        self._lease_until = 0.0
+        return False
+
     def round(self) -> None:
-        if not self.store.webhooks.take_lease(LEASE, self.owner, self.lease_seconds):
-            return
+        # The cursor moves even without hooks (cheap: a write only when there are events),
+        # so a hook added later starts from its own time, not from the past.
         while self.fan_out():
             pass
+        if not self.hooks or not self._hold_lease():
+            return
         self.send_due()
         now = time.time()
         if now - self._last_prune > 600:
@@ -302,7 +320,7 @@ class Dispatcher:
         keeps the loop's greenlet alive in the child. The copy notices it is elsewhere and
         ends, so only the process that started the loop sends.
         """
-        pid = os.getpid()
+        pid = self._pid = os.getpid()
         try:
             while not stop.wait(INTERVAL):
                 if os.getpid() != pid:
@@ -313,7 +331,7 @@ class Dispatcher:
                     log.exception("webhook dispatch failed")
         finally:
             try:
-                if os.getpid() == pid:
+                if os.getpid() == pid and self._lease_until:
                     self.store.webhooks.release_lease(LEASE, self.owner)
             except Exception:
                 log.debug("webhook lease not released", exc_info=True)
