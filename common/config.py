@@ -43,6 +43,10 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "PKGFARM_CA_FILE": ("worker", "ca_file"),
     "PKGFARM_S3_ACCESS_KEY_ID": ("storage", "access_key_id"),
     "PKGFARM_S3_SECRET_ACCESS_KEY": ("storage", "secret_access_key"),
+    "PKGFARM_CLIENT_URL": ("client", "url"),
+    "PKGFARM_CLIENT_USER": ("client", "user"),
+    "PKGFARM_CLIENT_PASSWORD": ("client", "password"),
+    "PKGFARM_CLIENT_TOKEN": ("client", "token"),
 }
 
 
@@ -426,6 +430,32 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class ClientSettings:
+    """How the ``master`` command's client commands (status, builds, events, ...) reach the
+    master's API: its URL and the credentials of a user of it."""
+
+    url: str = "http://127.0.0.1:8080"
+    #: HTTP basic auth ...
+    user: str | None = None
+    password: str | None = None
+    #: ... or an API token (sent as ``Authorization: Bearer``; used instead of the user and
+    #: password when both are set, e.g. the token from PKGFARM_CLIENT_TOKEN)
+    token: str | None = None
+    #: the CA bundle (PEM) the master's HTTPS certificate is checked against; unset: the
+    #: system's bundle.
+    ca_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL", "url")
+        if (self.user is None) != (self.password is None):
+            raise ValueError("user and password go together", "password" if self.user
+                             else "user")
+        if self.token is not None and not self.token.strip():
+            raise ValueError("must not be empty", "token")
+
+
+@dataclass(frozen=True)
 class Settings:
     #: the Celery broker; unset means the master's private redis-server under data_dir.
     broker_url: str | None = None
@@ -441,6 +471,7 @@ class Settings:
     repository: RepositorySettings = field(default_factory=RepositorySettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    client: ClientSettings = field(default_factory=ClientSettings)
     #: the file these settings were read from (not a key of it)
     config_file: str | None = field(default=None, metadata={"internal": True})
 
@@ -533,8 +564,9 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         w, work_dir=absolute(w.work_dir), ca_file=maybe(w.ca_file),
         base_dir=absolute(w.base_dir or os.path.join(w.work_dir, "bases")))
     paths = tuple(absolute(p) for p in settings.package_paths)
+    client = dataclasses.replace(settings.client, ca_file=maybe(settings.client.ca_file))
     return dataclasses.replace(settings, master=master, worker=worker, package_paths=paths,
-                               broker_ca_file=maybe(settings.broker_ca_file))
+                               broker_ca_file=maybe(settings.broker_ca_file), client=client)
 
 
 def _join(prefix: str, key: str) -> str:

@@ -57,6 +57,9 @@ def follow(store: Store, data_dir: str | Path, job_id: int, poll: float = 0.5
     """The current attempt's log so far, then what the worker adds, until the job ends (or
     the master process stops)."""
     offset, attempt = 0, None
+    # An empty first piece: the response's headers go out now, not with the first line of a
+    # log that may stay empty for a while (a queued job, a slow start).
+    yield b""
     while True:
         job = store.jobs.get(job_id)
         if job is None:

@@ -17,7 +17,13 @@ them, when it has neither).
   refused from then on;
 - if the broker lost its data (a marker key the master keeps there is gone), every queued job
   gets a new attempt number and is sent again, so its old message, should it exist, is stale;
-- whatever has not reached the broker is sent.
+- whatever has not reached the broker is sent (but for the jobs of a paused queue);
+- workers whose heartbeats stopped are recorded offline, and events older than
+  ``master.events_window`` are forgotten.
+
+A drained worker, or a paused queue, is enforced at the claim: the claim is refused as stale
+and the job's message is sent again (as a new attempt) when it may run, so the message that
+was taken goes back to the farm rather than to the drained worker.
 """
 
 from __future__ import annotations

@@ -167,6 +167,35 @@ class JobStore:
                     jobs[j["build_id"]].append(Job.from_row(j))
         return [(Build.from_row(r), jobs[r["id"]]) for r in rows]
 
+    def find_builds(self, *, state: str | None = None, package: str | None = None,
+                    requester: str | None = None, arch: str | None = None, limit: int = 50,
+                    offset: int = 0) -> tuple[int, list[tuple[Build, list[Job]]]]:
+        """Builds, newest first, that match every filter given: their state (as
+        common.states.build_state sums up its jobs), a package one of its jobs builds, who
+        asked for it, an architecture one of its jobs builds for. The number of matches, and
+        the page ``offset``, ``limit``."""
+        where, args = [], []
+        if state is not None:
+            where.append(f"({_BUILD_STATE}) = ?")
+            args.append(state)
+        if package is not None:
+            where.append("EXISTS (SELECT 1 FROM jobs j WHERE j.build_id=b.id AND j.package=?)")
+            args.append(package)
+        if arch is not None:
+            where.append("EXISTS (SELECT 1 FROM jobs j WHERE j.build_id=b.id AND j.arch=?)")
+            args.append(arch)
+        if requester is not None:
+            where.append("b.requested_by = ?")
+            args.append(requester)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        with self.db.read() as db:
+            total = int(db.execute(f"SELECT count(*) FROM builds b{clause}", args).fetchone()[0])
+            ids = [r[0] for r in db.execute(
+                f"SELECT b.id FROM builds b{clause} ORDER BY b.id DESC LIMIT ? OFFSET ?",
+                [*args, limit, offset])]
+            builds = _builds_with_jobs(db, ids)
+        return total, builds
+
     # -- jobs ----------------------------------------------------------------------------------
 
     def get(self, job_id: int) -> Job | None:
@@ -354,6 +383,31 @@ class JobStore:
                                                (job_id,))]
             db.execute("DELETE FROM staged WHERE job_id=?", (job_id,))
         return paths
+
+
+#: A build's state in SQL, as common.states.build_state sums it up from its jobs' states.
+_BUILD_STATE = """SELECT CASE
+    WHEN count(*) = 0 THEN 'queued'
+    WHEN sum(j.state = 'success') = count(*) THEN 'success'
+    WHEN sum(j.state = 'building') > 0 THEN 'building'
+    WHEN sum(j.state = 'queued') > 0 THEN
+        CASE WHEN sum(j.state = 'queued') < count(*) THEN 'building' ELSE 'queued' END
+    WHEN sum(j.state = 'failed') > 0 THEN 'failed'
+    WHEN sum(j.state = 'dep-failed') > 0 THEN 'dep-failed'
+    WHEN sum(j.state = 'cancelled') > 0 THEN 'cancelled'
+    ELSE 'success' END FROM jobs j WHERE j.build_id = b.id"""
+
+
+def _builds_with_jobs(db: sqlite3.Connection, ids: list[int]) -> list[tuple[Build, list[Job]]]:
+    """The builds of ``ids``, in that order, each with its jobs."""
+    if not ids:
+        return []
+    marks = ",".join("?" * len(ids))
+    rows = {r["id"]: r for r in db.execute(f"SELECT * FROM builds WHERE id IN ({marks})", ids)}
+    jobs: dict[int, list[Job]] = {i: [] for i in ids}
+    for j in db.execute(f"{_SELECT} WHERE build_id IN ({marks}) ORDER BY id", ids):
+        jobs[j["build_id"]].append(Job.from_row(j))
+    return [(Build.from_row(rows[i]), jobs[i]) for i in ids]
 
 
 def _insert_build(db: sqlite3.Connection, packages: list[str], arch: str | None,
