@@ -119,10 +119,11 @@ class Dispatcher:
         self._tag = uuid.uuid4().hex[:8]
         longest = max((h.timeout for h in self.hooks.values()), default=10)
         self.lease_seconds = float(longest + 30)
-        self.session = requests.Session()
+        self.sessions = {name: requests.Session() for name in self.hooks}
         self._last_prune = 0.0
         self._lease_until = 0.0
         self._pid = os.getpid()
+        self._lock = threading.Lock()
 
     @property
     def owner(self) -> str:
@@ -222,11 +223,12 @@ class Dispatcher:
 
     # -- sending -----------------------------------------------------------------------------
 
-    def send_due(self) -> int:
-        """Try every delivery that is due, oldest first; how many were tried."""
+    def send_due(self, hook: str | None = None) -> int:
+        """Try every delivery that is due (of one hook, or all), oldest first; how many
+        were tried."""
         tried = 0
         while True:
-            due = self.store.webhooks.due(time.time())
+            due = self.store.webhooks.due(time.time(), hook=hook)
             if not due:
                 return tried
             for delivery in due:
@@ -255,7 +257,7 @@ class Dispatcher:
         status: int | None = None
         error: str | None = None
         try:
-            resp = self.session.post(hook.url, data=body, headers=headers,
+            resp = self.sessions[hook.name].post(hook.url, data=body, headers=headers,
                                      timeout=hook.timeout, allow_redirects=False)
             status = resp.status_code
             resp.close()
@@ -291,36 +293,41 @@ class Dispatcher:
     def _hold_lease(self) -> bool:
         """Whether this process may send; the lease is renewed when half of it is left (a
         write every few seconds, not every round)."""
-        now = time.time()
-        if now < self._lease_until - self.lease_seconds / 2:
-            return True
-        if self.store.webhooks.take_lease(LEASE, self.owner, self.lease_seconds):
-            self._lease_until = now + self.lease_seconds
-            return True
-        self._lease_until = 0.0
-        return False
+        with self._lock:
+            now = time.time()
+            if now < self._lease_until - self.lease_seconds / 2:
+                return True
+            if self.store.webhooks.take_lease(LEASE, self.owner, self.lease_seconds):
+                self._lease_until = now + self.lease_seconds
+                return True
+            self._lease_until = 0.0
+            return False
 
     def round(self) -> None:
+        """Queue what new events call for, and forget old finished deliveries."""
         # The cursor moves even without hooks (cheap: a write only when there are events),
         # so a hook added later starts from its own time, not from the past.
         while self.fan_out():
             pass
-        if not self.hooks or not self._hold_lease():
-            return
-        self.send_due()
         now = time.time()
-        if now - self._last_prune > 600:
+        if self.hooks and now - self._last_prune > 600 and self._hold_lease():
             self._last_prune = now
             self.store.webhooks.prune(now - self.settings.master.events_window)
 
     def run(self, stop: threading.Event) -> None:
-        """Dispatch until ``stop`` is set (master serve's background loop).
+        """Dispatch until ``stop`` is set (master serve's background loop): this loop queues,
+        one sender per hook sends, so a slow receiver delays only its own deliveries.
 
         gunicorn forks its workers from the process running this loop; with gevent a fork
-        keeps the loop's greenlet alive in the child. The copy notices it is elsewhere and
-        ends, so only the process that started the loop sends.
+        keeps the loops' greenlets alive in the child. The copies notice they are elsewhere
+        and end, so only the process that started them sends.
         """
         pid = self._pid = os.getpid()
+        senders = [threading.Thread(target=self._sender, args=(name, stop, pid),
+                                    name=f"webhook-{name}", daemon=True)
+                   for name in self.hooks]
+        for sender in senders:
+            sender.start()
         try:
             while not stop.wait(INTERVAL):
                 if os.getpid() != pid:
@@ -330,8 +337,21 @@ class Dispatcher:
                 except Exception:
                     log.exception("webhook dispatch failed")
         finally:
+            if os.getpid() == pid:
+                for sender in senders:
+                    sender.join(timeout=1)
+                try:
+                    if self._lease_until:
+                        self.store.webhooks.release_lease(LEASE, self.owner)
+                except Exception:
+                    log.debug("webhook lease not released", exc_info=True)
+
+    def _sender(self, hook: str, stop: threading.Event, pid: int) -> None:
+        while not stop.wait(INTERVAL):
+            if os.getpid() != pid:
+                return
             try:
-                if os.getpid() == pid and self._lease_until:
-                    self.store.webhooks.release_lease(LEASE, self.owner)
+                if self._hold_lease():
+                    self.send_due(hook)
             except Exception:
-                log.debug("webhook lease not released", exc_info=True)
+                log.exception("webhook %s: sending failed", hook)

@@ -80,15 +80,17 @@ class WebhookStore:
                        "DO UPDATE SET value=excluded.value", (CURSOR_KEY, new_cursor))
         return True
 
-    def due(self, now: float, limit: int = 100) -> list[Delivery]:
-        """Pending deliveries whose time has come and that no earlier pending delivery of the
-        same hook and build holds back, oldest first."""
+    def due(self, now: float, limit: int = 100, hook: str | None = None) -> list[Delivery]:
+        """Pending deliveries (of one hook, or all) whose time has come and that no earlier
+        pending delivery of the same hook and build holds back, oldest first."""
+        where = "" if hook is None else " AND d.hook=?"
+        args = (PENDING, now, PENDING) + (() if hook is None else (hook,)) + (limit,)
         with self.db.read() as db:
             rows = db.execute(
                 "SELECT * FROM webhook_deliveries d WHERE state=? AND next_try<=? AND NOT "
                 "EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.state=? AND "
-                "e.hook=d.hook AND e.build_id IS d.build_id AND e.seq<d.seq) "
-                "ORDER BY seq LIMIT ?", (PENDING, now, PENDING, limit)).fetchall()
+                "e.hook=d.hook AND e.build_id IS d.build_id AND e.seq<d.seq)"
+                f"{where} ORDER BY seq LIMIT ?", args).fetchall()
         return [Delivery.from_row(r) for r in rows]
 
     def next_due(self) -> float | None:

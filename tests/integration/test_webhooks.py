@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -109,13 +110,28 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def farm(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[Farm]:
+def stalled() -> Iterator[str]:
+    """A receiver that takes connections and never answers (the kernel accepts them)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver,
+         stalled: str) -> Iterator[Farm]:
     root = tmp_path_factory.mktemp("webhooks")
     old = os.environ.get(SECRET_ENV)
     os.environ[SECRET_ENV] = SECRET  # the master reads it from its environment at start
     hook = {"name": "ci", "url": receiver.url, "events": ["build.finished", "job.finished"],
             "secret_env": SECRET_ENV, "timeout": 1, "backoff": 0.3, "max_attempts": 20}
-    f = Farm(root, extra_master={"processes": 2, "webhooks": [hook],
+    # A second hook whose receiver never answers: it must not hold the first one back, and
+    # its deliveries are given up after their last try.
+    stuck = {"name": "stalled", "url": stalled, "events": ["build.finished"],
+             "secret": "another-secret-0123456789", "timeout": 2, "backoff": 0.2,
+             "max_attempts": 2}
+    f = Farm(root, extra_master={"processes": 2, "webhooks": [hook, stuck],
                                  "public_url": "https://farm.example.org/"})
     try:
         f.start({"h-amd64": ["amd64"]})
@@ -205,7 +221,8 @@ def test_deliveries_are_retried_signed_ordered_and_one_per_build(farm: Farm,
 
     # Admins see the deliveries and their tries.
     listed = master.api("GET", "/api/v1/webhooks").json()["webhooks"]
-    (hook,) = listed
+    hook, stuck = listed
+    assert stuck["name"] == "stalled"
     assert hook["name"] == "ci" and hook["url"] == receiver.url
     assert "secret" not in json.dumps(hook).lower().replace("secret_env", "")
     by_id = {d["id"]: d for d in hook["deliveries"]}
@@ -214,6 +231,17 @@ def test_deliveries_are_retried_signed_ordered_and_one_per_build(farm: Farm,
     assert retried["last_status"] == 200 and retried["next_try"] is None
     assert hook["counts"]["pending"] == 0 and hook["counts"]["failed"] == 0
     assert master.api("GET", "/api/v1/webhooks", user="reader").status_code == 403
+
+    # The stalled hook's two notifications were tried twice each, then given up.
+    def given_up() -> dict[str, Any] | None:
+        found = master.api("GET", "/api/v1/webhooks").json()["webhooks"][1]
+        return found if found["counts"]["failed"] == 2 else None
+
+    stuck = wait_for(given_up, 30, "the stalled hook's deliveries to be given up")
+    assert stuck["counts"]["pending"] == 0 and stuck["counts"]["delivered"] == 0
+    for d in stuck["deliveries"]:
+        assert (d["state"], d["attempts"], d["next_try"]) == ("failed", 2, None), d
+        assert d["last_error"] == "no answer within 2 s" and d["last_status"] is None
 
 
 def test_pending_deliveries_survive_a_master_restart(farm: Farm, receiver: Receiver) -> None:
@@ -227,6 +255,7 @@ def test_pending_deliveries_survive_a_master_restart(farm: Farm, receiver: Recei
 
     def mine() -> dict[str, dict[str, Any]]:
         hook = master.api("GET", "/api/v1/webhooks").json()["webhooks"][0]
+        assert hook["name"] == "ci"
         return {d["event"]: d for d in hook["deliveries"] if d["build_id"] == build_id}
 
     def tried_and_pending() -> bool:
