@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -18,6 +19,11 @@ ENV = "PROMETHEUS_MULTIPROC_DIR"
 def prepare(data_dir: str | Path) -> Path:
     """Empty ``data_dir``/metrics (values of an earlier run would be added to this one's) and
     point this process and its children at it."""
+    if "prometheus_client" in sys.modules:
+        # Its values would stay per process, and each scrape would show one process's share.
+        raise RuntimeError("prometheus_client was imported before master serve set "
+                           f"{ENV}: import master.app, master.services and master.metrics "
+                           "inside serve, after metricsdir.prepare")
     folder = Path(data_dir) / "metrics"
     if folder.exists():
         shutil.rmtree(folder)
