@@ -22,7 +22,7 @@ RUNTIME_DEBS="python3 python3-venv python3-pip redis-server dpkg-dev fakeroot xz
 # The tests also run the compose recipes under a Docker engine of their own (docker.io), make
 # its base image (mmdebstrap), TLS certificates (openssl) and check the systemd units
 # (systemd-analyze, in the systemd package).
-TEST_DEBS="docker.io docker-compose apt-utils iproute2 openssl systemd"
+TEST_DEBS="docker.io docker-compose apt-utils iproute2 openssl systemd prometheus"
 
 install_debs() {
     local missing=()

@@ -134,6 +134,75 @@ class UserSettings:
             raise ValueError("must be the name of an environment variable", "password_env")
 
 
+#: The event kinds a webhook may subscribe to (the event stream's kinds).
+WEBHOOK_EVENTS = ("build.created", "build.finished", "job.queued", "job.started",
+                  "job.finished", "upload.accepted", "index.updated", "worker.online",
+                  "worker.offline", "worker.drained", "worker.resumed", "queue.paused",
+                  "queue.resumed")
+_HOOK_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """Who may read ``GET /metrics``."""
+
+    #: a role whose holders may scrape with basic auth (admins always may); null: none.
+    role: str | None = "read"
+    #: the name of an environment variable holding a bearer token for scrapers.
+    token_env: str | None = None
+    #: true: anyone may read the metrics, without credentials.
+    public: bool = False
+
+    def __post_init__(self) -> None:
+        if self.role is not None and self.role not in ROLES:
+            raise ValueError(f"unknown role {self.role!r} (known: {', '.join(ROLES)})", "role")
+        if self.token_env is not None and not ENV_NAME_RE.fullmatch(self.token_env):
+            raise ValueError("must be the name of an environment variable", "token_env")
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """One receiver of signed JSON notifications."""
+
+    name: str
+    url: str
+    events: tuple[str, ...] = ("build.finished",)
+    #: the HMAC key: the name of an environment variable holding it (better) ...
+    secret_env: str | None = None
+    #: ... or the key itself.
+    secret: str | None = None
+    #: seconds one delivery may take before it counts as failed.
+    timeout: int = 10
+    #: deliveries are given up after this many tries.
+    max_attempts: int = 12
+    #: seconds before the first retry; each further retry waits twice as long (at most an hour).
+    backoff: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not _HOOK_NAME_RE.fullmatch(self.name):
+            raise ValueError("must be 1 to 64 letters, digits, '.', '_' or '-'", "name")
+        if not self.url.startswith(("http://", "https://")) or len(self.url) > 2000:
+            raise ValueError("must be an http:// or https:// URL", "url")
+        if not self.events:
+            raise ValueError("must list at least one event", "events")
+        for kind in self.events:
+            if kind not in WEBHOOK_EVENTS:
+                raise ValueError(f"unknown event {kind!r} (known: {', '.join(WEBHOOK_EVENTS)})",
+                                 "events")
+        if (self.secret is None) == (self.secret_env is None):
+            raise ValueError("give exactly one of secret and secret_env", "secret")
+        if self.secret is not None and len(self.secret) < 16:
+            raise ValueError("must be at least 16 characters", "secret")
+        if self.secret_env is not None and not ENV_NAME_RE.fullmatch(self.secret_env):
+            raise ValueError("must be the name of an environment variable", "secret_env")
+        if not 1 <= self.timeout <= 300:
+            raise ValueError("must be between 1 and 300 seconds", "timeout")
+        if not 1 <= self.max_attempts <= 100:
+            raise ValueError("must be between 1 and 100", "max_attempts")
+        if not 0.1 <= self.backoff <= 3600:
+            raise ValueError("must be between 0.1 and 3600 seconds", "backoff")
+
+
 @dataclass(frozen=True)
 class MasterSettings:
     bind: str = "127.0.0.1:8080"
@@ -151,6 +220,11 @@ class MasterSettings:
     #: HTTPS: a PEM certificate (chain) and its key; the master serves TLS itself when set.
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: the master's address as people and webhook receivers reach it (links in
+    #: notifications), e.g. https://farm.example.org; unset: made from ``bind``.
+    public_url: str | None = None
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    webhooks: tuple[WebhookSettings, ...] = ()
     #: seconds the event stream's events are kept (a client may resume within it).
     events_window: int = 7 * 86400
 
@@ -161,6 +235,13 @@ class MasterSettings:
     @property
     def bind_host(self) -> str:
         return self.bind.rsplit(":", 1)[0]
+
+    @property
+    def base_url(self) -> str:
+        """Where links in notifications point: ``public_url``, else the bound address."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"{'https' if self.tls else 'http'}://{self.bind}"
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -175,6 +256,13 @@ class MasterSettings:
             raise ValueError("must be at least 1", "processes")
         if self.max_upload_bytes < 1:
             raise ValueError("must be positive", "max_upload_bytes")
+        if self.public_url is not None and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?",
+                                                            self.public_url):
+            raise ValueError("must be an http:// or https:// URL without query", "public_url")
+        names = [hook.name for hook in self.webhooks]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"two webhooks are named {name!r}", f"webhooks[{i}].name")
         if not 60 <= self.events_window <= 366 * 86400:
             raise ValueError("must be between 60 seconds and 366 days", "events_window")
 
@@ -552,6 +640,15 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         if isinstance(value, str) and value.strip().isdigit():
             return int(value)
         raise ConfigError(f"{where}: must be an integer", key=where)
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: must be a number", key=where)
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: must be a number", key=where) from None
     if hint is str:
         if isinstance(value, str):
             return value

@@ -11,6 +11,7 @@ from werkzeug.routing import IntegerConverter
 
 from common.config import Settings, load_settings
 from common.errors import ApiError, PkgfarmError
+from master import metrics
 from master.api import BLUEPRINTS
 from master.buildlogs import MAX_LOG_BYTES
 from master.services import Services
@@ -40,9 +41,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.master.max_upload_bytes + 1024 * 1024
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["pkgfarm"] = services
+    app.extensions["pkgfarm.metrics_token"] = metrics.scrape_token(settings)
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
     register_error_handlers(app)
+    metrics.instrument(app)
 
     @app.before_request
     def limit_body() -> None:

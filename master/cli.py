@@ -52,6 +52,14 @@ register_client_commands(cli, config_option)
 @config_option
 def serve(config_path: str | None) -> None:
     """Run the master under gunicorn (and its private Redis when no broker_url is set)."""
+    from master import metricsdir
+
+    settings = _settings(config_path)
+    setup_logging()
+    Path(settings.master.data_dir).mkdir(parents=True, exist_ok=True)
+    # Before anything imports prometheus-client: every process counts into this folder.
+    metricsdir.prepare(settings.master.data_dir)
+
     from gunicorn.app.base import BaseApplication
 
     from master import streams
@@ -59,15 +67,19 @@ def serve(config_path: str | None) -> None:
     from master.broker import EmbeddedRedis
     from master.services import Services
 
-    settings = _settings(config_path)
-    setup_logging()
-    Path(settings.master.data_dir).mkdir(parents=True, exist_ok=True)
     embedded = None
     if not settings.broker_url:
         embedded = EmbeddedRedis(settings.embedded_broker_socket)
         embedded.start()
     services = Services.build(settings)
     _check_storage(services.repository.storage)
+    from master.metrics import scrape_token
+
+    scrape_token(settings)  # a token variable named but unset stops the start, clearly
+    from master.webhooks import Dispatcher
+
+    dispatcher = Dispatcher(settings, services.store)  # an unset secret_env stops it too
+    dispatcher.start_cursor()
     # Nobody could renew a lease while the master was away: give running attempts a fresh one.
     services.store.jobs.extend_all_leases(settings.master.lease_seconds)
     services.repository.discard_partial_uploads()
@@ -92,6 +104,12 @@ def serve(config_path: str | None) -> None:
             except Exception:
                 log.exception("housekeeping failed")
 
+    def background(_server: Any) -> None:
+        threading.Thread(target=housekeeping, name="housekeeping", daemon=True).start()
+        # Webhook deliveries go out from the arbiter, never from a request.
+        threading.Thread(target=dispatcher.run, args=(stop,), name="webhooks",
+                         daemon=True).start()
+
     class Server(BaseApplication):
         def load_config(self) -> None:
             options: dict[str, Any] = {
@@ -106,8 +124,8 @@ def serve(config_path: str | None) -> None:
                 "graceful_timeout": 30,
                 "accesslog": "-",
                 "access_log_format": '%(h)s %(u)s "%(r)s" %(s)s %(b)s %(M)sms',
-                "when_ready": lambda _server: threading.Thread(
-                    target=housekeeping, name="housekeeping", daemon=True).start(),
+                "when_ready": background,
+                "child_exit": lambda _server, worker: metricsdir.process_exited(worker.pid),
                 # Streams (events, followed logs) watch their process's worker, so a stop
                 # ends them at once instead of waiting graceful_timeout for them.
                 "post_worker_init": lambda worker: streams.attach(worker),

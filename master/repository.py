@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO
@@ -26,7 +27,7 @@ from common.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unpro
 from common.formats import ArchiveName, PackageFormat
 from common.locks import file_lock
 from common.messages import UploadReceipt
-from master import formats
+from master import formats, metrics
 from master.formats import ArchiveInfo, Digests, IndexContext, RepositoryFormat
 from master.signing import KEY_FILE, Signer
 from master.storage import LocalStorage, Storage
@@ -378,6 +379,7 @@ class Repository:
         with self._index_lock():
             if at_least is not None and packages.index_generation() >= at_least:
                 return False
+            started = time.monotonic()
             generation = packages.generation()
             dirty = packages.dirty()
             ctx = IndexContext(self.settings, self.store, self.storage, self.signer)
@@ -386,6 +388,7 @@ class Repository:
             packages.clear_dirty(dirty)
             packages.set_index_generation(generation, tuple(self.formats),
                                           self.settings.repository.all_suites)
+            metrics.index_updated(time.monotonic() - started)
         if self.signer is not None:
             self.storage.put_bytes(KEY_FILE, self.signer.public_key())
         return True

@@ -11,7 +11,18 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from master.api import builds, events, health, jobs, packages, repo, uploads, workers
+from master.api import (
+    builds,
+    events,
+    health,
+    jobs,
+    metrics,
+    packages,
+    repo,
+    uploads,
+    webhooks,
+    workers,
+)
 
 BLUEPRINTS: tuple[Blueprint, ...] = (health.bp, builds.bp, jobs.bp, workers.bp, uploads.bp,
-                                     packages.bp, repo.bp, events.bp)
+                                     packages.bp, repo.bp, events.bp, metrics.bp, webhooks.bp)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint, g, request
 
 from common.errors import BadRequest, Forbidden
 from master.api.helpers import int_arg, svc
@@ -39,6 +39,7 @@ def upload() -> Any:
                                               current_user())
         receipt = services.repository.stage_upload(stream, filename, sha256, job=job,
                                                    content_length=request.content_length)
+        g.pkgfarm_upload_size = receipt.size
         return receipt.to_json(), 201
     if not caller_has("admin"):
         # Workers publish only what a running attempt of theirs built; a person with the
@@ -48,4 +49,5 @@ def upload() -> Any:
     receipt = services.repository.accept_upload(stream, filename, sha256,
                                                 uploader=current_user(),
                                                 content_length=request.content_length)
+    g.pkgfarm_upload_size = receipt.size
     return receipt.to_json(), 200 if receipt.already_present else 201

@@ -3,15 +3,16 @@
 `Store` opens (and migrates) the database under ``data_dir`` and offers ``jobs`` (builds,
 jobs, staged files), ``packages`` (published archives, generations, dirty index groups),
 ``index`` (each format's index cache), ``workers`` (heartbeats, drained workers),
-``logins`` (failed logins), ``events`` (what happened, in commit order) and ``queues``
-(paused queues). Redis is only the queue:
-whatever is here is the truth.
+``logins`` (failed logins), ``events`` (what happened, in commit order), ``queues``
+(paused queues), ``counters`` (what /metrics counts) and ``webhooks`` (queued deliveries).
+Redis is only the queue: whatever is here is the truth.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from master.store.counters import CounterStore
 from master.store.db import GROUPS, SCHEMA_VERSION, Database, group_of
 from master.store.events import Event, EventStore
 from master.store.index import IndexCache
@@ -30,6 +31,7 @@ from master.store.records import (
     WorkerInfo,
     WorkerRecord,
 )
+from master.store.webhooks import WebhookStore
 from master.store.workers import WorkerStore
 
 __all__ = ["GROUPS", "SCHEMA_VERSION", "Build", "Event", "IndexKey", "Job", "NewPackage",
@@ -46,6 +48,8 @@ class Store:
         self.index = IndexCache(self.db)
         self.workers = WorkerStore(self.db)
         self.logins = LoginStore(self.db)
+        self.counters = CounterStore(self.db)
+        self.webhooks = WebhookStore(self.db)
         self.events = EventStore(self.db)
         self.queues = QueueStore(self.db)
 

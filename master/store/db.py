@@ -27,7 +27,7 @@ from common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: index groups per suite, component and architecture (how the index cache is cut)
 GROUPS = 256
@@ -150,6 +150,37 @@ CREATE TABLE meta (
     value INTEGER NOT NULL
 );
 INSERT INTO meta(key, value) VALUES ('packages_generation', 0), ('index_generation', 0);
+CREATE TABLE counters (                 -- monotonic counters for /metrics (master.store.counters)
+    name   TEXT NOT NULL,
+    labels TEXT NOT NULL,                 -- JSON object of the label values
+    value  REAL NOT NULL,
+    PRIMARY KEY (name, labels)
+);
+CREATE TABLE webhook_deliveries (         -- one notification to one hook (master.webhooks)
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery     TEXT NOT NULL UNIQUE,    -- the id sent as X-Pkgfarm-Delivery
+    hook         TEXT NOT NULL,
+    event_id     INTEGER,
+    kind         TEXT NOT NULL,
+    build_id     INTEGER,
+    body         TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    state        TEXT NOT NULL,           -- pending, delivered or failed (given up)
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_try     REAL NOT NULL,
+    last_try     REAL,
+    last_status  INTEGER,
+    last_error   TEXT,
+    delivered_at REAL
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries(state, next_try);
+CREATE INDEX webhook_deliveries_hook ON webhook_deliveries(hook, build_id, seq);
+CREATE TABLE leases (                     -- who does a one-process-at-a-time task, until when
+    name    TEXT PRIMARY KEY,
+    owner   TEXT NOT NULL,
+    expires REAL NOT NULL
+);
+INSERT INTO meta(key, value) VALUES ('webhooks_cursor', 0);
 """
 
 
@@ -247,6 +278,46 @@ def _migrate_3_to_4(db: sqlite3.Connection) -> None:
     """)
 
 
+_OBSERVABILITY = """
+CREATE TABLE counters (                 -- monotonic counters for /metrics (master.store.counters)
+    name   TEXT NOT NULL,
+    labels TEXT NOT NULL,                 -- JSON object of the label values
+    value  REAL NOT NULL,
+    PRIMARY KEY (name, labels)
+);
+CREATE TABLE webhook_deliveries (         -- one notification to one hook (master.webhooks)
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery     TEXT NOT NULL UNIQUE,    -- the id sent as X-Pkgfarm-Delivery
+    hook         TEXT NOT NULL,
+    event_id     INTEGER,
+    kind         TEXT NOT NULL,
+    build_id     INTEGER,
+    body         TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    state        TEXT NOT NULL,           -- pending, delivered or failed (given up)
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_try     REAL NOT NULL,
+    last_try     REAL,
+    last_status  INTEGER,
+    last_error   TEXT,
+    delivered_at REAL
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries(state, next_try);
+CREATE INDEX webhook_deliveries_hook ON webhook_deliveries(hook, build_id, seq);
+CREATE TABLE leases (                     -- who does a one-process-at-a-time task, until when
+    name    TEXT PRIMARY KEY,
+    owner   TEXT NOT NULL,
+    expires REAL NOT NULL
+);
+INSERT INTO meta(key, value) VALUES ('webhooks_cursor', 0);
+"""
+
+
+def _add_counters_and_webhooks(db: sqlite3.Connection) -> None:
+    """Counters for /metrics kept by the store, queued webhook deliveries with the
+    dispatcher's cursor, and leases for one-process-at-a-time tasks. Jobs and builds that
+    finished before have no counts (the counters start at zero)."""
+    run_script(db, _OBSERVABILITY)
 def _add_events(db: sqlite3.Connection) -> None:
     """The event stream (kept for master.events_window), drained workers and paused queues."""
     run_script(db, """
@@ -267,7 +338,8 @@ def _add_events(db: sqlite3.Connection) -> None:
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2,
                                                                 2: _migrate_2_to_3,
                                                                 3: _migrate_3_to_4,
-                                                                4: _add_events}
+                                                                4: _add_events,
+                                                                5: _add_counters_and_webhooks}
 
 
 class Database:

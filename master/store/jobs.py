@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from common.states import RESTARTABLE, JobState, SourceKind, build_state, check_move
+from master.store import counters
 from master.store.db import Database
 from master.store.events import record
 from master.store.records import Build, Job, PlannedJob, StagedFile
@@ -37,6 +38,8 @@ def _move(db: sqlite3.Connection, job: Job, new: JobState, **changes: Any) -> No
                      (*columns.values(), job.id, job.state.value, job.attempt))
     if cur.rowcount != 1:  # cannot happen inside one write transaction; never silently
         raise RuntimeError(f"job {job.id} changed under a write transaction")
+    counters.job_moved(db, job.build_id, job.arch, job.state, new, job.queued_at,
+                       job.started_at)
     _job_event(db, job.id)
 
 
@@ -275,6 +278,7 @@ class JobStore:
                               (JobState.BUILDING.value, time.time())).fetchall()
             expired = [Job.from_row(r) for r in rows]
             for job in expired:
+                counters.bump(db, counters.LEASE_EXPIRIES, {"arch": job.arch})
                 if job.local:
                     _move(db, job, JobState.FAILED, finished_at=time.time(), lease_expires=None,
                           error=f"the local build on {job.worker} stopped renewing its lease "
@@ -291,6 +295,9 @@ class JobStore:
         with self.db.write() as db:
             cur = db.execute("UPDATE jobs SET attempt=attempt+1, enqueued=0 "
                              "WHERE state=? AND local=0", (JobState.QUEUED.value,))
+            if cur.rowcount:
+                counters.bump(db, counters.BROKER_RESENDS, {"reason": "broker-emptied"},
+                              cur.rowcount)
             return cur.rowcount
 
     def resend(self, job_id: int, attempt: int) -> bool:
@@ -299,6 +306,8 @@ class JobStore:
             cur = db.execute("UPDATE jobs SET attempt=attempt+1, enqueued=0 WHERE id=? AND "
                              "attempt=? AND state=? AND enqueued=1",
                              (job_id, attempt, JobState.QUEUED.value))
+            if cur.rowcount == 1:
+                counters.bump(db, counters.BROKER_RESENDS, {"reason": "message-lost"})
             return cur.rowcount == 1
 
     def finish(self, job_id: int, attempt: int, state: JobState, error: str | None,

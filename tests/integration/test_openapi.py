@@ -102,12 +102,21 @@ def openapi_path(rule: str) -> str:
     return re.sub(r"<(?:[^:<>]+:)?([^:<>]+)>", r"{\1}", rule[len(API_PREFIX):])
 
 
+#: Routes outside /api/v1 that the document describes (each path item names its server "/").
+ROOT_PATHS = {"/metrics"}
+
+
 def app_operations(tmp_path: Path) -> set[tuple[str, str]]:
-    """Every (OpenAPI path, method) the Flask app routes under /api/v1."""
+    """Every (OpenAPI path, method) the Flask app routes under /api/v1, and those of
+    ROOT_PATHS."""
     settings = settings_from_dict({"master": {"data_dir": str(tmp_path / "data")}})
     app = create_app(settings)
     operations = set()
     for rule in app.url_map.iter_rules():
+        if rule.rule in ROOT_PATHS:
+            operations |= {(rule.rule, m.lower()) for m in rule.methods or ()
+                           if m not in ("HEAD", "OPTIONS")}
+            continue
         if not rule.rule.startswith(API_PREFIX + "/"):
             continue
         for method in rule.methods or ():
@@ -130,6 +139,8 @@ def test_document_describes_every_route(master, tmp_path):
     documented = {(path, method) for path, item in doc["paths"].items()
                   for method in item if method in HTTP_METHODS}
     routed = app_operations(tmp_path)
+    for path in ROOT_PATHS:
+        assert doc["paths"][path]["servers"] == [{"url": "/"}], path
     assert routed - documented == set(), "routes missing from master/openapi.yaml"
     assert documented - routed == set(), "master/openapi.yaml describes routes that do not exist"
 

@@ -145,6 +145,9 @@ def test_wrong_password_is_refused_like_none(master):
     ("builder", "POST", "/api/v1/jobs/1/claim", 403),
     ("worker2", "POST", "/api/v1/builds", 403),
     ("worker", "DELETE", "/api/v1/packages/hello-farm", 403),
+    # only admins see webhooks (their URLs and what was sent); metrics take the read role
+    ("reader", "GET", "/api/v1/webhooks", 403),
+    ("builder", "GET", "/metrics", 403),
     # and read is what reading takes
     ("reader", "GET", "/api/v1/builds", 200),
     ("reader", "GET", "/api/v1/workers", 200),
