@@ -147,6 +147,11 @@ class MasterSettings:
     #: HTTPS: a PEM certificate (chain) and its key; the master serves TLS itself when set.
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: the dashboard's read-only pages (overview, builds, logs, packages, workers, repository)
+    #: answer without a log-in; actions and the API still need one.
+    public_pages: bool = False
+    #: hours a browser log-in (the session cookie) lasts.
+    session_hours: int = 12
 
     @property
     def tls(self) -> bool:
@@ -169,6 +174,8 @@ class MasterSettings:
             raise ValueError("must be at least 1", "processes")
         if self.max_upload_bytes < 1:
             raise ValueError("must be positive", "max_upload_bytes")
+        if not 1 <= self.session_hours <= 24 * 366:
+            raise ValueError("must be between 1 and 8784 (a year)", "session_hours")
 
 
 @dataclass(frozen=True)

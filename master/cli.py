@@ -75,11 +75,15 @@ def serve(config_path: str | None) -> None:
     if warning:
         log.warning("%s", warning)
     stop = threading.Event()
+    from master.web.data import QueueSampler
+
+    sampler = QueueSampler(services)
 
     def housekeeping() -> None:
         while not stop.wait(HOUSEKEEPING_INTERVAL):
             try:
                 services.scheduler.tick()
+                sampler.tick()  # the dashboard's queue-length chart
             except Exception:
                 log.exception("housekeeping failed")
 

@@ -3,7 +3,8 @@
 `Store` opens (and migrates) the database under ``data_dir`` and offers ``jobs`` (builds,
 jobs, staged files), ``packages`` (published archives, generations, dirty index groups),
 ``index`` (each format's index cache), ``workers`` (heartbeats) and ``logins`` (failed
-logins). Redis is only the queue:
+logins), ``accounts`` (users and API tokens made at run time, shared secrets) and ``stats``
+(what the dashboard counts, queue samples). Redis is only the queue:
 whatever is here is the truth.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from master.store.accounts import AccountStore, TokenRecord, UserRecord
 from master.store.db import GROUPS, SCHEMA_VERSION, Database, group_of
 from master.store.index import IndexCache
 from master.store.jobs import JobStore
@@ -27,11 +29,12 @@ from master.store.records import (
     WorkerInfo,
     WorkerRecord,
 )
+from master.store.stats import StatsStore
 from master.store.workers import WorkerStore
 
-__all__ = ["GROUPS", "SCHEMA_VERSION", "Build", "IndexKey", "Job", "NewPackage",
-           "PackageRecord", "PlannedJob", "StagedFile", "Store", "WorkerInfo", "WorkerRecord",
-           "group_of"]
+__all__ = ["GROUPS", "SCHEMA_VERSION", "AccountStore", "Build", "IndexKey", "Job", "NewPackage",
+           "PackageRecord", "PlannedJob", "StagedFile", "Store", "TokenRecord", "UserRecord",
+           "WorkerInfo", "WorkerRecord", "group_of"]
 
 
 class Store:
@@ -43,6 +46,8 @@ class Store:
         self.index = IndexCache(self.db)
         self.workers = WorkerStore(self.db)
         self.logins = LoginStore(self.db)
+        self.accounts = AccountStore(self.db)
+        self.stats = StatsStore(self.db)
 
     @classmethod
     def in_data_dir(cls, data_dir: str | Path) -> Store:

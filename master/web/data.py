@@ -1,0 +1,100 @@
+"""What the pages show that is not one store call: queue lengths read from Redis, their
+samples, a failed log's first error line, the repository's last index update."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+
+from common.arch import ALL, queue_for
+from master import buildlogs
+from master.services import Services
+from master.storage import LocalStorage
+from master.store import Job
+
+log = logging.getLogger(__name__)
+
+#: How often the master's housekeeping samples the queue lengths.
+SAMPLE_INTERVAL = 60.0
+_ERROR_LINE = re.compile(r"\b(error|fatal|failed|failure|cannot|not found)\b", re.IGNORECASE)
+#: Kombu keeps a queue's messages of other priorities in lists named QUEUE + this + priority.
+_PRIORITY_SEP = "\x06\x16"
+
+
+def known_queues(services: Services) -> list[str]:
+    """The build queues of the architectures the repository serves, and build.all."""
+    arches = services.settings.repository.architectures
+    return list(dict.fromkeys([*(queue_for(a) for a in arches), queue_for(ALL)]))
+
+
+def queue_lengths(services: Services) -> dict[str, int] | None:
+    """Messages waiting in every ``build.*`` queue (the served architectures' always listed),
+    read from Redis; None when the broker cannot be read."""
+    lengths = dict.fromkeys(known_queues(services), 0)
+    try:
+        with services.celery.connection_for_read() as conn:
+            client = conn.default_channel.client
+            for raw in client.scan_iter(match="build.*", count=1000):
+                key = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if client.type(raw) not in (b"list", "list"):
+                    continue
+                name = key.split(_PRIORITY_SEP, 1)[0]
+                lengths[name] = lengths.get(name, 0) + int(client.llen(raw))
+    except AttributeError:
+        return None  # not a Redis broker
+    except Exception as exc:
+        log.debug("queue lengths not read: %s", exc)
+        return None
+    return dict(sorted(lengths.items()))
+
+
+class QueueSampler:
+    """Called by the master's housekeeping: a sample of every queue's length each minute."""
+
+    def __init__(self, services: Services, interval: float = SAMPLE_INTERVAL) -> None:
+        self.services = services
+        self.interval = interval
+        self._last = 0.0
+
+    def tick(self, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        if now - self._last < self.interval:
+            return False
+        self._last = now
+        lengths = queue_lengths(self.services)
+        if lengths is None:
+            return False
+        self.services.store.stats.add_samples(lengths, now)
+        return True
+
+
+def first_error_line(data_dir: str | Path, job: Job, limit: int = 256 * 1024) -> str | None:
+    """The first line of a job's log that reads like an error (else its last line)."""
+    path = buildlogs.log_path(data_dir, job)
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read(limit).decode("utf-8", "replace")
+    except OSError:
+        return None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if _ERROR_LINE.search(line) and not line.startswith("[pkgfarm"):
+            return line[:300]
+    return lines[-1][:300] if lines else None
+
+
+def index_updated(services: Services) -> float | None:
+    """When the index was last written: its Release files' time on a local disk, else the
+    newest publication's."""
+    storage = services.repository.storage
+    if isinstance(storage, LocalStorage):
+        times = []
+        for suite in services.settings.repository.all_suites:
+            release = storage.root / "dists" / suite / "Release"
+            if release.is_file():
+                times.append(release.stat().st_mtime)
+        if times:
+            return max(times)
+    return services.store.stats.last_upload()
