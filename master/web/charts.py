@@ -23,7 +23,7 @@ def _axis(top_value: float, plot_h: float, unit: str = "") -> list[str]:
     for frac in (0.0, 0.5, 1.0):
         y = TOP + plot_h * (1 - frac)
         value = top_value * frac
-        label = f"{value:.0f}" if top_value >= 4 or frac in (0, 1) else f"{value:.1f}"
+        label = f"{value:g}"
         parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" '
                      f'y2="{y:.1f}"/>')
         parts.append(f'<text class="axis" x="{LEFT - 4}" y="{y + 4:.1f}" '
@@ -87,8 +87,14 @@ def lines(title: str, series: dict[str, list[tuple[float, int]]], start: float,
                           f"{TOP + plot_h * (1 - v / top_value):.1f}" for t, v in points)
         body.append(f'<polyline class="line c{k % 6}" points="{coords}"><title>'
                     f'{escape(name)}</title></polyline>')
-        body.append(f'<text class="legend c{k % 6}" x="{LEFT + 8 + 110 * k}" y="{TOP + 10}">'
-                    f'{escape(name)}</text>')
+        if len(points) <= 60:  # few samples: each one marked (a single one is a dot)
+            for t, v in points:
+                body.append(f'<circle class="c{k % 6}" r="2.5" '
+                            f'cx="{LEFT + plot_w * (t - start) / span:.1f}" '
+                            f'cy="{TOP + plot_h * (1 - v / top_value):.1f}"><title>'
+                            f'{escape(name)}: {v}</title></circle>')
+        body.append(f'<text class="legend c{k % 6}" x="{WIDTH - RIGHT - 110 * (k + 1)}" '
+                    f'y="{TOP + 12}">{escape(name)}</text>')
     for frac in (0.0, 0.5, 1.0):
         t = start + span * frac
         anchor = "start" if frac == 0 else "end" if frac == 1 else "middle"

@@ -7,6 +7,7 @@ screenshot under test-artifacts/dashboard/ (or $PKGFARM_TEST_ARTIFACTS).
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import threading
@@ -106,10 +107,12 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 def shot(driver: Any, name: str) -> None:
     """Keep what the page looks like now (the whole page's height)."""
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1280, max(900, min(int(height) + 40, 4000)))
-    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
-    driver.set_window_size(1280, 900)
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    clip = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 4000),
+            "scale": 1}
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True, "clip": clip})
+    (ARTIFACTS / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))
 
 
 def login(driver: Any, master: Master, user: str, password: str | None = None,
