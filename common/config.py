@@ -43,6 +43,10 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "PKGFARM_CA_FILE": ("worker", "ca_file"),
     "PKGFARM_S3_ACCESS_KEY_ID": ("storage", "access_key_id"),
     "PKGFARM_S3_SECRET_ACCESS_KEY": ("storage", "secret_access_key"),
+    "PKGFARM_CLIENT_URL": ("client", "url"),
+    "PKGFARM_CLIENT_USER": ("client", "user"),
+    "PKGFARM_CLIENT_PASSWORD": ("client", "password"),
+    "PKGFARM_CLIENT_TOKEN": ("client", "token"),
 }
 
 
@@ -152,6 +156,8 @@ class MasterSettings:
     public_pages: bool = False
     #: hours a browser log-in (the session cookie) lasts.
     session_hours: int = 12
+    #: seconds the event stream's events are kept (a client may resume within it).
+    events_window: int = 7 * 86400
 
     @property
     def tls(self) -> bool:
@@ -176,6 +182,8 @@ class MasterSettings:
             raise ValueError("must be positive", "max_upload_bytes")
         if not 1 <= self.session_hours <= 24 * 366:
             raise ValueError("must be between 1 and 8784 (a year)", "session_hours")
+        if not 60 <= self.events_window <= 366 * 86400:
+            raise ValueError("must be between 60 seconds and 366 days", "events_window")
 
 
 @dataclass(frozen=True)
@@ -341,6 +349,32 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class ClientSettings:
+    """How the ``master`` command's client commands (status, builds, events, ...) reach the
+    master's API: its URL and the credentials of a user of it."""
+
+    url: str = "http://127.0.0.1:8080"
+    #: HTTP basic auth ...
+    user: str | None = None
+    password: str | None = None
+    #: ... or an API token (sent as ``Authorization: Bearer``; used instead of the user and
+    #: password when both are set, e.g. the token from PKGFARM_CLIENT_TOKEN)
+    token: str | None = None
+    #: the CA bundle (PEM) the master's HTTPS certificate is checked against; unset: the
+    #: system's bundle.
+    ca_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL", "url")
+        if (self.user is None) != (self.password is None):
+            raise ValueError("user and password go together", "password" if self.user
+                             else "user")
+        if self.token is not None and not self.token.strip():
+            raise ValueError("must not be empty", "token")
+
+
+@dataclass(frozen=True)
 class Settings:
     #: the Celery broker; unset means the master's private redis-server under data_dir.
     broker_url: str | None = None
@@ -356,6 +390,7 @@ class Settings:
     repository: RepositorySettings = field(default_factory=RepositorySettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    client: ClientSettings = field(default_factory=ClientSettings)
     #: the file these settings were read from (not a key of it)
     config_file: str | None = field(default=None, metadata={"internal": True})
 
@@ -448,8 +483,9 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         w, work_dir=absolute(w.work_dir), ca_file=maybe(w.ca_file),
         base_dir=absolute(w.base_dir or os.path.join(w.work_dir, "bases")))
     paths = tuple(absolute(p) for p in settings.package_paths)
+    client = dataclasses.replace(settings.client, ca_file=maybe(settings.client.ca_file))
     return dataclasses.replace(settings, master=master, worker=worker, package_paths=paths,
-                               broker_ca_file=maybe(settings.broker_ca_file))
+                               broker_ca_file=maybe(settings.broker_ca_file), client=client)
 
 
 def _join(prefix: str, key: str) -> str:

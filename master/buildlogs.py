@@ -8,11 +8,11 @@ logs through here.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from master import streams
 from master.store import Job, Store
 
 #: The largest build log kept per attempt.
@@ -54,7 +54,8 @@ def append(data_dir: str | Path, job: Job, attempt: int, stream: IO[bytes],
 
 def follow(store: Store, data_dir: str | Path, job_id: int, poll: float = 0.5
            ) -> Iterator[bytes]:
-    """The current attempt's log so far, then what the worker adds, until the job ends."""
+    """The current attempt's log so far, then what the worker adds, until the job ends (or
+    the master process stops)."""
     offset, attempt = 0, None
     while True:
         job = store.jobs.get(job_id)
@@ -72,6 +73,5 @@ def follow(store: Store, data_dir: str | Path, job_id: int, poll: float = 0.5
                 while chunk := fh.read(CHUNK):
                     offset += len(chunk)
                     yield chunk
-        if ended:
+        if ended or not streams.wait(poll):
             return
-        time.sleep(poll)

@@ -1,4 +1,5 @@
-"""The ``master`` command: serve, queue builds, make user entries, rebuild the index."""
+"""The ``master`` command: serve, make user entries, rebuild the index; and the client
+commands of master.client_cli."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from common import cli as clitools
 from common.config import ROLES, Settings, is_loopback, load_settings
 from common.errors import ConfigError
 from common.logs import setup_logging
+from master.client_cli import register as register_client_commands
 
 log = logging.getLogger("pkgfarm.master")
 
@@ -36,8 +38,14 @@ def _settings(config_path: str | None) -> Settings:
 
 
 @click.group()
+@click.version_option(package_name="pkgfarm", prog_name="master")
 def cli() -> None:
-    """pkgfarm master: the API, the queue's producer and the APT repository."""
+    """pkgfarm master: the API, the queue's producer and the APT repository; and, through
+    its API, the farm's builds, workers, queues and events."""
+
+
+# status, builds, build, restart, cancel, package-add, logs, workers, queues, events, ...
+register_client_commands(cli, config_option)
 
 
 @cli.command()
@@ -46,6 +54,7 @@ def serve(config_path: str | None) -> None:
     """Run the master under gunicorn (and its private Redis when no broker_url is set)."""
     from gunicorn.app.base import BaseApplication
 
+    from master import streams
     from master.app import create_app
     from master.broker import EmbeddedRedis
     from master.services import Services
@@ -103,6 +112,9 @@ def serve(config_path: str | None) -> None:
                 "access_log_format": '%(h)s %(u)s "%(r)s" %(s)s %(b)s %(M)sms',
                 "when_ready": lambda _server: threading.Thread(
                     target=housekeeping, name="housekeeping", daemon=True).start(),
+                # Streams (events, followed logs) watch their process's worker, so a stop
+                # ends them at once instead of waiting graceful_timeout for them.
+                "post_worker_init": lambda worker: streams.attach(worker),
             }
             if settings.master.tls:
                 options["certfile"] = settings.master.tls_cert
@@ -149,23 +161,6 @@ def _check_storage(storage: object) -> None:
             raise ConfigError(f"storage: {exc}", key="storage.bucket") from exc
 
 
-@cli.command("package-add")
-@click.argument("names", nargs=-1, required=True)
-@click.option("--arch", default=None, help="Build for this architecture only.")
-@config_option
-def package_add(names: tuple[str, ...], arch: str | None, config_path: str | None) -> None:
-    """Queue a build of NAMES; prints the build id."""
-    from master.services import Services
-
-    settings = _settings(config_path)
-    setup_logging("WARNING")
-    services = Services.build(settings)
-    submitted = services.scheduler.submit(list(names), arch, requested_by="master-cli")
-    for _job_id, package, version, job_arch in submitted.jobs:
-        click.echo(f"queued {package} {version} for {job_arch}", err=True)
-    click.echo(submitted.build_id)
-
-
 @cli.command("user-add")
 @click.argument("name")
 @click.option("--role", "roles", multiple=True, required=True,
@@ -187,38 +182,6 @@ def user_add(name: str, roles: tuple[str, ...]) -> None:
                                          "roles": wanted}}}}
     click.echo("# add under master.users in the config file:")
     click.echo(yaml.safe_dump(entry, default_flow_style=None, sort_keys=False).rstrip())
-
-
-@cli.command("logs")
-@click.argument("build_id", type=int)
-@click.argument("name")
-@click.option("--arch", default=None, help="Which architecture's build, if several.")
-@click.option("--follow", "-f", is_flag=True, help="Keep showing new lines until it ends.")
-@config_option
-def logs(build_id: int, name: str, arch: str | None, follow: bool,
-         config_path: str | None) -> None:
-    """Show the build log of package NAME in build BUILD_ID."""
-    from master import buildlogs
-    from master.store import Store
-
-    settings = _settings(config_path)
-    store = Store.in_data_dir(settings.master.data_dir)
-    found = store.jobs.get_build(build_id)
-    if found is None:
-        raise click.ClickException(f"no build {build_id}")
-    jobs = [j for j in found[1] if j.package == name and arch in (None, j.arch)]
-    if len(jobs) != 1:
-        arches = ", ".join(j.arch for j in found[1] if j.package == name) or "none"
-        raise click.ClickException(f"build {build_id} has {len(jobs)} matching builds of "
-                                   f"{name} (architectures: {arches}); use --arch")
-    out = sys.stdout.buffer
-    if follow:
-        for chunk in buildlogs.follow(store, settings.master.data_dir, jobs[0].id):
-            out.write(chunk)
-            out.flush()
-    else:
-        path = buildlogs.log_path(settings.master.data_dir, jobs[0])
-        out.write(path.read_bytes() if path.is_file() else b"")
 
 
 @cli.command("repo-index")

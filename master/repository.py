@@ -384,7 +384,8 @@ class Repository:
             for name in self.formats:
                 formats.get(name).write_index(ctx, dirty, full or at_least is None)
             packages.clear_dirty(dirty)
-            packages.set_index_generation(generation)
+            packages.set_index_generation(generation, tuple(self.formats),
+                                          self.settings.repository.all_suites)
         if self.signer is not None:
             self.storage.put_bytes(KEY_FILE, self.signer.public_key())
         return True

@@ -17,7 +17,13 @@ them, when it has neither).
   refused from then on;
 - if the broker lost its data (a marker key the master keeps there is gone), every queued job
   gets a new attempt number and is sent again, so its old message, should it exist, is stale;
-- whatever has not reached the broker is sent.
+- whatever has not reached the broker is sent (but for the jobs of a paused queue);
+- workers whose heartbeats stopped are recorded offline, and events older than
+  ``master.events_window`` are forgotten.
+
+A drained worker, or a paused queue, is enforced at the claim: the claim is refused as stale
+and the job's message is sent again (as a new attempt) when it may run, so the message that
+was taken goes back to the farm rather than to the drained worker.
 """
 
 from __future__ import annotations
@@ -265,6 +271,13 @@ class Scheduler:
         job = self.store.jobs.get(job_id)
         if job is None:
             raise NotFound(f"no job {job_id}", job=job_id)
+        held = self._held_back(job, worker)
+        if held is not None:
+            # The message goes back to the farm: the job keeps its place in the store, its
+            # message is sent again (as a new attempt) when it may run, and this one is stale.
+            self.store.jobs.resend(job_id, attempt)
+            raise Conflict(f"attempt {attempt} of job {job_id} is not given out: {held}",
+                           state=job.state.value, stale=True)
         token = secrets.token_urlsafe(32)
         if not self.store.jobs.claim(job_id, attempt, worker, user, token_hash(token),
                                      self.settings.master.lease_seconds):
@@ -275,6 +288,18 @@ class Scheduler:
         assert claimed is not None
         buildlogs.start(self.settings.master.data_dir, claimed)
         return self.assignment(claimed, token, base_url)
+
+    def _held_back(self, job: Job, worker: str) -> str | None:
+        """Why a queued job may not go to ``worker`` now (a drained worker, a paused
+        queue), or None."""
+        if job.state != JobState.QUEUED:
+            return None
+        if self.store.workers.is_drained(worker):
+            return f"worker {worker} is drained"
+        queue = archmod.queue_for(job.arch)
+        if self.store.queues.is_paused(queue):
+            return f"queue {queue} is paused"
+        return None
 
     def create_local_job(self, package: str, version: str, arch: str, fmt_name: str,
                          source_kind: str, worker: str, user: str | None, protocol: int,
@@ -389,7 +414,9 @@ class Scheduler:
             with file_lock(self.lock_path, wait=False):
                 sent = 0
                 while True:  # again, for jobs recorded while this batch was being sent
-                    jobs = self.store.jobs.to_enqueue()
+                    paused = self.store.queues.paused()
+                    jobs = [j for j in self.store.jobs.to_enqueue()
+                            if archmod.queue_for(j.arch) not in paused]
                     batch = sum(self.enqueue(job.id, job.attempt, job.arch) for job in jobs)
                     sent += batch
                     if batch < len(jobs) or not jobs:  # done, or the broker is away
@@ -426,6 +453,30 @@ class Scheduler:
             log.warning("the broker holds no marker (new or emptied Redis): %d queued job(s) "
                         "will be sent again", lost)
         return True
+
+    def queues(self) -> list[tuple[str, int | None, bool]]:
+        """Every build queue: the served architectures' and ``build.all``, those the broker
+        holds and those paused; with its length in the broker (None if it cannot be read) and
+        whether it is paused."""
+        paused = self.store.queues.paused()
+        names = {archmod.queue_for(a) for a in self.settings.repository.architectures}
+        names |= {archmod.queue_for(archmod.ALL)} | paused
+        lengths: dict[str, int] = {}
+        readable = True
+        try:
+            with self.celery.connection_for_read() as conn:
+                client = conn.default_channel.client
+                for key in client.scan_iter(match="build.*", count=1000):
+                    name = key.decode() if isinstance(key, bytes) else str(key)
+                    if client.type(key) in (b"list", "list"):
+                        names.add(name)
+                for name in names:
+                    lengths[name] = int(client.llen(name))
+        except Exception as exc:  # the broker is away (or is not Redis)
+            log.debug("queue lengths not read: %s", exc)
+            readable = False
+        return [(name, lengths.get(name) if readable else None, name in paused)
+                for name in sorted(names)]
 
     def _message_ids(self) -> set[str] | None:
         """The ids of every build message the broker holds, waiting or being worked on
@@ -480,8 +531,18 @@ class Scheduler:
                 resent += 1
         return resent
 
+    def housekeep_events(self) -> None:
+        """Note workers whose heartbeats stopped (worker.offline); forget the events older
+        than master.events_window (an indexed delete: cheap when there is nothing to do)."""
+        self.store.workers.expire(self.settings.master.worker_ttl)
+        pruned = self.store.events.prune(self.settings.master.events_window)
+        if pruned:
+            log.info("forgot %d event(s) older than %d s", pruned,
+                     self.settings.master.events_window)
+
     def tick(self) -> None:
         self.requeue_expired()
+        self.housekeep_events()
         self.check_broker()
         self.find_lost_messages()
         sent = self.enqueue_pending()

@@ -35,6 +35,7 @@ config_option = click.option(
 
 
 @click.group()
+@click.version_option(package_name="pkgfarm", prog_name="worker")
 def cli() -> None:
     """pkgfarm worker: pulls builds for its architectures and uploads the archives."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from master.api import builds, health, jobs, packages, repo, uploads, users, workers
+from master.api import builds, events, health, jobs, packages, repo, uploads, users, workers
 
 BLUEPRINTS: tuple[Blueprint, ...] = (health.bp, builds.bp, jobs.bp, workers.bp, uploads.bp,
-                                     packages.bp, repo.bp, users.bp)
+                                     packages.bp, repo.bp, events.bp, users.bp)

@@ -9,6 +9,7 @@ from flask import Blueprint, Response, request, url_for
 from common import formats as common_formats
 from common.definition import MAX_NAME
 from common.errors import BadRequest, Forbidden, NotFound
+from common.states import JobState
 from master import buildlogs
 from master.api.helpers import build_json, flag_arg, int_arg, json_body, svc
 from master.auth import caller_has, check_may_build, current_user, require
@@ -70,9 +71,23 @@ def create_build() -> Any:
 @bp.get("/builds")
 @require("read")
 def list_builds() -> Any:
+    """Builds, newest first, filtered by state, package, requester and architecture."""
     limit = int_arg("limit", 50, 1, 1000)
     offset = int_arg("offset", 0)
-    return {"builds": [build_json(b, j) for b, j in svc().store.jobs.list_builds(limit, offset)]}
+    filters: dict[str, str | None] = {}
+    for name in ("state", "package", "requester", "arch"):
+        value = request.args.get(name)
+        if value is not None and (not value or len(value) > MAX_REFERENCE
+                                  or not value.isprintable()):
+            raise BadRequest(f"{name} must be 1 to {MAX_REFERENCE} printable characters",
+                             field=name)
+        filters[name] = value
+    if filters["state"] is not None and filters["state"] not in {s.value for s in JobState}:
+        raise BadRequest(f"state must be one of {', '.join(s.value for s in JobState)}",
+                         field="state")
+    total, found = svc().store.jobs.find_builds(limit=limit, offset=offset, **filters)
+    return {"builds": [build_json(b, j) for b, j in found], "total": total, "limit": limit,
+            "offset": offset}
 
 
 @bp.get("/builds/<id:build_id>")

@@ -1,4 +1,5 @@
-"""Workers: their heartbeats, and the list of those alive."""
+"""Workers: their heartbeats, the list of those alive, draining them; the build queues and
+pausing them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 from flask import Blueprint
 
 from common import arch as archmod
-from common.errors import BadRequest, Forbidden
+from common.errors import BadRequest, Forbidden, NotFound
 from common.messages import Heartbeat
 from master.api.helpers import check_name, iso, parse_message, svc
 from master.auth import caller_has, current_user, require
@@ -53,6 +54,7 @@ def workers() -> Any:
     for job in services.store.jobs.building():
         building.setdefault(job.worker or "", []).append(job)
     now = time.time()
+    drained = services.store.workers.drained()
     return {"workers": [
         {
             "name": w.name,
@@ -61,9 +63,64 @@ def workers() -> Any:
             "queues": list(w.info.queues),
             "last_seen": iso(w.last_seen),
             "seconds_since_heartbeat": round(now - w.last_seen, 1),
+            "drained": w.name in drained,
             "building": [{"build_id": j.build_id, "job_id": j.id, "package": j.package,
                           "version": j.version, "arch": j.arch}
                          for j in building.get(w.name, [])],
         }
         for w in services.store.workers.live(services.settings.master.worker_ttl)
     ]}
+
+
+def _known_worker(name: str) -> str:
+    check_name(name, "name")
+    if svc().store.workers.get(name) is None:
+        raise NotFound(f"no worker {name!r} has ever sent a heartbeat", worker=name)
+    return name
+
+
+@bp.post("/workers/<name>/drain")
+@require("admin")
+def drain(name: str) -> Any:
+    """The worker finishes what it builds and is given nothing new."""
+    changed = svc().store.workers.set_drained(_known_worker(name), True)
+    return {"name": name, "drained": True, "changed": changed}
+
+
+@bp.post("/workers/<name>/resume")
+@require("admin")
+def resume(name: str) -> Any:
+    changed = svc().store.workers.set_drained(_known_worker(name), False)
+    return {"name": name, "drained": False, "changed": changed}
+
+
+def _queue(name: str) -> str:
+    arch = name.removeprefix("build.")
+    if not name.startswith("build.") or not (arch == archmod.ALL or archmod.is_known(arch)):
+        raise NotFound(f"no build queue {name!r} (queues are build.<architecture> and "
+                       "build.all)", queue=name)
+    return name
+
+
+@bp.get("/queues")
+@require("read")
+def queues() -> Any:
+    return {"queues": [{"name": name, "length": length, "paused": paused}
+                       for name, length, paused in svc().scheduler.queues()]}
+
+
+@bp.post("/queues/<name>/pause")
+@require("admin")
+def pause_queue(name: str) -> Any:
+    """The queue's jobs stay queued until it is resumed."""
+    changed = svc().store.queues.set_paused(_queue(name), True)
+    return {"name": name, "paused": True, "changed": changed}
+
+
+@bp.post("/queues/<name>/resume")
+@require("admin")
+def resume_queue(name: str) -> Any:
+    services = svc()
+    changed = services.store.queues.set_paused(_queue(name), False)
+    services.scheduler.enqueue_pending()  # what waited goes now
+    return {"name": name, "paused": False, "changed": changed}

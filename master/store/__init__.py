@@ -2,9 +2,10 @@
 
 `Store` opens (and migrates) the database under ``data_dir`` and offers ``jobs`` (builds,
 jobs, staged files), ``packages`` (published archives, generations, dirty index groups),
-``index`` (each format's index cache), ``workers`` (heartbeats) and ``logins`` (failed
-logins), ``accounts`` (users and API tokens made at run time, shared secrets) and ``stats``
-(what the dashboard counts, queue samples). Redis is only the queue:
+``index`` (each format's index cache), ``workers`` (heartbeats, drained workers),
+``logins`` (failed logins), ``events`` (what happened, in commit order), ``queues``
+(paused queues), ``accounts`` (users and API tokens made at run time, shared secrets) and
+``stats`` (what the dashboard counts, queue samples). Redis is only the queue:
 whatever is here is the truth.
 """
 
@@ -14,10 +15,12 @@ from pathlib import Path
 
 from master.store.accounts import AccountStore, TokenRecord, UserRecord
 from master.store.db import GROUPS, SCHEMA_VERSION, Database, group_of
+from master.store.events import Event, EventStore
 from master.store.index import IndexCache
 from master.store.jobs import JobStore
 from master.store.logins import LoginStore
 from master.store.packages import PackageStore
+from master.store.queues import QueueStore
 from master.store.records import (
     Build,
     IndexKey,
@@ -32,9 +35,9 @@ from master.store.records import (
 from master.store.stats import StatsStore
 from master.store.workers import WorkerStore
 
-__all__ = ["GROUPS", "SCHEMA_VERSION", "AccountStore", "Build", "IndexKey", "Job", "NewPackage",
-           "PackageRecord", "PlannedJob", "StagedFile", "Store", "TokenRecord", "UserRecord",
-           "WorkerInfo", "WorkerRecord", "group_of"]
+__all__ = ["GROUPS", "SCHEMA_VERSION", "AccountStore", "Build", "Event", "IndexKey", "Job",
+           "NewPackage", "PackageRecord", "PlannedJob", "StagedFile", "Store", "TokenRecord",
+           "UserRecord", "WorkerInfo", "WorkerRecord", "group_of"]
 
 
 class Store:
@@ -46,6 +49,8 @@ class Store:
         self.index = IndexCache(self.db)
         self.workers = WorkerStore(self.db)
         self.logins = LoginStore(self.db)
+        self.events = EventStore(self.db)
+        self.queues = QueueStore(self.db)
         self.accounts = AccountStore(self.db)
         self.stats = StatsStore(self.db)
 

@@ -27,7 +27,7 @@ from common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: index groups per suite, component and architecture (how the index cache is cut)
 GROUPS = 256
@@ -126,6 +126,25 @@ CREATE TABLE login_failures (            -- failed logins, shared by every maste
     at      REAL NOT NULL
 );
 CREATE INDEX login_failures_pair ON login_failures(user, address, at);
+CREATE TABLE events (                   -- what happened, in commit order (master.store.events)
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    at       REAL NOT NULL,
+    kind     TEXT NOT NULL,
+    build_id INTEGER,
+    job_id   INTEGER,
+    data     TEXT NOT NULL                -- JSON object: the kind's own fields
+);
+CREATE INDEX events_build ON events(build_id);
+CREATE INDEX events_at ON events(at);
+CREATE TABLE worker_flags (             -- what the master knows of a worker besides heartbeats
+    name    TEXT PRIMARY KEY,
+    online  INTEGER NOT NULL DEFAULT 0,   -- its worker.online was the last of its events
+    drained INTEGER NOT NULL DEFAULT 0    -- finishes what it builds, claims nothing new
+);
+CREATE TABLE queue_flags (
+    queue  TEXT PRIMARY KEY,              -- a build.* queue
+    paused INTEGER NOT NULL DEFAULT 0     -- its jobs stay queued until it is resumed
+);
 CREATE TABLE users (                     -- users made at run time (config users are not here)
     name          TEXT PRIMARY KEY,
     password_hash TEXT NOT NULL,          -- a werkzeug hash
@@ -256,6 +275,22 @@ def _migrate_3_to_4(db: sqlite3.Connection) -> None:
     """)
 
 
+def _add_events(db: sqlite3.Connection) -> None:
+    """The event stream (kept for master.events_window), drained workers and paused queues."""
+    run_script(db, """
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL,
+            build_id INTEGER, job_id INTEGER, data TEXT NOT NULL);
+        CREATE INDEX events_build ON events(build_id);
+        CREATE INDEX events_at ON events(at);
+        CREATE TABLE worker_flags (
+            name TEXT PRIMARY KEY, online INTEGER NOT NULL DEFAULT 0,
+            drained INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE queue_flags (
+            queue TEXT PRIMARY KEY, paused INTEGER NOT NULL DEFAULT 0);
+    """)
+
+
 def _add_dashboard(db: sqlite3.Connection) -> None:
     """The dashboard's tables: users and API tokens managed at run time, the secrets every
     master process shares (the session cookie's signing key), and samples of queue lengths."""
@@ -279,7 +314,8 @@ def _add_dashboard(db: sqlite3.Connection) -> None:
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2,
                                                                 2: _migrate_2_to_3,
                                                                 3: _migrate_3_to_4,
-                                                                4: _add_dashboard}
+                                                                4: _add_events,
+                                                                5: _add_dashboard}
 
 
 class Database:

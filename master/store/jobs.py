@@ -15,8 +15,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from common.states import RESTARTABLE, JobState, SourceKind, check_move
+from common.states import RESTARTABLE, JobState, SourceKind, build_state, check_move
 from master.store.db import Database
+from master.store.events import record
 from master.store.records import Build, Job, PlannedJob, StagedFile
 
 _SELECT = f"SELECT {Job.COLUMNS} FROM jobs"
@@ -36,6 +37,41 @@ def _move(db: sqlite3.Connection, job: Job, new: JobState, **changes: Any) -> No
                      (*columns.values(), job.id, job.state.value, job.attempt))
     if cur.rowcount != 1:  # cannot happen inside one write transaction; never silently
         raise RuntimeError(f"job {job.id} changed under a write transaction")
+    _job_event(db, job.id)
+
+
+def _job_event(db: sqlite3.Connection, job_id: int) -> None:
+    """The event of the move just made (in its transaction); and the build's end, when this
+    move ended its last open job."""
+    job = _job(db, job_id)
+    assert job is not None
+    common: dict[str, Any] = {"package": job.package, "version": job.version,
+                              "arch": job.arch, "attempt": job.attempt}
+    ids = {"job_id": job.id, "build_id": job.build_id}
+    if job.state == JobState.QUEUED:
+        record(db, "job.queued", **ids, **common)
+    elif job.state == JobState.BUILDING:
+        record(db, "job.started", worker=job.worker, **ids, **common)
+    else:
+        duration = (round(job.finished_at - job.started_at, 3)
+                    if job.finished_at is not None and job.started_at is not None else None)
+        record(db, "job.finished", state=job.state.value, error=job.error, worker=job.worker,
+               duration=duration, **ids, **common)
+        _build_event(db, job.build_id)
+
+
+def _build_event(db: sqlite3.Connection, build_id: int) -> None:
+    """``build.finished`` if every job of the build has now reached a final state."""
+    counts: dict[str, int] = {}
+    for (state,) in db.execute("SELECT state FROM jobs WHERE build_id=?", (build_id,)):
+        counts[state] = counts.get(state, 0) + 1
+    states = [JobState(s) for s in counts]
+    if not states or not all(s.is_final for s in states):
+        return
+    summary = build_state(states)
+    outcome = {JobState.SUCCESS: "success", JobState.CANCELLED: "cancelled"}.get(summary,
+                                                                                 "failed")
+    record(db, "build.finished", build_id=build_id, state=outcome, jobs=counts)
 
 
 def _new_attempt(db: sqlite3.Connection, job: Job, error: str | None = None,
@@ -72,6 +108,13 @@ class JobStore:
                      json.dumps(deps)))
                 assert cur.lastrowid is not None
                 job_ids.append(cur.lastrowid)
+            record(db, "build.created", build_id=build_id, packages=list(packages),
+                   requested_by=requested_by,
+                   jobs=[{"id": i, "package": j.package, "version": j.version, "arch": j.arch}
+                         for i, j in zip(job_ids, jobs, strict=True)])
+            for job_id, job in zip(job_ids, jobs, strict=True):
+                record(db, "job.queued", job_id=job_id, build_id=build_id,
+                       package=job.package, version=job.version, arch=job.arch, attempt=1)
         return build_id, job_ids
 
     def create_local_job(self, package: str, version: str, arch: str, fmt: str,
@@ -90,6 +133,11 @@ class JobStore:
             assert cur.lastrowid is not None
             job = _job(db, cur.lastrowid)
             assert job is not None
+            record(db, "build.created", build_id=build_id, packages=[package],
+                   requested_by=user,
+                   jobs=[{"id": job.id, "package": package, "version": version, "arch": arch}])
+            record(db, "job.queued", job_id=job.id, build_id=build_id, package=package,
+                   version=version, arch=arch, attempt=1)
             _move(db, job, JobState.BUILDING, worker=worker, claimed_by=user,
                   token_hash=token_hash, started_at=now, lease_expires=now + lease_seconds)
             started = _job(db, job.id)
@@ -115,6 +163,35 @@ class JobStore:
                 for j in db.execute(f"{_SELECT} WHERE build_id IN ({marks}) ORDER BY id", ids):
                     jobs[j["build_id"]].append(Job.from_row(j))
         return [(Build.from_row(r), jobs[r["id"]]) for r in rows]
+
+    def find_builds(self, *, state: str | None = None, package: str | None = None,
+                    requester: str | None = None, arch: str | None = None, limit: int = 50,
+                    offset: int = 0) -> tuple[int, list[tuple[Build, list[Job]]]]:
+        """Builds, newest first, that match every filter given: their state (as
+        common.states.build_state sums up its jobs), a package one of its jobs builds, who
+        asked for it, an architecture one of its jobs builds for. The number of matches, and
+        the page ``offset``, ``limit``."""
+        where, args = [], []
+        if state is not None:
+            where.append(f"({_BUILD_STATE}) = ?")
+            args.append(state)
+        if package is not None:
+            where.append("EXISTS (SELECT 1 FROM jobs j WHERE j.build_id=b.id AND j.package=?)")
+            args.append(package)
+        if arch is not None:
+            where.append("EXISTS (SELECT 1 FROM jobs j WHERE j.build_id=b.id AND j.arch=?)")
+            args.append(arch)
+        if requester is not None:
+            where.append("b.requested_by = ?")
+            args.append(requester)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        with self.db.read() as db:
+            total = int(db.execute(f"SELECT count(*) FROM builds b{clause}", args).fetchone()[0])
+            ids = [r[0] for r in db.execute(
+                f"SELECT b.id FROM builds b{clause} ORDER BY b.id DESC LIMIT ? OFFSET ?",
+                [*args, limit, offset])]
+            builds = _builds_with_jobs(db, ids)
+        return total, builds
 
     # -- jobs ----------------------------------------------------------------------------------
 
@@ -232,6 +309,9 @@ class JobStore:
             job = _job(db, job_id)
             if job is None or job.attempt != attempt or job.state != JobState.BUILDING:
                 return False
+            if state == JobState.SUCCESS and files:
+                record(db, "upload.accepted", job_id=job.id, build_id=job.build_id,
+                       files=list(files))
             _move(db, job, state, finished_at=time.time(), error=error, files=json.dumps(files),
                   lease_expires=None)
             if state != JobState.SUCCESS:
@@ -294,6 +374,31 @@ class JobStore:
                                                (job_id,))]
             db.execute("DELETE FROM staged WHERE job_id=?", (job_id,))
         return paths
+
+
+#: A build's state in SQL, as common.states.build_state sums it up from its jobs' states.
+_BUILD_STATE = """SELECT CASE
+    WHEN count(*) = 0 THEN 'queued'
+    WHEN sum(j.state = 'success') = count(*) THEN 'success'
+    WHEN sum(j.state = 'building') > 0 THEN 'building'
+    WHEN sum(j.state = 'queued') > 0 THEN
+        CASE WHEN sum(j.state = 'queued') < count(*) THEN 'building' ELSE 'queued' END
+    WHEN sum(j.state = 'failed') > 0 THEN 'failed'
+    WHEN sum(j.state = 'dep-failed') > 0 THEN 'dep-failed'
+    WHEN sum(j.state = 'cancelled') > 0 THEN 'cancelled'
+    ELSE 'success' END FROM jobs j WHERE j.build_id = b.id"""
+
+
+def _builds_with_jobs(db: sqlite3.Connection, ids: list[int]) -> list[tuple[Build, list[Job]]]:
+    """The builds of ``ids``, in that order, each with its jobs."""
+    if not ids:
+        return []
+    marks = ",".join("?" * len(ids))
+    rows = {r["id"]: r for r in db.execute(f"SELECT * FROM builds WHERE id IN ({marks})", ids)}
+    jobs: dict[int, list[Job]] = {i: [] for i in ids}
+    for j in db.execute(f"{_SELECT} WHERE build_id IN ({marks}) ORDER BY id", ids):
+        jobs[j["build_id"]].append(Job.from_row(j))
+    return [(Build.from_row(rows[i]), jobs[i]) for i in ids]
 
 
 def _insert_build(db: sqlite3.Connection, packages: list[str], arch: str | None,

@@ -11,6 +11,7 @@ import sqlite3
 import time
 
 from master.store.db import Database, group_of
+from master.store.events import record
 from master.store.records import IndexKey, NewPackage, PackageRecord
 
 
@@ -94,9 +95,14 @@ class PackageStore:
     def index_generation(self) -> int:
         return self._meta("index_generation")
 
-    def set_index_generation(self, gen: int) -> None:
+    def set_index_generation(self, gen: int, formats: tuple[str, ...] = (),
+                             suites: tuple[str, ...] = ()) -> None:
+        """Record that the index of ``formats`` now shows generation ``gen`` (with an
+        ``index.updated`` event per format)."""
         with self.db.write() as db:
             db.execute("UPDATE meta SET value=? WHERE key='index_generation'", (gen,))
+            for fmt in formats:
+                record(db, "index.updated", generation=gen, format=fmt, suites=list(suites))
 
     def _meta(self, key: str) -> int:
         with self.db.read() as db:

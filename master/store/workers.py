@@ -1,11 +1,30 @@
-"""Workers as their heartbeats describe them: one aggregate of the store."""
+"""Workers as their heartbeats describe them, and what the master decided about them (drained
+or not): one aggregate of the store.
+
+A worker's first heartbeat (or its first after it went away) records ``worker.online``; its
+leaving, or `expire` noticing its heartbeats stopped, records ``worker.offline``: each in the
+transaction that changes what the store knows of it.
+"""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 from master.store.db import Database
+from master.store.events import record
 from master.store.records import WorkerInfo, WorkerRecord
+
+
+def _set_online(db: sqlite3.Connection, name: str, info: WorkerInfo, online: bool) -> None:
+    """Record the worker's coming or going, if it is news."""
+    row = db.execute("SELECT online FROM worker_flags WHERE name=?", (name,)).fetchone()
+    if row is not None and bool(row["online"]) == online:
+        return
+    db.execute("INSERT INTO worker_flags(name, online) VALUES (?,?) "
+               "ON CONFLICT(name) DO UPDATE SET online=excluded.online", (name, int(online)))
+    record(db, "worker.online" if online else "worker.offline", worker=name,
+           arches=list(info.architectures))
 
 
 class WorkerStore:
@@ -18,6 +37,7 @@ class WorkerStore:
                 "INSERT INTO workers(name, info, last_seen) VALUES (?,?,?) "
                 "ON CONFLICT(name) DO UPDATE SET info=excluded.info, last_seen=excluded.last_seen",
                 (name, info.to_json(), time.time()))
+            _set_online(db, name, info, True)
 
     def get(self, name: str) -> WorkerRecord | None:
         with self.db.read() as db:
@@ -29,7 +49,21 @@ class WorkerStore:
     def forget(self, name: str) -> None:
         """The worker left: out of the live list now (its name stays its user's)."""
         with self.db.write() as db:
+            row = db.execute("SELECT info FROM workers WHERE name=?", (name,)).fetchone()
             db.execute("UPDATE workers SET last_seen=0 WHERE name=?", (name,))
+            if row is not None:
+                _set_online(db, name, WorkerInfo.from_json(row["info"]), False)
+
+    def expire(self, ttl: float) -> list[str]:
+        """Record ``worker.offline`` for every worker whose heartbeats stopped ``ttl`` seconds
+        ago without a word; their names."""
+        with self.db.write() as db:
+            rows = db.execute(
+                "SELECT w.name, w.info FROM workers w JOIN worker_flags f ON f.name=w.name "
+                "WHERE f.online=1 AND w.last_seen<?", (time.time() - ttl,)).fetchall()
+            for row in rows:
+                _set_online(db, row["name"], WorkerInfo.from_json(row["info"]), False)
+        return [r["name"] for r in rows]
 
     def live(self, ttl: float) -> list[WorkerRecord]:
         with self.db.read() as db:
@@ -37,3 +71,27 @@ class WorkerStore:
                               "ORDER BY name", (time.time() - ttl,)).fetchall()
         return [WorkerRecord(r["name"], WorkerInfo.from_json(r["info"]), r["last_seen"])
                 for r in rows]
+
+    # -- drain ---------------------------------------------------------------------------------
+
+    def set_drained(self, name: str, drained: bool) -> bool:
+        """Drain a worker (it finishes what it builds and is given nothing new) or take it back;
+        False if that is what it already was."""
+        with self.db.write() as db:
+            row = db.execute("SELECT drained FROM worker_flags WHERE name=?", (name,)).fetchone()
+            if row is not None and bool(row["drained"]) == drained:
+                return False
+            db.execute("INSERT INTO worker_flags(name, drained) VALUES (?,?) "
+                       "ON CONFLICT(name) DO UPDATE SET drained=excluded.drained",
+                       (name, int(drained)))
+            record(db, "worker.drained" if drained else "worker.resumed", worker=name)
+            return True
+
+    def is_drained(self, name: str) -> bool:
+        with self.db.read() as db:
+            row = db.execute("SELECT drained FROM worker_flags WHERE name=?", (name,)).fetchone()
+        return bool(row and row["drained"])
+
+    def drained(self) -> set[str]:
+        with self.db.read() as db:
+            return {r[0] for r in db.execute("SELECT name FROM worker_flags WHERE drained=1")}

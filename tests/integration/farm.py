@@ -165,6 +165,9 @@ def write_config(path: Path, *, data_dir: Path, port: int, broker_url: str | Non
             **(extra_worker or {}),
         },
     }
+    # The `master` command's client commands (status, builds, logs, ...) use the API as admin.
+    config["client"] = {"url": f"http://127.0.0.1:{port}", "user": "admin",
+                        "password": PASSWORD}
     if broker_url:
         config["broker_url"] = broker_url
     # Names that no definition matches are looked up as Debian sources. Most tests need no

@@ -176,12 +176,18 @@ def test_schemathesis_finds_nothing(master, tmp_path):
               "negative_data_rejection"]
     # Only the options below, whatever lies around. The log's `follow` streams until its job
     # ends, and jobs the fuzzer creates never end here: the fuzzer reads logs without it
-    # (test_log_follow_of_a_finished_job checks it).
+    # (test_log_follow_of_a_finished_job checks it). The event stream goes on until its
+    # `timeout`: the fuzzer reads what is there and ends (tests/integration/test_events.py
+    # checks the live stream).
     config = tmp_path / "schemathesis.toml"
     config.write_text(textwrap.dedent("""\
         [[operations]]
         include-name = "GET /builds/{build_id}/packages/{name}/log"
         parameters = { "query.follow" = "false" }
+
+        [[operations]]
+        include-name = "GET /events"
+        parameters = { "query.timeout" = 0 }
         """))
     args = [
         str(BIN / "schemathesis"), "--config-file", str(config), "--no-color",

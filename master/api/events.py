@@ -1,0 +1,148 @@
+"""The event stream: Server-Sent Events, and the same events as JSON pages for scripts.
+
+``GET /api/v1/events`` sends every event committed after the client's position, then each new
+one as it is committed, read from the store (so the clients of every master process see every
+event, in commit order). The position is the ``Last-Event-ID`` header a reconnecting
+``EventSource`` sends, else the ``after`` parameter, else the newest event (live only). A
+position the client cannot resume from (its events were pruned, or it is beyond the newest)
+gets one ``reset`` event, whose data and id are the newest id, then the live events.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, request
+
+from common.errors import BadRequest
+from master import streams
+from master.api.helpers import int_arg, svc
+from master.auth import require
+from master.store import Event, Store
+from master.store.events import KINDS, MAX_LIMIT
+
+bp = Blueprint("events", __name__, url_prefix="/api/v1")
+
+#: How often a stream looks for new events, and the longest it stays silent (a comment keeps
+#: proxies and clients from taking the connection for dead).
+POLL = 0.5
+KEEPALIVE = 15.0
+#: Events read from the store at a time.
+BATCH = 500
+#: Largest id accepted (SQLite's integers).
+MAX_ID = 2**63 - 1
+
+
+def _position(raw: str, name: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise BadRequest(f"{name} must be an event id (a non-negative integer)",
+                         field=name) from None
+    if not 0 <= value <= MAX_ID:
+        raise BadRequest(f"{name} must be an event id (a non-negative integer)", field=name)
+    return value
+
+
+def _kinds() -> frozenset[str] | None:
+    raw = request.args.get("kinds")
+    if raw is None or not raw.strip():
+        return None
+    kinds = frozenset(k.strip() for k in raw.split(",") if k.strip())
+    unknown = sorted(kinds - set(KINDS))
+    if unknown:
+        raise BadRequest(f"unknown event kind {unknown[0]!r} (known: {', '.join(KINDS)})",
+                         field="kinds")
+    return kinds
+
+
+def _build() -> int | None:
+    if request.args.get("build") is None:
+        return None
+    return int_arg("build", lo=1, hi=MAX_ID)
+
+
+def message(event: Event) -> str:
+    """One event as an SSE message."""
+    data = json.dumps(event.to_json(), separators=(",", ":"))
+    return f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n"
+
+
+def stream(store: Store, position: int | None, kinds: frozenset[str] | None,
+           build_id: int | None, timeout: float | None = None, poll: float = POLL,
+           keepalive: float = KEEPALIVE) -> Iterator[str]:
+    """The SSE body: a reset if the position cannot be resumed, then every event after it,
+    for ``timeout`` seconds (None: until the client or the master goes)."""
+    end = None if timeout is None else time.monotonic() + timeout
+    yield "retry: 2000\n: connected\n\n"  # headers out at once; reconnect after 2 s
+    if position is None:
+        last = store.events.newest_id()
+    elif store.events.resumable(position):
+        last = position
+    else:
+        last = store.events.newest_id()
+        yield f"id: {last}\nevent: reset\ndata: {last}\n\n"
+    quiet_since = time.monotonic()
+    while streams.alive():
+        newest = store.events.newest_id()
+        events = store.events.after(last, kinds=kinds, build_id=build_id, limit=BATCH)
+        events = [e for e in events if e.id <= newest]
+        for event in events:
+            yield message(event)
+        if events:
+            quiet_since = time.monotonic()
+        if len(events) == BATCH:
+            last = events[-1].id
+            continue  # more waiting: no pause
+        # Nothing else up to `newest` matches: skip past what the filters left out.
+        last = max(newest, events[-1].id if events else last)
+        if end is not None and time.monotonic() >= end:
+            break
+        if time.monotonic() - quiet_since >= keepalive:
+            yield ": keep-alive\n\n"
+            quiet_since = time.monotonic()
+        if not streams.wait(poll if end is None else min(poll, max(0.0, end - time.monotonic()))):
+            break
+
+
+@bp.get("/events")
+@require("read")
+def events_stream() -> Any:
+    header = request.headers.get("Last-Event-ID")
+    position = None
+    if header is not None and header.strip():
+        position = _position(header, "Last-Event-ID")
+    elif request.args.get("after") is not None:
+        position = _position(request.args["after"], "after")
+    kinds, build_id = _kinds(), _build()
+    timeout = None
+    if request.args.get("timeout") is not None:
+        timeout = float(int_arg("timeout", lo=0, hi=86400))
+    response = Response(stream(svc().store, position, kinds, build_id, timeout),
+                        mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # a proxy in front must not hold it back
+    return response
+
+
+@bp.get("/events/list")
+@require("read")
+def events_list() -> Any:
+    after = _position(request.args.get("after", "0"), "after")
+    limit = int_arg("limit", 100, 1, MAX_LIMIT)
+    kinds, build_id = _kinds(), _build()
+    store = svc().store
+    newest = store.events.newest_id()
+    events = [e for e in store.events.after(after, kinds=kinds, build_id=build_id,
+                                            limit=limit) if e.id <= newest]
+    return {
+        "events": [e.to_json() for e in events],
+        "newest_id": newest,
+        "oldest_id": store.events.oldest_id(),
+        # where the next page starts; a gap after `after` means events were pruned
+        "next_after": events[-1].id if len(events) == limit else max(after, newest),
+        "complete": store.events.resumable(after),
+    }
