@@ -10,7 +10,7 @@ from typing import Any
 from flask import flash, redirect, request, url_for
 
 from common import formats as common_formats
-from common.errors import ApiError, BadRequest, Forbidden
+from common.errors import ApiError, BadRequest, Forbidden, NotFound
 from master.api import users as user_api
 from master.api.helpers import svc
 from master.auth import ADMIN, caller_has, check_may_build, current_user
@@ -121,6 +121,59 @@ def remove_package(name: str) -> str:
     arch = _field("arch", required=False) or None
     removed = svc().repository.remove(name, version, arch)
     return f"Removed {len(removed)} file(s) of {name}."
+
+
+# -- workers and queues (admins) ------------------------------------------------------------
+
+
+def _to_workers(**_: Any) -> str:
+    return url_for("web.workers")
+
+
+def _worker(name: str) -> str:
+    if svc().store.workers.get(name) is None:
+        raise NotFound(f"no worker {name!r} has ever sent a heartbeat", worker=name)
+    return name
+
+
+@bp.post("/workers/<name>/drain")
+@page(ADMIN)
+@action(_to_workers)
+def drain_worker(name: str) -> str:
+    svc().store.workers.set_drained(_worker(name), True)
+    return f"Worker {name} drained: it finishes what it builds and takes nothing new."
+
+
+@bp.post("/workers/<name>/resume")
+@page(ADMIN)
+@action(_to_workers)
+def resume_worker(name: str) -> str:
+    svc().store.workers.set_drained(_worker(name), False)
+    return f"Worker {name} takes jobs again."
+
+
+def _queue(name: str) -> str:
+    if name not in {q for q, _n, _p in svc().scheduler.queues()}:
+        raise NotFound(f"no build queue {name!r}", queue=name)
+    return name
+
+
+@bp.post("/queues/<name>/pause")
+@page(ADMIN)
+@action(_to_workers)
+def pause_queue(name: str) -> str:
+    svc().store.queues.set_paused(_queue(name), True)
+    return f"Queue {name} paused: its jobs stay queued until it is resumed."
+
+
+@bp.post("/queues/<name>/resume")
+@page(ADMIN)
+@action(_to_workers)
+def resume_queue(name: str) -> str:
+    services = svc()
+    services.store.queues.set_paused(_queue(name), False)
+    services.scheduler.enqueue_pending()
+    return f"Queue {name} resumed."
 
 
 # -- users and tokens (admins) ---------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""What the pages show that is not one store call: queue lengths read from Redis, their
-samples, a failed log's first error line, the repository's last index update."""
+"""What the pages show that is not one store call: samples of the queue lengths, a failed
+log's first error line, the repository's last index update."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import re
 import time
 from pathlib import Path
 
-from common.arch import ALL, queue_for
 from master import buildlogs
 from master.services import Services
 from master.storage import LocalStorage
@@ -19,35 +18,6 @@ log = logging.getLogger(__name__)
 #: How often the master's housekeeping samples the queue lengths.
 SAMPLE_INTERVAL = 60.0
 _ERROR_LINE = re.compile(r"\b(error|fatal|failed|failure|cannot|not found)\b", re.IGNORECASE)
-#: Kombu keeps a queue's messages of other priorities in lists named QUEUE + this + priority.
-_PRIORITY_SEP = "\x06\x16"
-
-
-def known_queues(services: Services) -> list[str]:
-    """The build queues of the architectures the repository serves, and build.all."""
-    arches = services.settings.repository.architectures
-    return list(dict.fromkeys([*(queue_for(a) for a in arches), queue_for(ALL)]))
-
-
-def queue_lengths(services: Services) -> dict[str, int] | None:
-    """Messages waiting in every ``build.*`` queue (the served architectures' always listed),
-    read from Redis; None when the broker cannot be read."""
-    lengths = dict.fromkeys(known_queues(services), 0)
-    try:
-        with services.celery.connection_for_read() as conn:
-            client = conn.default_channel.client
-            for raw in client.scan_iter(match="build.*", count=1000):
-                key = raw.decode() if isinstance(raw, bytes) else str(raw)
-                if client.type(raw) not in (b"list", "list"):
-                    continue
-                name = key.split(_PRIORITY_SEP, 1)[0]
-                lengths[name] = lengths.get(name, 0) + int(client.llen(raw))
-    except AttributeError:
-        return None  # not a Redis broker
-    except Exception as exc:
-        log.debug("queue lengths not read: %s", exc)
-        return None
-    return dict(sorted(lengths.items()))
 
 
 class QueueSampler:
@@ -63,9 +33,10 @@ class QueueSampler:
         if now - self._last < self.interval:
             return False
         self._last = now
-        lengths = queue_lengths(self.services)
-        if lengths is None:
-            return False
+        lengths = {name: n for name, n, _paused in self.services.scheduler.queues()
+                   if n is not None}
+        if not lengths:
+            return False  # the broker cannot be read just now
         self.services.store.stats.add_samples(lengths, now)
         return True
 
