@@ -247,11 +247,15 @@ def check_csrf() -> None:
 
 
 def session_identity() -> Identity | None:
-    """The user logged in by the session cookie, while that user exists and is enabled."""
-    name = session.get("user")
-    if not isinstance(name, str):
+    """The user logged in by the session cookie: while its log-in is open (not logged out nor
+    expired) and the user exists and is enabled."""
+    name, sid = session.get("user"), session.get("sid")
+    if not isinstance(name, str) or not isinstance(sid, str):
         return None
-    return _authenticator().identity(name, "session")
+    auth = _authenticator()
+    if auth.accounts is None or auth.accounts.session_user(hash_token(sid)) != name:
+        return None
+    return auth.identity(name, "session")
 
 
 def identify(username: str, password: str) -> Identity | None:

@@ -115,7 +115,7 @@ def change_user(name: str, data: dict[str, Any]) -> UserRecord:
         raise BadRequest("give at least one of password, roles, packages, disabled")
     _refuse_config_user(name)
     disabled = data.get("disabled")
-    if disabled is not None and not isinstance(disabled, bool):
+    if "disabled" in data and not isinstance(disabled, bool):
         raise BadRequest("disabled must be true or false", field="disabled")
     updated = svc().store.accounts.update_user(
         name,
@@ -194,6 +194,8 @@ def list_tokens() -> Any:
 @require(ADMIN)
 def create_token() -> Any:
     data = json_body({"name", "roles", "user"}, {"name", "roles"})
+    if "user" in data and not isinstance(data["user"], str):
+        raise BadRequest("user must be a user's name", field="user")
     record, secret = add_token(data["name"], data["roles"], data.get("user"), current_user())
     return {**token_json(record), "token": secret}, 201
 

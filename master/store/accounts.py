@@ -1,5 +1,5 @@
-"""Users and API tokens made at run time, and the secrets every master process shares: one
-aggregate of the store.
+"""Users and API tokens made at run time, the dashboard's open sessions, and the secrets every
+master process shares: one aggregate of the store.
 
 Passwords are kept as werkzeug hashes and tokens as the sha256 of their secret (the secret is
 shown once, when the token is made). Users of the config file are not here; they win over
@@ -102,6 +102,9 @@ class AccountStore:
         if disabled is not None:
             changes["disabled"] = int(disabled)
         with self.db.write() as db:
+            if disabled or password_hash is not None:
+                # Logged out everywhere: disabled, or its password changed.
+                db.execute("DELETE FROM web_sessions WHERE user=?", (name,))
             if changes:
                 assignments = ", ".join(f"{k}=?" for k in changes)
                 db.execute(f"UPDATE users SET {assignments} WHERE name=?",
@@ -114,6 +117,7 @@ class AccountStore:
         """Remove a user and the tokens that act for it."""
         with self.db.write() as db:
             db.execute("DELETE FROM api_tokens WHERE user=?", (name,))
+            db.execute("DELETE FROM web_sessions WHERE user=?", (name,))
             return db.execute("DELETE FROM users WHERE name=?", (name,)).rowcount == 1
 
     # -- tokens --------------------------------------------------------------------------------
@@ -143,6 +147,26 @@ class AccountStore:
     def delete_token(self, token_id: int) -> bool:
         with self.db.write() as db:
             return db.execute("DELETE FROM api_tokens WHERE id=?", (token_id,)).rowcount == 1
+
+    # -- browser sessions ----------------------------------------------------------------------
+
+    def open_session(self, session_hash: str, user: str, expires: float) -> None:
+        now = time.time()
+        with self.db.write() as db:
+            db.execute("DELETE FROM web_sessions WHERE expires < ?", (now,))
+            db.execute("INSERT INTO web_sessions(id_hash, user, created_at, expires) "
+                       "VALUES (?,?,?,?)", (session_hash, user, now, expires))
+
+    def session_user(self, session_hash: str) -> str | None:
+        """The user of a session that is open and has not expired."""
+        with self.db.read() as db:
+            row = db.execute("SELECT user FROM web_sessions WHERE id_hash=? AND expires>=?",
+                             (session_hash, time.time())).fetchone()
+        return str(row["user"]) if row else None
+
+    def close_session(self, session_hash: str) -> None:
+        with self.db.write() as db:
+            db.execute("DELETE FROM web_sessions WHERE id_hash=?", (session_hash,))
 
     # -- shared secrets ------------------------------------------------------------------------
 

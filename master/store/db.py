@@ -167,6 +167,12 @@ CREATE TABLE secrets (                   -- made once, shared by every master pr
     name  TEXT PRIMARY KEY,
     value BLOB NOT NULL
 );
+CREATE TABLE web_sessions (              -- the dashboard's open log-ins
+    id_hash    TEXT PRIMARY KEY,          -- sha256 of the id the session cookie carries
+    user       TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires    REAL NOT NULL
+);
 CREATE TABLE queue_samples (             -- queue lengths over time, for the dashboard
     at     REAL NOT NULL,
     queue  TEXT NOT NULL,
@@ -292,8 +298,9 @@ def _add_events(db: sqlite3.Connection) -> None:
 
 
 def _add_dashboard(db: sqlite3.Connection) -> None:
-    """The dashboard's tables: users and API tokens managed at run time, the secrets every
-    master process shares (the session cookie's signing key), and samples of queue lengths."""
+    """The dashboard's tables: users and API tokens managed at run time, open log-ins, the
+    secrets every master process shares (the session cookie's signing key), and samples of
+    queue lengths."""
     run_script(db, """
         CREATE TABLE users (
             name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, roles TEXT NOT NULL,
@@ -304,6 +311,8 @@ def _add_dashboard(db: sqlite3.Connection) -> None:
             token_hash TEXT NOT NULL UNIQUE, user TEXT, roles TEXT NOT NULL,
             created_at REAL NOT NULL, created_by TEXT);
         CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+        CREATE TABLE web_sessions (id_hash TEXT PRIMARY KEY, user TEXT NOT NULL,
+                                   created_at REAL NOT NULL, expires REAL NOT NULL);
         CREATE TABLE queue_samples (at REAL NOT NULL, queue TEXT NOT NULL,
                                     length INTEGER NOT NULL);
         CREATE INDEX queue_samples_at ON queue_samples(at);

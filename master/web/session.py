@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Any
 
 from flask import flash, redirect, render_template, request, session, url_for
 
 from common.errors import TooManyRequests
 from master.api.helpers import svc
-from master.auth import CSRF_FIELD, check_csrf, csrf_token
+from master.auth import CSRF_FIELD, check_csrf, csrf_token, hash_token
 from master.web import bp
 from master.web.access import viewer
 
@@ -49,8 +50,13 @@ def login_post() -> Any:
     if name is None:
         flash("Wrong user name or password.", "error")
         return render_template("login.html", next=next_url, user=None), 401
+    services = svc()
+    sid = secrets.token_urlsafe(32)
+    services.store.accounts.open_session(
+        hash_token(sid), name, time.time() + services.settings.master.session_hours * 3600)
     session.clear()
     session["user"] = name
+    session["sid"] = sid  # the store knows it (hashed) while the log-in is open
     session["csrf"] = secrets.token_urlsafe(32)  # a fresh token for the logged-in session
     session.permanent = True
     return redirect(next_url, code=303)
@@ -60,6 +66,9 @@ def login_post() -> Any:
 def logout() -> Any:
     if session.get("user") is not None:
         check_csrf()
+    sid = session.get("sid")
+    if isinstance(sid, str):
+        svc().store.accounts.close_session(hash_token(sid))  # the cookie is worthless now
     session.clear()
     flash("You are logged out.", "info")
     return redirect(url_for("web.login"), code=303)
