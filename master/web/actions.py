@@ -16,6 +16,7 @@ from master.api.helpers import svc
 from master.auth import ADMIN, caller_has, check_may_build, current_user
 from master.web import bp
 from master.web.access import page
+from master.web.data import farm_queues
 
 MAX_FIELD = 2000
 
@@ -153,7 +154,7 @@ def resume_worker(name: str) -> str:
 
 
 def _queue(name: str) -> str:
-    if name not in {q for q, _n, _p in svc().scheduler.queues()}:
+    if name not in {q for q, _n, _p in farm_queues(svc())}:
         raise NotFound(f"no build queue {name!r}", queue=name)
     return name
 

@@ -8,6 +8,7 @@ import re
 import time
 from pathlib import Path
 
+from common.arch import ALL, queue_for
 from master import buildlogs
 from master.services import Services
 from master.storage import LocalStorage
@@ -18,6 +19,28 @@ log = logging.getLogger(__name__)
 #: How often the master's housekeeping samples the queue lengths.
 SAMPLE_INTERVAL = 60.0
 _ERROR_LINE = re.compile(r"\b(error|fatal|failed|failure|cannot|not found)\b", re.IGNORECASE)
+
+
+#: After the broker could not be read, pages do not try again for this long (a read of a
+#: broker that is away takes seconds).
+BROKER_RETRY = 30.0
+_broker_away_until = 0.0
+
+
+def farm_queues(services: Services) -> list[tuple[str, int | None, bool]]:
+    """The build queues as the scheduler reads them (name, length or None, paused); while the
+    broker is away, answered at once without lengths."""
+    global _broker_away_until
+    now = time.monotonic()
+    if now < _broker_away_until:
+        paused = services.store.queues.paused()
+        names = sorted({*(queue_for(a) for a in services.settings.repository.architectures),
+                        queue_for(ALL), *paused})
+        return [(name, None, name in paused) for name in names]
+    found = services.scheduler.queues()
+    if found and all(length is None for _name, length, _paused in found):
+        _broker_away_until = now + BROKER_RETRY
+    return found
 
 
 class QueueSampler:

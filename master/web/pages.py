@@ -18,7 +18,7 @@ from master.auth import ADMIN, csrf_token
 from master.store import Build, Job
 from master.web import bp, charts
 from master.web.access import can, page, viewer
-from master.web.data import first_error_line, index_updated
+from master.web.data import farm_queues, first_error_line, index_updated
 
 PAGE_SIZE = 25
 FINISHED_SERIES = ("success", "failed", "dep-failed", "cancelled")
@@ -107,7 +107,7 @@ def overview() -> Any:
     _total, newest = store.stats.builds(limit=10)
     repo = services.settings.repository
     return render_template(
-        "overview.html", counts=store.stats.job_counts(), queues=services.scheduler.queues(),
+        "overview.html", counts=store.stats.job_counts(), queues=farm_queues(services),
         workers=workers, per_arch=dict(sorted(per_arch.items())),
         newest=[_summary(b, j) for b, j in newest], failures=failures,
         suites=repo.all_suites, architectures=repo.architectures,
@@ -275,7 +275,7 @@ def workers() -> Any:
     counts = services.store.stats.worker_counts(now - 86400)
     live = services.store.workers.live(services.settings.master.worker_ttl)
     return render_template("workers.html", workers=live, building=building, counts=counts,
-                           now=now, queues=services.scheduler.queues(),
+                           now=now, queues=farm_queues(services),
                            drained=services.store.workers.drained(), admin=can(ADMIN))
 
 
