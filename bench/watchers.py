@@ -10,7 +10,10 @@ Each phase keeps --connections connections open to the master while it measures:
 - slow clients: half send their request headers one line every 2 s, half announce a large
   upload and send a few bytes of it;
 - log follows: `GET …/log?follow=1` of a build that stays running (a local job whose log
-  never ends while the phase lasts).
+  never ends while the phase lasts);
+- event streams: `GET /api/v1/events` (Server-Sent Events), every stream read as it comes
+  (one thread drains them all); each must have received the phase build's `build.finished`;
+- event streams and log follows: half of each.
 
 and, in each phase: --requests authenticated GETs of /api/v1/builds?limit=20 one after
 another (p50, p99, max), and one build of N trivial packages from POST to every job success.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import selectors
 import socket
 import sys
 import threading
@@ -110,6 +114,61 @@ def log_follows(master: Master, count: int) -> Iterator[None]:
         master.api("POST", f"/api/v1/builds/{job['build_id']}/cancel")
 
 
+@contextlib.contextmanager
+def event_streams(master: Master, count: int) -> Iterator[None]:
+    """``count`` open event streams, read continuously; at the end each must have seen a
+    build.finished (the phase's build)."""
+    host, port = master.url.split("//", 1)[1].split(":")
+    auth = base64.b64encode(f"reader:{PASSWORD}".encode())
+    sockets = []
+    for _ in range(count):
+        s = socket.create_connection((host, int(port)), timeout=10)
+        s.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream"
+                  b"\r\nAuthorization: Basic " + auth + b"\r\n\r\n")
+        sockets.append(s)
+    received = {s.fileno(): b"" for s in sockets}
+    for s in sockets:
+        head = s.recv(4096)
+        assert head.startswith(b"HTTP/1.1 200"), head[:200]
+        received[s.fileno()] = head
+        s.setblocking(False)
+    stop = threading.Event()
+
+    def drain() -> None:
+        selector = selectors.DefaultSelector()
+        for s in sockets:
+            selector.register(s, selectors.EVENT_READ)
+        while not stop.is_set():
+            for key, _ in selector.select(timeout=0.2):
+                with contextlib.suppress(BlockingIOError):
+                    data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                    # keep only the tail: enough to find the last event's name
+                    received[key.fd] = (received[key.fd] + data)[-4096:] if data else \
+                        received[key.fd]
+                    if b"event: build.finished" in data:
+                        finished.add(key.fd)
+        selector.close()
+
+    finished: set[int] = set()
+    thread = threading.Thread(target=drain, daemon=True)
+    thread.start()
+    try:
+        yield
+        wait_for(lambda: len(finished) == count, 30,
+                 f"build.finished on all {count} event streams")
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        for s in sockets:
+            s.close()
+
+
+@contextlib.contextmanager
+def streams_and_follows(master: Master, count: int) -> Iterator[None]:
+    with event_streams(master, count // 2), log_follows(master, count - count // 2):
+        yield
+
+
 def latencies(master: Master, count: int) -> list[float]:
     session = requests.Session()
     session.auth = ("admin", PASSWORD)
@@ -157,6 +216,10 @@ def run_benchmark(work: Path, args: argparse.Namespace) -> int:
         ("none", contextlib.nullcontext),
         (f"{args.connections} slow clients", lambda: slow_clients(master, args.connections)),
         (f"{args.connections} followed logs", lambda: log_follows(master, args.connections)),
+        (f"{args.connections} event streams",
+         lambda: event_streams(master, args.connections)),
+        (f"{args.connections // 2} event streams + {args.connections - args.connections // 2} "
+         "followed logs", lambda: streams_and_follows(master, args.connections)),
     ]
     results = []
     started: list[Master | Worker | RedisServer] = []

@@ -8,6 +8,7 @@ logs through here.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -52,13 +53,44 @@ def append(data_dir: str | Path, job: Job, attempt: int, stream: IO[bytes],
         return out.tell()
 
 
+class _JobLooks:
+    """Jobs as this process last read them, for the followers of their logs: one store read
+    per job every `REFRESH` seconds, however many follow it. A look may lag the store by up
+    to REFRESH, never lead it (a job seen ended has ended)."""
+
+    REFRESH = 0.25
+    #: looks kept before the old ones are forgotten
+    KEEP = 1000
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[str, int], tuple[float, Job | None]] = {}
+
+    def get(self, store: Store, job_id: int) -> Job | None:
+        now = time.monotonic()
+        key = (str(store.path), job_id)
+        hit = self.seen.get(key)
+        if hit is not None and now - hit[0] < self.REFRESH:
+            return hit[1]
+        job = store.jobs.get(job_id)
+        if len(self.seen) >= self.KEEP:
+            self.seen = {k: v for k, v in self.seen.items() if now - v[0] < self.REFRESH}
+        self.seen[key] = (now, job)
+        return job
+
+
+_looks = _JobLooks()
+
+
 def follow(store: Store, data_dir: str | Path, job_id: int, poll: float = 0.5
            ) -> Iterator[bytes]:
     """The current attempt's log so far, then what the worker adds, until the job ends (or
     the master process stops)."""
     offset, attempt = 0, None
+    # An empty first piece: the response's headers go out now, not with the first line of a
+    # log that may stay empty for a while (a queued job, a slow start).
+    yield b""
     while True:
-        job = store.jobs.get(job_id)
+        job = _looks.get(store, job_id)
         if job is None:
             return
         if attempt is not None and job.attempt != attempt:
@@ -67,7 +99,11 @@ def follow(store: Store, data_dir: str | Path, job_id: int, poll: float = 0.5
         attempt = job.attempt
         ended = job.state.is_final
         path = log_path(data_dir, job)
-        if path.is_file():
+        try:
+            grown = path.stat().st_size > offset
+        except OSError:
+            grown = False  # no log yet
+        if grown:
             with open(path, "rb") as fh:
                 fh.seek(offset)
                 while chunk := fh.read(CHUNK):

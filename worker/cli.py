@@ -8,6 +8,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -212,10 +213,14 @@ def _build_now(settings: Settings, client: MasterClient, repo: dict[str, Any], p
     """One local build: recorded by the master, built here, published, found in the index."""
     assignment = client.create_local_job(package, version, target,
                                          settings.worker.display_name, fmt, kind.value)
-    click.echo(f"building {package} {version} for {target} as build {assignment.build_id}",
-               err=True)
-    outcome = execute_attempt(settings, client, assignment, data,
-                              say=lambda message: click.echo(message, err=True))
+    started = time.monotonic()
+
+    def say(message: str) -> None:
+        """Each step as it happens (fetch, build dependencies, build, upload, publish)."""
+        click.echo(f"[{time.monotonic() - started:6.1f}s] {message}", err=True)
+
+    say(f"building {package} {version} for {target} as build {assignment.build_id}")
+    outcome = execute_attempt(settings, client, assignment, data, say=say)
     if outcome.status != "success":
         raise PkgfarmError(f"{outcome.error} (log: {settings.worker.master_url.rstrip('/')}"
                            f"/api/v1/builds/{assignment.build_id}/packages/{package}/log)")
@@ -225,6 +230,8 @@ def _build_now(settings: Settings, client: MasterClient, repo: dict[str, Any], p
             builder.format.parse_archive_filename(filename)
         except ValueError:
             continue  # a by-product (.buildinfo), kept with the build
+        say(f"publishing: waiting for the {repo['suite']}/{repo['component']} index to list "
+            f"{filename}")
         if not builder.index_lists(client, repo, filename):
             raise PkgfarmError(f"{filename} was uploaded but the index of "
                                f"{repo['suite']}/{repo['component']} does not list it "

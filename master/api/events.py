@@ -65,6 +65,31 @@ def _build() -> int | None:
     return int_arg("build", lo=1, hi=MAX_ID)
 
 
+class _Newest:
+    """The newest event id as this process last read it: one read per `REFRESH` seconds,
+    shared by every stream of the process, so idle streams cost the store nothing each.
+
+    It may lag the store by up to REFRESH, never lead it: a stream reads events only up to
+    it, and gets the rest at its next look.
+    """
+
+    REFRESH = POLL / 2
+
+    def __init__(self) -> None:
+        self.value = 0
+        self.read_at = float("-inf")
+        self.store: Store | None = None
+
+    def get(self, store: Store) -> int:
+        now = time.monotonic()
+        if store is not self.store or now - self.read_at >= self.REFRESH:
+            self.value, self.read_at, self.store = store.events.newest_id(), now, store
+        return self.value
+
+
+_newest = _Newest()
+
+
 def message(event: Event) -> str:
     """One event as an SSE message."""
     data = json.dumps(event.to_json(), separators=(",", ":"))
@@ -86,10 +111,15 @@ def stream(store: Store, position: int | None, kinds: frozenset[str] | None,
         last = store.events.newest_id()
         yield f"id: {last}\nevent: reset\ndata: {last}\n\n"
     quiet_since = time.monotonic()
+    first = True
     while streams.alive():
-        newest = store.events.newest_id()
-        events = store.events.after(last, kinds=kinds, build_id=build_id, limit=BATCH)
-        events = [e for e in events if e.id <= newest]
+        # The first look reads the store itself: what is there at the start is all sent.
+        newest = store.events.newest_id() if first else _newest.get(store)
+        first = False
+        events = []
+        if newest > last:
+            events = store.events.after(last, kinds=kinds, build_id=build_id, limit=BATCH)
+            events = [e for e in events if e.id <= newest]
         for event in events:
             yield message(event)
         if events:

@@ -218,3 +218,19 @@ def test_events_follow_json_prints_a_build_as_it_happens(farm):
         farm, "events", "--json", "--kinds", "build.finished", "--build",
         str(build_id))).splitlines()]
     assert [(e["kind"], e["state"]) for e in finished] == [("build.finished", "success")]
+
+
+def test_worker_package_add_now_shows_each_step(farm):
+    result = subprocess.run([str(BIN / "worker"), "package-add", "itest-now", "--now",
+                             "--config", str(farm.config)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    steps = [line for line in result.stderr.splitlines() if line.startswith("[")]
+    assert all(line[1:].split("s]", 1)[0].strip().replace(".", "").isdigit()
+               for line in steps), steps
+    said = [line.split("] ", 1)[1] for line in steps]
+
+    def first(prefix: str) -> int:
+        return next(i for i, line in enumerate(said) if line.startswith(prefix))
+    assert first("building itest-now") < first("uploaded itest-now_") < first("publishing:")
+    assert "itest-now_2.0-1_amd64.deb is in" in result.stdout
