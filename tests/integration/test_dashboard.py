@@ -197,6 +197,9 @@ def test_build_page_follows_a_build_live(browser: Any, master: Master) -> None:
         }).observe(row, {attributes: true, attributeFilter: ['data-state']});
     """)
     assert job_state(browser) == "queued"
+    # The page listens to the master's event stream (its session cookie admits it).
+    wait_for(lambda: browser.find_element(By.ID, "build").get_attribute("data-live")
+             == "events", 15, "the event stream to open")
     wait_for(lambda: job_state(browser) == "building", 60, "the job to start building")
     # Lines appear while it still builds...
     wait_for(lambda: "chatty line 3" in log_text(browser), 30, "the first log lines")
