@@ -109,11 +109,12 @@ def bars(title: str, values: Sequence[tuple[str, float, str]], unit: str = "s") 
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     top_value = _nice(max((v for _, v, _ in values), default=0))
     body = _axis(top_value, plot_h, unit)
-    slot = plot_w / max(len(values), 1)
+    slot = min(plot_w / max(len(values), 1), 40.0)
+    width = slot * 0.7
     for i, (label, value, state) in enumerate(values):
         h = plot_h * value / top_value
         body.append(f'<rect class="s-{escape(state)}" x="{LEFT + i * slot + slot * 0.15:.1f}" '
-                    f'y="{TOP + plot_h - h:.1f}" width="{slot * 0.7:.1f}" height="{h:.1f}">'
+                    f'y="{TOP + plot_h - h:.1f}" width="{width:.1f}" height="{h:.1f}">'
                     f'<title>{escape(label)}: {value:.1f} {unit} ({escape(state)})</title>'
                     "</rect>")
     step = max(1, len(values) // 8)

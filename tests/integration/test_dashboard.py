@@ -59,7 +59,10 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     (own / "itest-chatty.yaml").write_text(CHATTY)
     from tests.integration.farm import TEST_PACKAGES
 
-    f = Farm(root, extra={"package_paths": [str(TEST_PACKAGES), str(own)]})
+    f = Farm(root, extra={"package_paths": [str(TEST_PACKAGES), str(own)],
+                          "repository": {"suite": "stable", "suites": ["testing"],
+                                         "component": "main",
+                                         "architectures": ["amd64", "arm64"]}})
     try:
         f.start({"w-web": ["amd64"]})
         yield f
@@ -271,7 +274,7 @@ def test_a_reader_sees_no_action_buttons(browser: Any, master: Master) -> None:
     browser.get(master.url + "/builds")
     assert _has(browser, "builds") and not _has(browser, "submit-form")
     browser.get(master.url + "/packages/itest-chatty")
-    assert _has(browser, "history") and not _has(browser, "promote-form")
+    assert _has(browser, "history") and not _has(browser, "remove-form")
     browser.get(master.url + "/users")
     assert "403" in browser.find_element(By.TAG_NAME, "h1").text
     # A build user does see them (and the admin sees package management).
@@ -350,12 +353,23 @@ def test_every_page_renders(browser: Any, master: Master) -> None:
     browser.get(master.url + "/packages/itest-chatty")
     assert browser.find_element(By.ID, "success-rate").text == "100 %"
     assert "build #" in browser.find_element(By.CSS_SELECTOR, "table.versions").text
-    assert _has(browser, "promote-form")
+    assert _has(browser, "remove-form")
+    # An admin promotes it to testing from the page.
+    browser.find_element(By.CSS_SELECTOR, "#promote-form select[name=to] option[value=testing]"
+                         ).click()
+    browser.find_element(By.ID, "promote").click()
+    wait_for(lambda: "Promoted itest-chatty 1.0-1 from stable to testing" in
+             browser.page_source, 15, "the promotion")
+    assert browser.find_elements(By.CSS_SELECTOR, 'table.versions[data-suite="testing"]')
+    assert "itest-chatty_1.0-1_all.deb" in master.index("amd64", suite="testing")
+    shot(browser, "package")
     browser.get(master.url + "/workers")
     assert "w-web" in browser.find_element(By.ID, "workers").text
     browser.get(master.url + "/repository")
     line = browser.find_element(By.CSS_SELECTOR, "pre.sources").text
     assert line == f"deb [trusted=yes] {master.url}/repo stable main"
+    assert "itest-chatty" in browser.find_element(
+        By.CSS_SELECTOR, 'table[data-suite="testing"]').text
     # Logging out ends the session: the pages ask for a log-in again.
     browser.find_element(By.ID, "logout").click()
     wait_for(lambda: "/login" in browser.current_url, 15, "the log-in form")
