@@ -266,3 +266,32 @@ def test_charts_escape_and_scale() -> None:
     assert "<polyline" in line and line.count("<circle") == 2
     bars = charts.bars("t", [("#1", 12.0, "success"), ("#2", 30.0, "failed")])
     assert 'class="s-failed"' in bars and "30.0 s" in bars
+
+
+def test_admins_drain_workers_and_pause_queues_from_the_workers_page(app: Any) -> None:
+    from master.store import WorkerInfo
+
+    services = app.extensions["pkgfarm"]
+    services.store.workers.heartbeat("box-1", WorkerInfo(("amd64",), 2,
+                                                         ("build.amd64", "build.all")))
+    admin = app.test_client()
+    token = login(admin, "admin")
+    page = admin.get("/workers").text
+    assert "box-1" in page and 'data-action="drain"' in page and 'data-action="pause"' in page
+    assert admin.post("/workers/box-1/drain", data={"csrf_token": token}).status_code == 303
+    assert services.store.workers.is_drained("box-1")
+    assert "drained" in admin.get("/workers").text
+    admin.post("/workers/box-1/resume", data={"csrf_token": token})
+    assert not services.store.workers.is_drained("box-1")
+    admin.post("/queues/build.amd64/pause", data={"csrf_token": token})
+    assert services.store.queues.is_paused("build.amd64")
+    admin.post("/queues/build.amd64/resume", data={"csrf_token": token})
+    assert not services.store.queues.is_paused("build.amd64")
+    admin.post("/queues/build.nowhere/pause", data={"csrf_token": token})
+    assert "no build queue" in admin.get("/workers").text
+    # Readers see the workers, not the buttons, and may not use them.
+    reader = app.test_client()
+    token = login(reader, "reader")
+    page = reader.get("/workers").text
+    assert "box-1" in page and "data-action" not in page
+    assert reader.post("/workers/box-1/drain", data={"csrf_token": token}).status_code == 403
