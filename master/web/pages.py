@@ -143,9 +143,11 @@ def builds() -> Any:
     services = svc()
     filters = _filters()
     try:
-        page_no = max(1, int(request.args.get("page", "1")))
+        page_no = int(request.args.get("page", "1"))
     except ValueError:
         raise BadRequest("page must be a number", field="page") from None
+    if not 1 <= page_no <= 10**6:
+        raise BadRequest("page must be between 1 and 1000000", field="page")
     total, found = services.store.stats.builds(**filters, limit=PAGE_SIZE,
                                                offset=(page_no - 1) * PAGE_SIZE)
     pages = max(1, (total + PAGE_SIZE - 1) // PAGE_SIZE)

@@ -167,6 +167,8 @@ def test_builds_page_filters_and_pages(app: Any) -> None:
     assert "4 build(s)" in client.get("/builds?state=queued&requester=builder").text
     assert client.get("/builds?state=nonsense").status_code == 400
     assert client.get("/builds?page=x").status_code == 400
+    assert client.get(f"/builds?page={10**30}").status_code == 400
+    assert client.get("/builds?page=2").status_code == 200
 
 
 def test_users_and_tokens_from_the_dashboard(app: Any) -> None:
