@@ -355,7 +355,7 @@ class Repository:
                 fmt.format.name, name=info.name, version=info.version, arch=info.arch,
                 filename=filename, pool_path=key, size=digests.size, sha256=digests.sha256,
                 entry=fmt.index_entry(info, key, digests), uploaded_by=uploader,
-                job_id=job_id)])
+                job_id=job_id)], uploaded=True)
         log.info("published %s (%d bytes) from %s", key, digests.size, uploader)
         self.rebuild_index(generation)
         self.apply_retention(fmt.format.name, {(info.name, info.arch)})

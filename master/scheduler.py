@@ -414,15 +414,29 @@ class Scheduler:
             with file_lock(self.lock_path, wait=False):
                 sent = 0
                 while True:  # again, for jobs recorded while this batch was being sent
-                    paused = self.store.queues.paused()
+                    held = self.held_queues()
                     jobs = [j for j in self.store.jobs.to_enqueue()
-                            if archmod.queue_for(j.arch) not in paused]
+                            if archmod.queue_for(j.arch) not in held]
                     batch = sum(self.enqueue(job.id, job.attempt, job.arch) for job in jobs)
                     sent += batch
                     if batch < len(jobs) or not jobs:  # done, or the broker is away
                         return sent
         except LockBusy:
             return 0
+
+    def held_queues(self) -> set[str]:
+        """The queues whose messages are not sent now: the paused ones, and those that only
+        drained workers consume (a message there would only be refused at its claim and sent
+        again, over and over; it waits in the store for a worker that may take it)."""
+        held = self.store.queues.paused()
+        drained = self.store.workers.drained()
+        if drained:
+            consumers: dict[str, list[str]] = {}
+            for w in self.store.workers.live(self.settings.master.worker_ttl):
+                for queue in w.info.queues:
+                    consumers.setdefault(queue, []).append(w.name)
+            held |= {q for q, names in consumers.items() if all(n in drained for n in names)}
+        return held
 
     def requeue_expired(self) -> int:
         expired = self.store.jobs.requeue_expired()

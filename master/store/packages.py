@@ -19,11 +19,19 @@ class PackageStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def add(self, packages: list[NewPackage]) -> int:
+    def add(self, packages: list[NewPackage], *, uploaded: bool = False) -> int:
         """Record archives in one transaction (an index shows all of them or none); the
-        packages generation they belong to."""
+        packages generation they belong to. ``uploaded``: they were uploaded straight into
+        the repository (not by a job's report), which an ``upload.accepted`` event records."""
         now = time.time()
         with self.db.write() as db:
+            if uploaded:
+                jobs = {p.job_id for p in packages}
+                job_id = jobs.pop() if len(jobs) == 1 else None
+                row = (db.execute("SELECT build_id FROM jobs WHERE id=?", (job_id,)).fetchone()
+                       if job_id is not None else None)
+                record(db, "upload.accepted", job_id=job_id,
+                       build_id=row[0] if row else None, files=[p.filename for p in packages])
             for p in packages:
                 grp = group_of(p.name)
                 db.execute(

@@ -6,6 +6,7 @@ Every assertion is about what a client of GET /api/v1/events (an EventSource) wo
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import time
@@ -17,7 +18,7 @@ import pytest
 import requests
 
 from tests.integration.conftest import Farm
-from tests.integration.farm import PASSWORD, wait_for
+from tests.integration.farm import PASSWORD, make_deb, wait_for
 from tests.integration.sse import Message, Stream
 
 WINDOW = 3600
@@ -327,3 +328,36 @@ def test_drained_worker_takes_nothing_new(farm):
     workers = {w["name"]: w for w in api("GET", "/api/v1/workers").json()["workers"]}
     assert workers[drained]["drained"] is False
     assert api("POST", "/api/v1/workers/no-such-worker/drain").status_code == 404
+
+
+def test_a_queue_only_drained_workers_consume_waits_for_a_resume(farm):
+    api = farm.master.api
+    for name in ("ev-a", "ev-b"):
+        assert api("POST", f"/api/v1/workers/{name}/drain").status_code == 200
+    try:
+        build_id = farm.master.submit(["itest-all"])
+        time.sleep(6)  # three housekeeping rounds
+        job = api("GET", f"/api/v1/builds/{build_id}").json()["jobs"][0]
+        assert job["status"] == "queued"
+        # Held in the store, not bounced between the broker and refused claims.
+        assert job["attempt"] <= 2, job
+    finally:
+        assert api("POST", "/api/v1/workers/ev-a/resume").status_code == 200
+    result = farm.master.wait_build(build_id, timeout=120)
+    assert result["status"] == "success" and result["jobs"][0]["worker"] == "ev-a"
+    assert api("POST", "/api/v1/workers/ev-b/resume").status_code == 200
+
+
+def test_an_upload_by_hand_is_an_event(farm, tmp_path):
+    start = newest(farm)
+    deb = make_deb(tmp_path, "ev-by-hand", "1.0-1")
+    data = deb.read_bytes()
+    resp = farm.master.api("PUT", "/api/v1/upload", data=data,
+                           params={"filename": deb.name,
+                                   "sha256": hashlib.sha256(data).hexdigest()},
+                           headers={"Content-Type": "application/vnd.debian.binary-package"})
+    assert resp.status_code == 201, resp.text
+    accepted = [e for e in all_events(farm, start) if e["kind"] == "upload.accepted"]
+    assert [(e["files"], e["job_id"], e["build_id"]) for e in accepted] == [
+        ([deb.name], None, None)]
+    assert any(e["kind"] == "index.updated" for e in all_events(farm, accepted[0]["id"]))
