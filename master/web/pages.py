@@ -77,6 +77,7 @@ def job_row(job: Job) -> dict[str, Any]:
             "state": job.state.value, "worker": job.worker or "", "attempt": job.attempt,
             "queued": when(job.queued_at), "started": when(job.started_at),
             "finished": when(job.finished_at), "duration": duration(job_duration(job)),
+            "started_ts": job.started_at if job.state == JobState.BUILDING else None,
             "error": job.error or "", "final": job.state in FINAL_STATES,
             "log_url": url_for("web.job_log", job_id=job.id)}
 

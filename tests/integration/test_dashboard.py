@@ -208,6 +208,10 @@ def test_build_page_follows_a_build_live(browser: Any, master: Master) -> None:
     wait_for(lambda: "chatty line 3" in log_text(browser), 30, "the first log lines")
     assert job_state(browser) == "building"
     assert "chatty ends" not in log_text(browser)
+    # The running job's duration goes on by itself.
+    cell = browser.find_element(By.CSS_SELECTOR, '#jobs tbody tr [data-field="duration"]')
+    before = cell.text
+    wait_for(lambda: cell.text != before, 5, "the duration to tick")
     shot(browser, "build-running")
     # ... and the whole log is there when it ends.
     wait_for(lambda: job_state(browser) == "success", 60, "the build to succeed")

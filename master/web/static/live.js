@@ -34,6 +34,7 @@
       var row = document.getElementById("job-" + job.id);
       if (!row) { return; }
       row.setAttribute("data-state", job.state);
+      row.setAttribute("data-started", job.started_ts || "");
       setBadge(row, job.state);
       ["version", "attempt", "queued", "started", "finished", "duration"].forEach(function (f) {
         setText(row, f, job[f]);
@@ -141,6 +142,22 @@
     };
   }
 
+  // A building job's duration goes on between events (the master's figure replaces it at
+  // the next refresh).
+  function tick() {
+    var now = Date.now() / 1000;
+    Array.prototype.forEach.call(document.querySelectorAll("#jobs tr[data-started]"),
+      function (row) {
+        var started = parseFloat(row.getAttribute("data-started"));
+        if (!started || row.getAttribute("data-state") !== "building") { return; }
+        var s = Math.max(0, Math.floor(now - started));
+        setText(row, "duration", s < 60 ? s + " s" : s < 3600
+          ? Math.floor(s / 60) + " min " + (s % 60) + " s"
+          : Math.floor(s / 3600) + " h " + Math.floor(s % 3600 / 60) + " min");
+      });
+  }
+
   refresh();
   listen();
+  window.setInterval(tick, 1000);
 }());
