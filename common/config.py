@@ -225,6 +225,11 @@ class MasterSettings:
     public_url: str | None = None
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     webhooks: tuple[WebhookSettings, ...] = ()
+    #: the dashboard's read-only pages (overview, builds, logs, packages, workers, repository)
+    #: answer without a log-in; actions and the API still need one.
+    public_pages: bool = False
+    #: hours a browser log-in (the session cookie) lasts.
+    session_hours: int = 12
     #: seconds the event stream's events are kept (a client may resume within it).
     events_window: int = 7 * 86400
 
@@ -263,6 +268,8 @@ class MasterSettings:
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise ValueError(f"two webhooks are named {name!r}", f"webhooks[{i}].name")
+        if not 1 <= self.session_hours <= 24 * 366:
+            raise ValueError("must be between 1 and 8784 (a year)", "session_hours")
         if not 60 <= self.events_window <= 366 * 86400:
             raise ValueError("must be between 60 seconds and 366 days", "events_window")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from flask import Flask, jsonify, request
@@ -11,7 +12,7 @@ from werkzeug.routing import IntegerConverter
 
 from common.config import Settings, load_settings
 from common.errors import ApiError, PkgfarmError
-from master import metrics
+from master import metrics, web
 from master.api import BLUEPRINTS
 from master.buildlogs import MAX_LOG_BYTES
 from master.services import Services
@@ -42,8 +43,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["pkgfarm"] = services
     app.extensions["pkgfarm.metrics_token"] = metrics.scrape_token(settings)
+    # The dashboard's session cookie: signed with a key every master process shares (made
+    # once, kept in the store), unreadable by scripts, not sent by cross-site subrequests.
+    app.secret_key = services.store.accounts.secret("session")
+    app.config.update(SESSION_COOKIE_NAME="pkgfarm_session", SESSION_COOKIE_HTTPONLY=True,
+                      SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_SECURE=settings.master.tls,
+                      PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.master.session_hours))
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
+    app.register_blueprint(web.bp)
     register_error_handlers(app)
     metrics.instrument(app)
 

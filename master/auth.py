@@ -1,4 +1,10 @@
-"""HTTP basic authentication against the users of the config, and role checks.
+"""Who is calling, and role checks: HTTP basic auth (users of the config, then users made at
+run time), API tokens (``Authorization: Bearer ...``) and the dashboard's session cookie.
+
+A request authenticated by the session (a browser) that changes anything (any method but GET,
+HEAD and OPTIONS) must carry the session's CSRF token, in the ``X-CSRF-Token`` header or the
+``csrf_token`` form field; without it the request is refused with 403 before its view runs.
+Basic-auth and token requests need no CSRF token: a browser never adds those by itself.
 
 Passwords are stored only as werkzeug hashes. Checking a scrypt hash costs tens of
 milliseconds, and a worker calls the master many times a minute, so a successful check is
@@ -21,20 +27,53 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from flask import current_app, jsonify, request
+from flask import current_app, g, jsonify, request, session
 from flask_httpauth import HTTPBasicAuth
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from common.config import UserSettings
 from common.errors import ConfigError, Forbidden, TooManyRequests
+from master.store.accounts import AccountStore
 from master.store.logins import LoginStore
 
 ADMIN = "admin"
 _CACHE_SECONDS = 300.0
 MAX_FAILURES = 10
 FAILURE_WINDOW = 60.0
+#: Methods that change nothing: no CSRF token needed.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: What an API token starts with (so that a leaked one is easy to recognise).
+TOKEN_PREFIX = "pkf_"  # noqa: S105 (a prefix, not a secret)
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a request is, once authenticated."""
+
+    name: str
+    roles: tuple[str, ...]
+    #: package name patterns the caller may build (empty: every package)
+    packages: tuple[str, ...]
+    #: how: "basic", "token" or "session"
+    via: str
+    token_id: int | None = None
+
+    def has(self, role: str) -> bool:
+        return role in self.roles or ADMIN in self.roles
+
+
+def hash_token(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_token() -> str:
+    """A fresh API token's secret (its sha256 is what the store keeps)."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 def password_hashes(users: dict[str, UserSettings],
@@ -59,13 +98,29 @@ def password_hashes(users: dict[str, UserSettings],
 
 
 class Authenticator:
-    def __init__(self, users: dict[str, UserSettings], logins: LoginStore) -> None:
+    """Users of the config (``users``) and, when ``accounts`` is given, users and tokens of the
+    store. A config user wins over a store user of the same name (the API never makes one)."""
+
+    def __init__(self, users: dict[str, UserSettings], logins: LoginStore,
+                 accounts: AccountStore | None = None) -> None:
         self.users = users
         self.hashes = password_hashes(users)
         self.logins = logins
+        self.accounts = accounts
         self._key = secrets.token_bytes(32)
-        self._ok: dict[tuple[str, bytes], float] = {}
+        self._ok: dict[tuple[str, bytes, str], float] = {}
         self._lock = threading.Lock()
+
+    def _password_hash(self, username: str) -> str | None:
+        """The hash to check ``username``'s password against: a config user's, else an
+        enabled store user's; None for nobody."""
+        if username in self.users:
+            return self.hashes[username]
+        if self.accounts is not None and username:
+            record = self.accounts.user(username)
+            if record is not None and not record.disabled:
+                return record.password_hash
+        return None
 
     def verify(self, username: str, password: str) -> str | None:
         if not username and not password:
@@ -73,18 +128,54 @@ class Authenticator:
         address = request.remote_addr or ""
         now = time.time()
         self._check_throttle(username, address, now)
-        user = self.users.get(username)
+        stored = self._password_hash(username)
         digest = hmac.new(self._key, password.encode(), hashlib.sha256).digest()
+        # The cache is keyed by the stored hash too: a changed password, a disabled or removed
+        # store user is refused at once (the hash is looked up on every request).
         with self._lock:
-            if user is not None and self._ok.get((username, digest), 0.0) > now:
+            if stored is not None and self._ok.get((username, digest, stored), 0.0) > now:
                 return username
-        if user is None or not check_password_hash(self.hashes[username], password):
+        if stored is None or not check_password_hash(stored, password):
             self.logins.failed(username[:200], address, now)
             return None
         with self._lock:
-            self._ok[(username, digest)] = now + _CACHE_SECONDS
+            self._ok[(username, digest, stored)] = now + _CACHE_SECONDS
         self.logins.clear(username, address)
         return username
+
+    def lookup(self, username: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+        """(roles, package patterns) of a config user or an enabled store user."""
+        user = self.users.get(username)
+        if user is not None:
+            return tuple(user.roles), tuple(user.packages)
+        if self.accounts is not None and username:
+            record = self.accounts.user(username)
+            if record is not None and not record.disabled:
+                return record.roles, record.packages
+        return None
+
+    def identity(self, username: str, via: str) -> Identity | None:
+        found = self.lookup(username)
+        if found is None:
+            return None
+        return Identity(username, found[0], found[1], via)
+
+    def verify_token(self, secret: str) -> Identity | None:
+        """The identity an API token stands for: its roles, at most its user's when it acts
+        for one (a disabled or removed user's tokens stop working)."""
+        if self.accounts is None or not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
+            return None
+        token = self.accounts.token_by_hash(hash_token(secret))
+        if token is None:
+            return None
+        if token.user is None:
+            return Identity(f"token:{token.name}", token.roles, (), "token", token.id)
+        found = self.lookup(token.user)
+        if found is None:
+            return None
+        user_roles, packages = found
+        roles = tuple(r for r in token.roles if r in user_roles or ADMIN in user_roles)
+        return Identity(token.user, roles, packages, "token", token.id)
 
     def _check_throttle(self, username: str, address: str, now: float) -> None:
         recent = self.logins.failures_since(username[:200], address, now - FAILURE_WINDOW)
@@ -95,16 +186,22 @@ class Authenticator:
 
     def may_build(self, username: str | None, package: str) -> bool:
         """Whether the user's package patterns (none: every package) admit ``package``."""
-        user = self.users.get(username or "")
-        if user is None:
-            return False
-        if ADMIN in user.roles or not user.packages:
+        found = _request_identity(username)
+        if found is None:
+            looked = self.lookup(username or "")
+            if looked is None:
+                return False
+            found = Identity(username or "", looked[0], looked[1], "basic")
+        if ADMIN in found.roles or not found.packages:
             return True
-        return any(fnmatch.fnmatchcase(package, pattern) for pattern in user.packages)
+        return any(fnmatch.fnmatchcase(package, pattern) for pattern in found.packages)
 
     def roles(self, username: str) -> list[str]:
-        user = self.users.get(username)
-        return list(user.roles) if user else []
+        found = _request_identity(username)
+        if found is not None:
+            return list(found.roles)
+        looked = self.lookup(username)
+        return list(looked[0]) if looked else []
 
     def has_role(self, username: str | None, role: str) -> bool:
         roles = self.roles(username or "")
@@ -121,9 +218,69 @@ def _authenticator() -> Authenticator:
     return auth
 
 
+def _request_identity(username: str | None) -> Identity | None:
+    """The identity this request was authenticated as, if it is ``username``'s."""
+    try:
+        found: Identity | None = g.get("pkgfarm_identity")
+    except RuntimeError:  # outside a request
+        return None
+    return found if found is not None and found.name == username else None
+
+
+def csrf_token() -> str:
+    """The session's CSRF token (made on first use)."""
+    token = session.get("csrf")
+    if not isinstance(token, str):
+        token = secrets.token_urlsafe(32)
+        session["csrf"] = token
+    return token
+
+
+def check_csrf() -> None:
+    """403 unless the request carries the session's CSRF token."""
+    expected = session.get("csrf")
+    given = request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FIELD) or ""
+    if not isinstance(expected, str) or not hmac.compare_digest(given.encode(),
+                                                                  expected.encode()):
+        raise Forbidden("the request has no valid CSRF token (a browser's session may only "
+                        "change things from the master's own pages)")
+
+
+def session_identity() -> Identity | None:
+    """The user logged in by the session cookie: while its log-in is open (not logged out nor
+    expired) and the user exists and is enabled."""
+    name, sid = session.get("user"), session.get("sid")
+    if not isinstance(name, str) or not isinstance(sid, str):
+        return None
+    auth = _authenticator()
+    if auth.accounts is None or auth.accounts.session_user(hash_token(sid)) != name:
+        return None
+    return auth.identity(name, "session")
+
+
+def identify(username: str, password: str) -> Identity | None:
+    """Authenticate the current request: basic auth, else a bearer token, else the session
+    (whose state-changing requests must carry the CSRF token). Remembered for the request."""
+    auth = _authenticator()
+    found: Identity | None = None
+    header = request.headers.get("Authorization", "")
+    if username or password:
+        name = auth.verify(username, password)
+        found = auth.identity(name, "basic") if name else None
+    elif header[:7].lower() == "bearer ":
+        found = auth.verify_token(header[7:].strip())
+    elif not header:
+        found = session_identity()
+        if found is not None and request.method not in SAFE_METHODS:
+            check_csrf()
+    g.pkgfarm_identity = found
+    return found
+
+
 @http.verify_password
 def _verify(username: str, password: str) -> str | None:
-    return _authenticator().verify(username, password)
+    found = identify(username, password)
+    return found.name if found else None
 
 
 @http.get_user_roles
@@ -145,7 +302,15 @@ def require(role: str) -> Callable[[Any], Any]:
 
 def current_user() -> str | None:
     user: Any = http.current_user()
-    return user if isinstance(user, str) else None
+    if isinstance(user, str):
+        return user
+    found: Identity | None = g.get("pkgfarm_identity")  # a dashboard view's session user
+    return found.name if found else None
+
+
+def current_identity() -> Identity | None:
+    found: Identity | None = g.get("pkgfarm_identity")
+    return found
 
 
 def caller_has(role: str) -> bool:

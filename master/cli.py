@@ -20,6 +20,7 @@ from common.config import ROLES, Settings, is_loopback, load_settings
 from common.errors import ConfigError
 from common.logs import setup_logging
 from master.client_cli import register as register_client_commands
+from master.usercli import register as register_user_commands
 
 log = logging.getLogger("pkgfarm.master")
 
@@ -46,6 +47,8 @@ def cli() -> None:
 
 # status, builds, build, restart, cancel, package-add, logs, workers, queues, events, ...
 register_client_commands(cli, config_option)
+# users, user-create, user-update, user-delete, tokens, token-create, token-delete
+register_user_commands(cli, config_option)
 
 
 @cli.command()
@@ -96,11 +99,15 @@ def serve(config_path: str | None) -> None:
     if warning:
         log.warning("%s", warning)
     stop = threading.Event()
+    from master.web.data import QueueSampler
+
+    sampler = QueueSampler(services)
 
     def housekeeping() -> None:
         while not stop.wait(HOUSEKEEPING_INTERVAL):
             try:
                 services.scheduler.tick()
+                sampler.tick()  # the dashboard's queue-length chart
             except Exception:
                 log.exception("housekeeping failed")
 

@@ -48,7 +48,7 @@ class Services:
             repository=repository,
             scheduler=Scheduler(settings, store, celery, repository),
             celery=celery,
-            auth=Authenticator(settings.master.users, store.logins),
+            auth=Authenticator(settings.master.users, store.logins, store.accounts),
         )
 
     def client_configs(self, repo_url: str) -> dict[str, dict[str, str]]:

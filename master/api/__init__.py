@@ -20,9 +20,11 @@ from master.api import (
     packages,
     repo,
     uploads,
+    users,
     webhooks,
     workers,
 )
 
 BLUEPRINTS: tuple[Blueprint, ...] = (health.bp, builds.bp, jobs.bp, workers.bp, uploads.bp,
-                                     packages.bp, repo.bp, events.bp, metrics.bp, webhooks.bp)
+                                     packages.bp, repo.bp, events.bp, metrics.bp, webhooks.bp,
+                                     users.bp)

@@ -4,14 +4,16 @@
 jobs, staged files), ``packages`` (published archives, generations, dirty index groups),
 ``index`` (each format's index cache), ``workers`` (heartbeats, drained workers),
 ``logins`` (failed logins), ``events`` (what happened, in commit order), ``queues``
-(paused queues), ``counters`` (what /metrics counts) and ``webhooks`` (queued deliveries).
-Redis is only the queue: whatever is here is the truth.
+(paused queues), ``counters`` (what /metrics counts), ``webhooks`` (queued deliveries),
+``accounts`` (users and API tokens made at run time, shared secrets) and ``stats`` (what the
+dashboard counts, queue samples). Redis is only the queue: whatever is here is the truth.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from master.store.accounts import AccountStore, TokenRecord, UserRecord
 from master.store.counters import CounterStore
 from master.store.db import GROUPS, SCHEMA_VERSION, Database, group_of
 from master.store.events import Event, EventStore
@@ -31,12 +33,13 @@ from master.store.records import (
     WorkerInfo,
     WorkerRecord,
 )
+from master.store.stats import StatsStore
 from master.store.webhooks import WebhookStore
 from master.store.workers import WorkerStore
 
-__all__ = ["GROUPS", "SCHEMA_VERSION", "Build", "Event", "IndexKey", "Job", "NewPackage",
-           "PackageRecord", "PlannedJob", "StagedFile", "Store", "WorkerInfo", "WorkerRecord",
-           "group_of"]
+__all__ = ["GROUPS", "SCHEMA_VERSION", "AccountStore", "Build", "Event", "IndexKey", "Job",
+           "NewPackage", "PackageRecord", "PlannedJob", "StagedFile", "Store", "TokenRecord",
+           "UserRecord", "WorkerInfo", "WorkerRecord", "group_of"]
 
 
 class Store:
@@ -52,6 +55,8 @@ class Store:
         self.webhooks = WebhookStore(self.db)
         self.events = EventStore(self.db)
         self.queues = QueueStore(self.db)
+        self.accounts = AccountStore(self.db)
+        self.stats = StatsStore(self.db)
 
     @classmethod
     def in_data_dir(cls, data_dir: str | Path) -> Store:

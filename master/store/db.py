@@ -27,7 +27,7 @@ from common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 #: index groups per suite, component and architecture (how the index cache is cut)
 GROUPS = 256
@@ -145,6 +145,40 @@ CREATE TABLE queue_flags (
     queue  TEXT PRIMARY KEY,              -- a build.* queue
     paused INTEGER NOT NULL DEFAULT 0     -- its jobs stay queued until it is resumed
 );
+CREATE TABLE users (                     -- users made at run time (config users are not here)
+    name          TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,          -- a werkzeug hash
+    roles         TEXT NOT NULL,          -- JSON list
+    packages      TEXT NOT NULL DEFAULT '[]', -- JSON list of package name patterns
+    disabled      INTEGER NOT NULL DEFAULT 0,
+    created_at    REAL NOT NULL,
+    created_by    TEXT
+);
+CREATE TABLE api_tokens (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    name       TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,      -- sha256 of the secret, which is shown once
+    user       TEXT,                      -- the user it acts for, if any
+    roles      TEXT NOT NULL,             -- JSON list
+    created_at REAL NOT NULL,
+    created_by TEXT
+);
+CREATE TABLE secrets (                   -- made once, shared by every master process
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE web_sessions (              -- the dashboard's open log-ins
+    id_hash    TEXT PRIMARY KEY,          -- sha256 of the id the session cookie carries
+    user       TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires    REAL NOT NULL
+);
+CREATE TABLE queue_samples (             -- queue lengths over time, for the dashboard
+    at     REAL NOT NULL,
+    queue  TEXT NOT NULL,
+    length INTEGER NOT NULL
+);
+CREATE INDEX queue_samples_at ON queue_samples(at);
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -334,12 +368,35 @@ def _add_events(db: sqlite3.Connection) -> None:
     """)
 
 
+def _add_dashboard(db: sqlite3.Connection) -> None:
+    """The dashboard's tables: users and API tokens managed at run time, open log-ins, the
+    secrets every master process shares (the session cookie's signing key), and samples of
+    queue lengths."""
+    run_script(db, """
+        CREATE TABLE users (
+            name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, roles TEXT NOT NULL,
+            packages TEXT NOT NULL DEFAULT '[]', disabled INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL, created_by TEXT);
+        CREATE TABLE api_tokens (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL,
+            token_hash TEXT NOT NULL UNIQUE, user TEXT, roles TEXT NOT NULL,
+            created_at REAL NOT NULL, created_by TEXT);
+        CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+        CREATE TABLE web_sessions (id_hash TEXT PRIMARY KEY, user TEXT NOT NULL,
+                                   created_at REAL NOT NULL, expires REAL NOT NULL);
+        CREATE TABLE queue_samples (at REAL NOT NULL, queue TEXT NOT NULL,
+                                    length INTEGER NOT NULL);
+        CREATE INDEX queue_samples_at ON queue_samples(at);
+    """)
+
+
 #: version N -> the step that takes a database from N to N + 1
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2,
                                                                 2: _migrate_2_to_3,
                                                                 3: _migrate_3_to_4,
                                                                 4: _add_events,
-                                                                5: _add_counters_and_webhooks}
+                                                                5: _add_counters_and_webhooks,
+                                                                6: _add_dashboard}
 
 
 class Database:

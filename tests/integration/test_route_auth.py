@@ -31,7 +31,22 @@ PUBLIC_RULES = {
     "/api/v1/openapi.json",
     "/repo/",
     "/repo/<path:path>",
+    # the dashboard's log-in form, log-out, and its stylesheet and script
+    "/login",
+    "/logout",
+    "/static/<path:filename>",
 }
+
+
+def is_page(rule: str) -> bool:
+    """A dashboard page or action (neither the API nor the repository): strangers are sent to
+    the log-in form instead of getting 401."""
+    return (not rule.startswith(("/api/", "/repo/")) and rule not in PUBLIC_RULES
+            and rule not in API_OUTSIDE_PREFIX)
+
+
+#: API routes served outside /api/ (Prometheus expects /metrics at the root).
+API_OUTSIDE_PREFIX = {"/metrics"}
 
 #: A plausible value for every path variable a rule may have, by name.
 PATH_VALUES = {
@@ -39,6 +54,7 @@ PATH_VALUES = {
     "job_id": "1",
     "name": "hello-farm",
     "path": "dists/stable/Release",
+    "token_id": "1",
     # Flask's static route, which serves <cwd>/static unless the app turns it off
     "filename": "index.html",
 }
@@ -88,7 +104,7 @@ def test_every_route_refuses_anonymous_callers(master, rules):
         for method in sorted(methods):
             # A JSON body, where a method takes one: the refusal must not depend on it.
             resp = requests.request(method, url, json={} if method in ("POST", "PUT") else None,
-                                    timeout=30)
+                                    timeout=30, allow_redirects=False)
             where = f"anonymous {method} {rule} -> {resp.status_code} {resp.text[:200]!r}"
             checked.append(where)
             if method == "OPTIONS":
@@ -100,6 +116,9 @@ def test_every_route_refuses_anonymous_callers(master, rules):
             elif public:
                 assert resp.status_code != 401, where
                 assert "WWW-Authenticate" not in resp.headers, where
+            elif is_page(rule):
+                assert resp.status_code == (303 if method == "POST" else 302), where
+                assert resp.headers["Location"].startswith("/login?next="), where
             else:
                 assert resp.status_code == 401, where
                 assert resp.headers.get("WWW-Authenticate", "").startswith("Basic "), where
@@ -109,6 +128,8 @@ def test_every_route_refuses_anonymous_callers(master, rules):
     # The walk reached every kind of route: the API and the repository, read and write.
     assert any(" POST /api/v1/builds " in c for c in checked)
     assert any(" GET /repo/<path:path> " in c for c in checked)
+    assert any(" GET /builds/<id:build_id> " in c for c in checked)
+    assert any(" POST /builds/<id:build_id>/restart " in c for c in checked)
 
 
 def test_public_routes_answer(master):

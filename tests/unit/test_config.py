@@ -357,3 +357,26 @@ def test_master_warns_of_clear_text_beyond_loopback(bind: str, tls: bool, warned
     assert bool(warning) is warned
     if warned:
         assert bind in str(warning) and "tls_cert" in str(warning)
+
+
+# -- the dashboard's keys --------------------------------------------------------------------
+
+
+def test_dashboard_keys_default_to_private_pages_and_twelve_hour_sessions() -> None:
+    s = settings_from_dict({})
+    assert s.master.public_pages is False
+    assert s.master.session_hours == 12
+    s = settings_from_dict({"master": {"public_pages": True, "session_hours": 48}})
+    assert s.master.public_pages is True and s.master.session_hours == 48
+
+
+@pytest.mark.parametrize("value", [0, -1, 24 * 367])
+def test_session_hours_out_of_range_is_named(value: int) -> None:
+    exc = config_error({"master": {"session_hours": value}})
+    assert exc.details["key"] == "master.session_hours"
+    assert "between 1 and 8784" in exc.message
+
+
+def test_public_pages_must_be_a_boolean() -> None:
+    exc = config_error({"master": {"public_pages": "sometimes"}})
+    assert exc.details["key"] == "master.public_pages"

@@ -1,0 +1,381 @@
+"""The dashboard in a real browser: headless Chromium (Debian's chromium and chromedriver,
+driven by Selenium) against the master under gunicorn, with a real worker and redis-server.
+
+One farm and one browser serve the whole module. Each page the tests visit is saved as a
+screenshot under test-artifacts/dashboard/ (or $PKGFARM_TEST_ARTIFACTS).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.integration.conftest import Farm
+from tests.integration.farm import PASSWORD, REPO_ROOT, Master, free_port, wait_for
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import NoSuchElementException  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+ARTIFACTS = Path(os.environ.get("PKGFARM_TEST_ARTIFACTS", REPO_ROOT / "test-artifacts")) \
+    / "dashboard"
+
+#: A build that writes a numbered line every half second for a few seconds.
+CHATTY = """\
+package:
+  name: itest-chatty
+  version: 1.0
+  release: 1
+  architecture: all
+  description: |
+    A build that talks while it runs, for the dashboard's live log
+  maintainer: pkgfarm tests <tests@example.org>
+build: |
+  for i in 1 2 3 4 5 6 7 8 9 10 11 12; do
+    echo "chatty line $i"
+    sleep 0.5
+  done
+  mkdir -p "$DESTDIR/usr/share/itest-chatty"
+  echo done > "$DESTDIR/usr/share/itest-chatty/marker"
+  echo "chatty ends"
+"""
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+    root = tmp_path_factory.mktemp("dashboard")
+    own = root / "packages"
+    own.mkdir()
+    (own / "itest-chatty.yaml").write_text(CHATTY)
+    from tests.integration.farm import TEST_PACKAGES
+
+    f = Farm(root, extra={"package_paths": [str(TEST_PACKAGES), str(own)],
+                          "repository": {"suite": "stable", "suites": ["testing"],
+                                         "component": "main",
+                                         "architectures": ["amd64", "arm64"]}})
+    try:
+        f.start({"w-web": ["amd64"]})
+        yield f
+    finally:
+        f.stop()
+
+
+#: A user made at run time through the API (the config's `builder` holds `build` only, not
+#: `read`, which the pages need).
+BUILDER, BUILDER_PASSWORD = "webbuilder", "webbuilder-password"
+
+
+@pytest.fixture(scope="module")
+def master(farm: Farm) -> Master:
+    assert farm.master is not None
+    resp = farm.master.api("POST", "/api/v1/users", json={
+        "name": BUILDER, "password": BUILDER_PASSWORD, "roles": ["read", "build"]})
+    assert resp.status_code == 201, resp.text
+    return farm.master
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.fail("the dashboard tests need Debian's chromium and chromium-driver "
+                    "(./dev.sh setup installs them)")
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,900", f"--user-data-dir={profile}", "--no-first-run",
+                "--disable-extensions", "--disable-background-networking"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def shot(driver: Any, name: str) -> None:
+    """Keep what the page looks like now (the whole page's height)."""
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    clip = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 4000),
+            "scale": 1}
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True, "clip": clip})
+    (ARTIFACTS / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))
+
+
+def login(driver: Any, master: Master, user: str, password: str | None = None,
+          then: str = "/") -> None:
+    """Log in through the form, as a person would (a fresh session first)."""
+    if password is None:
+        password = BUILDER_PASSWORD if user == BUILDER else PASSWORD
+    driver.delete_all_cookies()
+    driver.get(master.url + then)
+    wait_for(lambda: "/login" in driver.current_url, 15, "the log-in form")
+    driver.find_element(By.ID, "username").send_keys(user)
+    driver.find_element(By.ID, "password").send_keys(password)
+    driver.find_element(By.ID, "login").click()
+    wait_for(lambda: _text(driver, "whoami") == user, 15, f"{user} logged in")
+
+
+def _text(driver: Any, element_id: str) -> str | None:
+    try:
+        text: str = driver.find_element(By.ID, element_id).text
+    except NoSuchElementException:
+        return None
+    return text
+
+
+def _has(driver: Any, element_id: str) -> bool:
+    return bool(driver.find_elements(By.ID, element_id))
+
+
+def job_state(driver: Any) -> str:
+    state: str = driver.find_element(By.CSS_SELECTOR, "#jobs tbody tr").get_attribute(
+        "data-state")
+    return state
+
+
+def log_text(driver: Any) -> str:
+    text: str = driver.find_element(By.CSS_SELECTOR, "pre.logtext").text
+    return text
+
+
+# -- the tests -------------------------------------------------------------------------------
+
+
+def test_login_form(browser: Any, master: Master) -> None:
+    browser.delete_all_cookies()
+    browser.get(master.url + "/builds")
+    assert "/login" in browser.current_url  # strangers are sent to the form
+    shot(browser, "login")
+    browser.find_element(By.ID, "username").send_keys(BUILDER)
+    browser.find_element(By.ID, "password").send_keys("not-the-password")
+    browser.find_element(By.ID, "login").click()
+    wait_for(lambda: "Wrong user name or password" in browser.page_source, 15, "the refusal")
+    assert not _has(browser, "whoami")
+
+    login(browser, master, BUILDER, then="/builds")
+    assert browser.current_url.endswith("/builds")  # back where the user wanted to go
+    # The session cookie is out of scripts' reach.
+    assert "pkgfarm_session" not in browser.execute_script("return document.cookie")
+    cookie = browser.get_cookie("pkgfarm_session")
+    assert cookie["httpOnly"] is True
+    assert cookie["sameSite"] == "Lax"
+
+
+def test_build_page_follows_a_build_live(browser: Any, master: Master) -> None:
+    # Keep the one worker busy first, so that the watched build is seen waiting in the queue.
+    busy = master.submit(["itest-slow"])
+    wait_for(lambda: master.api("GET", f"/api/v1/builds/{busy}").json()["status"]
+             == "building", 60, "the first build to start")
+    login(browser, master, BUILDER, then="/builds")
+    browser.find_element(By.ID, "submit-packages").send_keys("itest-chatty")
+    browser.find_element(By.ID, "submit-build").click()
+    wait_for(lambda: _has(browser, "build"), 15, "the new build's page")
+    build_id = int(browser.find_element(By.ID, "build").get_attribute("data-build-id"))
+    # A marker that only survives if the page is never loaded again, and every state the
+    # job's row takes, as the page's own script changes it.
+    browser.execute_script("""
+        window.__marker = 1;
+        var row = document.querySelector('#jobs tbody tr');
+        window.__states = [row.getAttribute('data-state')];
+        new MutationObserver(function () {
+            var s = row.getAttribute('data-state');
+            if (window.__states[window.__states.length - 1] !== s) { window.__states.push(s); }
+        }).observe(row, {attributes: true, attributeFilter: ['data-state']});
+    """)
+    assert job_state(browser) == "queued"
+    # The page listens to the master's event stream (its session cookie admits it).
+    wait_for(lambda: browser.find_element(By.ID, "build").get_attribute("data-live")
+             == "events", 15, "the event stream to open")
+    wait_for(lambda: job_state(browser) == "building", 60, "the job to start building")
+    # Lines appear while it still builds...
+    wait_for(lambda: "chatty line 3" in log_text(browser), 30, "the first log lines")
+    assert job_state(browser) == "building"
+    assert "chatty ends" not in log_text(browser)
+    # The running job's duration goes on by itself.
+    cell = browser.find_element(By.CSS_SELECTOR, '#jobs tbody tr [data-field="duration"]')
+    before = cell.text
+    wait_for(lambda: cell.text != before, 5, "the duration to tick")
+    shot(browser, "build-running")
+    # ... and the whole log is there when it ends.
+    wait_for(lambda: job_state(browser) == "success", 60, "the build to succeed")
+    wait_for(lambda: "chatty ends" in log_text(browser), 15, "the whole log")
+    text = log_text(browser)
+    assert all(f"chatty line {i}" in text for i in range(1, 13)), text
+    assert browser.execute_script("return window.__marker") == 1
+    states = browser.execute_script("return window.__states")
+    assert states[0] == "queued" and states[-1] == "success" and "building" in states, states
+    badge = browser.find_element(By.CSS_SELECTOR, "#build-state .badge").text
+    assert badge == "success"
+    row = browser.find_element(By.CSS_SELECTOR, "#jobs tbody tr")
+    assert row.find_element(By.CSS_SELECTOR, '[data-field="worker"]').text == "w-web"
+    assert row.find_element(By.CSS_SELECTOR, '[data-field="duration"]').text.endswith("s")
+    shot(browser, "build-success")
+    assert master.api("GET", f"/api/v1/builds/{build_id}").json()["status"] == "success"
+    master.wait_build(busy)
+
+
+def test_failed_build_shows_its_error_and_log_and_restarts(browser: Any,
+                                                           master: Master) -> None:
+    resp = requests.post(master.url + "/api/v1/builds", auth=(BUILDER, BUILDER_PASSWORD),
+                         json={"packages": ["itest-fail"]}, timeout=30)
+    assert resp.status_code == 202, resp.text
+    build_id = resp.json()["id"]
+    login(browser, master, BUILDER, then=f"/builds/{build_id}")
+    wait_for(lambda: job_state(browser) == "failed", 90, "the build to fail")
+    job_id = browser.find_element(By.CSS_SELECTOR, "#jobs tbody tr").get_attribute(
+        "data-job-id")
+    error = browser.find_element(By.ID, f"error-{job_id}")
+    wait_for(lambda: error.is_displayed() and error.text, 15, "the error shown")
+    assert "3" in error.text  # the script's exit status
+    wait_for(lambda: "about to fail on purpose" in log_text(browser), 15, "the failed log")
+    shot(browser, "build-failed")
+
+    restart = browser.find_element(By.ID, "restart")
+    assert restart.is_enabled()
+    restart.click()
+    wait_for(lambda: "Restarted 1 job(s)" in browser.page_source, 15, "the restart")
+    wait_for(lambda: browser.find_element(
+        By.CSS_SELECTOR, '#jobs tbody tr [data-field="attempt"]').text == "2", 30,
+        "the second attempt")
+    wait_for(lambda: job_state(browser) == "failed", 90, "the second attempt to fail")
+    build = master.api("GET", f"/api/v1/builds/{build_id}").json()
+    assert build["jobs"][0]["attempt"] == 2 and build["jobs"][0]["status"] == "failed"
+
+    # The overview lists it among the newest failures, with its first error line.
+    browser.get(master.url + "/")
+    failures = browser.find_element(By.ID, "failures").text
+    assert "itest-fail" in failures and "exit status 3" in failures
+    assert browser.find_element(By.CSS_SELECTOR, "#job-counts .s-failed .n").text != "0"
+    assert "build.amd64" in browser.find_element(By.ID, "queues").text
+    assert "amd64" in browser.find_element(By.ID, "workers-per-arch").text
+    assert browser.find_elements(By.CSS_SELECTOR, "svg.chart rect.s-success")
+    shot(browser, "overview")
+
+
+def test_a_reader_sees_no_action_buttons(browser: Any, master: Master) -> None:
+    build_id = master.api("GET", "/api/v1/builds?limit=1").json()["builds"][0]["id"]
+    login(browser, master, "reader", then=f"/builds/{build_id}")
+    assert _has(browser, "jobs")
+    assert not _has(browser, "actions")
+    assert not _has(browser, "restart") and not _has(browser, "cancel")
+    browser.get(master.url + "/builds")
+    assert _has(browser, "builds") and not _has(browser, "submit-form")
+    browser.get(master.url + "/packages/itest-chatty")
+    assert _has(browser, "history") and not _has(browser, "remove-form")
+    browser.get(master.url + "/users")
+    assert "403" in browser.find_element(By.TAG_NAME, "h1").text
+    # A build user does see them (and the admin sees package management).
+    login(browser, master, BUILDER, then=f"/builds/{build_id}")
+    assert _has(browser, "restart") and _has(browser, "cancel")
+
+
+class _CrossSite:
+    """A page of another origin (another port on loopback) that POSTs a form to the master
+    as soon as it loads, riding on whatever cookies the browser holds for the master."""
+
+    def __init__(self, target: str) -> None:
+        page = (f'<!doctype html><form id="f" method="post" action="{target}">'
+                '<input type="hidden" name="reason" value="cross-site"></form>'
+                "<script>document.getElementById('f').submit();</script>").encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _CrossSite:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_cross_site_post_is_refused_but_the_page_works(browser: Any, master: Master) -> None:
+    build_id = master.submit(["itest-slow"])
+    login(browser, master, BUILDER, then=f"/builds/{build_id}")
+    for target in (f"{master.url}/builds/{build_id}/cancel",
+                   f"{master.url}/api/v1/builds/{build_id}/cancel"):
+        with _CrossSite(target) as evil:
+            browser.get(evil.url)
+            wait_for(lambda: browser.current_url.startswith(master.url), 15,
+                     "the forged form to reach the master")
+            wait_for(lambda: "CSRF" in browser.page_source, 15, "the refusal")
+            if "/api/" not in target:
+                assert browser.find_element(By.TAG_NAME, "h1").text == "403"
+            shot(browser, "cross-site-refused")
+        status = master.api("GET", f"/api/v1/builds/{build_id}").json()["status"]
+        assert status in ("queued", "building"), status  # nothing was cancelled
+    # The same action from the master's own page is accepted.
+    browser.get(f"{master.url}/builds/{build_id}")
+    browser.find_element(By.ID, "cancel").click()
+    wait_for(lambda: "Cancelled 1 job(s)" in browser.page_source, 15, "the cancel")
+    wait_for(lambda: job_state(browser) == "cancelled", 15, "the job cancelled")
+    assert master.api("GET", f"/api/v1/builds/{build_id}").json()["status"] == "cancelled"
+
+
+def test_every_page_renders(browser: Any, master: Master) -> None:
+    login(browser, master, "admin")
+    pages = {"builds": "/builds", "builds-filtered": "/builds?state=success&arch=all",
+             "package": "/packages/itest-chatty", "packages": "/packages",
+             "workers": "/workers", "repository": "/repository", "users": "/users"}
+    for name, path in pages.items():
+        browser.get(master.url + path)
+        assert browser.find_element(By.TAG_NAME, "h1").text, name
+        shot(browser, name)
+    browser.get(master.url + "/builds?state=success&arch=all")
+    listed = browser.find_element(By.ID, "builds").text
+    assert "itest-chatty" in listed and "itest-fail" not in listed
+    browser.get(master.url + "/packages/itest-chatty")
+    assert browser.find_element(By.ID, "success-rate").text == "100 %"
+    assert "build #" in browser.find_element(By.CSS_SELECTOR, "table.versions").text
+    assert _has(browser, "remove-form")
+    # An admin promotes it to testing from the page.
+    browser.find_element(By.CSS_SELECTOR, "#promote-form select[name=to] option[value=testing]"
+                         ).click()
+    browser.find_element(By.ID, "promote").click()
+    wait_for(lambda: "Promoted itest-chatty 1.0-1 from stable to testing" in
+             browser.page_source, 15, "the promotion")
+    assert browser.find_elements(By.CSS_SELECTOR, 'table.versions[data-suite="testing"]')
+    assert "itest-chatty_1.0-1_all.deb" in master.index("amd64", suite="testing")
+    shot(browser, "package")
+    browser.get(master.url + "/workers")
+    assert "w-web" in browser.find_element(By.ID, "workers").text
+    browser.get(master.url + "/repository")
+    line = browser.find_element(By.CSS_SELECTOR, "pre.sources").text
+    assert line == f"deb [trusted=yes] {master.url}/repo stable main"
+    assert "itest-chatty" in browser.find_element(
+        By.CSS_SELECTOR, 'table[data-suite="testing"]').text
+    # Logging out ends the session: the pages ask for a log-in again.
+    browser.find_element(By.ID, "logout").click()
+    wait_for(lambda: "/login" in browser.current_url, 15, "the log-in form")
+    browser.get(master.url + "/")
+    assert "/login" in browser.current_url
