@@ -4,6 +4,7 @@ commands of master.client_cli."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from common import cli as clitools
 from common.config import ROLES, Settings, is_loopback, load_settings
 from common.errors import ConfigError
 from common.logs import setup_logging
+from master.background import elsewhere, spawn
 from master.client_cli import register as register_client_commands
 from master.usercli import register as register_user_commands
 
@@ -103,8 +105,12 @@ def serve(config_path: str | None) -> None:
 
     sampler = QueueSampler(services)
 
+    arbiter = os.getpid()
+
     def housekeeping() -> None:
         while not stop.wait(HOUSEKEEPING_INTERVAL):
+            if elsewhere(arbiter):
+                return  # a copy in a gunicorn worker process: the arbiter does it
             try:
                 services.scheduler.tick()
                 sampler.tick()  # the dashboard's queue-length chart
@@ -112,10 +118,9 @@ def serve(config_path: str | None) -> None:
                 log.exception("housekeeping failed")
 
     def background(_server: Any) -> None:
-        threading.Thread(target=housekeeping, name="housekeeping", daemon=True).start()
+        spawn(housekeeping, name="housekeeping")
         # Webhook deliveries go out from the arbiter, never from a request.
-        threading.Thread(target=dispatcher.run, args=(stop,), name="webhooks",
-                         daemon=True).start()
+        spawn(dispatcher.run, stop, name="webhooks")
 
     class Server(BaseApplication):
         def load_config(self) -> None:

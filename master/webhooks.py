@@ -42,6 +42,7 @@ import requests
 
 from common.config import Settings, WebhookSettings
 from common.errors import ConfigError
+from master.background import spawn
 from master.store import Store
 from master.store.events import Event
 from master.store.webhooks import Delivery, NewDelivery
@@ -319,15 +320,12 @@ class Dispatcher:
         one sender per hook sends, so a slow receiver delays only its own deliveries.
 
         gunicorn forks its workers from the process running this loop; with gevent a fork
-        keeps the loops' greenlets alive in the child. The copies notice they are elsewhere
-        and end, so only the process that started them sends.
+        keeps the loops' greenlets alive in the child (see master.background). The copies
+        notice they are elsewhere and end, so only the process that started them sends.
         """
         pid = self._pid = os.getpid()
-        senders = [threading.Thread(target=self._sender, args=(name, stop, pid),
-                                    name=f"webhook-{name}", daemon=True)
-                   for name in self.hooks]
-        for sender in senders:
-            sender.start()
+        for name in self.hooks:
+            spawn(self._sender, name, stop, pid, name=f"webhook-{name}")
         try:
             while not stop.wait(INTERVAL):
                 if os.getpid() != pid:
@@ -338,8 +336,6 @@ class Dispatcher:
                     log.exception("webhook dispatch failed")
         finally:
             if os.getpid() == pid:
-                for sender in senders:
-                    sender.join(timeout=1)
                 try:
                     if self._lease_until:
                         self.store.webhooks.release_lease(LEASE, self.owner)
