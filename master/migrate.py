@@ -77,7 +77,8 @@ def migrate(source: Storage, dest: Storage, out: IO[str] | None = None, *,
             tmp_dir: Path | None = None) -> int:
     """Copy every key of ``source`` to ``dest``; returns how many files were copied.
 
-    Progress goes to ``out`` (one line per copied file, then a summary). Raises `OSError` if a
+    Progress goes to ``out``: the number of files to look at, then one line per file
+    (``[n/N] copied KEY (SIZE bytes)``, or ``already there``), then a summary. Raises `OSError` if a
     copy cannot be written or reads back different from the source (the message names the key).
     ``tmp_dir`` holds the file in transit (default: the system's temporary folder).
     """
@@ -89,18 +90,22 @@ def migrate(source: Storage, dest: Storage, out: IO[str] | None = None, *,
 
     keys = sorted((key for key, _ in source.list("")), key=copy_order)
     copied = present = vanished = 0
+    copied_bytes = 0
+    say(f"{len(keys)} file(s) to look at in {source!r}")
     with tempfile.TemporaryDirectory(dir=tmp_dir, prefix="pkgfarm-migrate-") as work:
-        for key in keys:
+        for n, key in enumerate(keys, 1):
+            step = f"[{n}/{len(keys)}]"
             try:
                 tmp, size, sha256 = _fetch(source, key, Path(work))
             except FileNotFoundError:
                 # Removed since the listing (an old by-hash copy expiring, say): nothing to do.
                 vanished += 1
-                say(f"skipped {key}: no longer in the source")
+                say(f"{step} skipped {key}: no longer in the source")
                 continue
             try:
                 if _holds(dest, key, size, sha256):
                     present += 1
+                    say(f"{step} already there {key}")
                     continue
                 dest.put_file(tmp, key)
             finally:
@@ -115,8 +120,9 @@ def migrate(source: Storage, dest: Storage, out: IO[str] | None = None, *,
                     f"{key} reads back from {dest!r} as {got[0]} bytes with sha256 {got[1]}, "
                     f"not {size} bytes with sha256 {sha256} as in {source!r}")
             copied += 1
-            say(f"copied {key} ({size} bytes)")
-    summary = f"{copied} copied, {present} already present"
+            copied_bytes += size
+            say(f"{step} copied {key} ({size} bytes)")
+    summary = f"{copied} copied ({copied_bytes} bytes), {present} already present"
     if vanished:
         summary += f", {vanished} gone from the source meanwhile"
     say(f"{summary} ({source!r} -> {dest!r})")

@@ -71,10 +71,16 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerSetting
     ws = WorkerSettings(work_dir=str(tmp_path_factory.mktemp("work")), base_dir=str(BASES))
     BASES.mkdir(parents=True, exist_ok=True)
     log = BASES / f"{ws.base_suite}-{ARCH}.test.log"
+    stages: list[str] = []
+    made_after = time.time()
     with open(log, "a") as out:
         start = time.monotonic()
-        create_base(ws, ARCH, out)
+        create_base(ws, ARCH, out, log=stages.append)
         TIMES["base (made or reused)"] = time.monotonic() - start
+    if (base_info(ws, ARCH) or {}).get("created", 0) >= made_after:
+        # Made now: whoever waited saw mmdebstrap's stages as they came, and the outcome.
+        assert any(s.startswith("base: downloading packages") for s in stages), stages
+        assert stages[-1].startswith(f"made the {ws.base_suite} {ARCH} base in "), stages
     yield ws
     info = base_info(ws, ARCH) or {}
     sys.stdout.write("\nclean environment timings: " + json.dumps(

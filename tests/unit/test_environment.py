@@ -31,7 +31,7 @@ from worker.environment import (
     environment_for,
 )
 from worker.environment import bases as envmod
-from worker.environment.bases import base_is_fresh, base_path, can_run
+from worker.environment.bases import StageRelay, base_is_fresh, base_path, can_run
 from worker.environment.host import missing_packages
 from worker.environment.processes import run_process
 from worker.formats.deb.source import binary_kinds, build_source
@@ -374,3 +374,18 @@ def test_build_source_without_archives_fails(tmp_path: Path) -> None:
     with pytest.raises(BuildFailed, match=r"made no \.deb"):
         build_source(tree, host_arch(), FakeEnvironment(host_arch(), [], tree), io.StringIO(),
                      timeout=60)
+
+
+def test_base_stages_reach_whoever_waits() -> None:
+    out = io.StringIO()
+    seen: list[str] = []
+    relay = StageRelay(out, seen.append)
+    lines = ["I: automatically chosen mode: root\n", "Get:1 http://deb.debian.org bookworm\n",
+             "I: downloading packages with apt...\n", "W: a warning\n",
+             "I: extracting archives...\n"]
+    for line in lines:
+        assert relay.write(line) == len(line)
+    relay.flush()
+    assert out.getvalue() == "".join(lines)  # the log keeps everything
+    assert seen == ["base: automatically chosen mode: root",
+                    "base: downloading packages with apt...", "base: extracting archives..."]

@@ -398,20 +398,25 @@ def test_migrate_local_to_s3_and_back(tmp_path: Path, make_s3: Callable[..., S3S
     out = io.StringIO()
     assert migrate(local, s3, out, tmp_dir=tmp_path) == len(files)
     assert contents(s3) == files
-    copied = [line.split()[1] for line in out.getvalue().splitlines()
-              if line.startswith("copied ")]
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith(f"{len(files)} file(s) to look at")
+    steps = [line.split()[0] for line in lines[1:-1]]
+    assert steps == [f"[{n}/{len(files)}]" for n in range(1, len(files) + 1)]
+    copied = [line.split()[2] for line in lines[1:-1] if line.split()[1] == "copied"]
     assert sorted(copied) == sorted(files)
     # Pool first, index files next, each suite's Release files last.
     assert copied[:2] == sorted(k for k in files if k.startswith("pool/"))
     assert copied[-3:] == ["dists/stable/InRelease", "dists/stable/Release",
                            "dists/stable/Release.gpg"]
-    assert f"{len(files)} copied, 0 already present" in out.getvalue()
+    total = sum(len(data) for data in files.values())
+    assert f"{len(files)} copied ({total} bytes), 0 already present" in out.getvalue()
     assert list(tmp_path.glob("pkgfarm-migrate-*")) == []
 
     # Idempotent: nothing to copy again; a changed key is copied again.
     again = io.StringIO()
     assert migrate(local, s3, again) == 0
-    assert f"0 copied, {len(files)} already present" in again.getvalue()
+    assert f"0 copied (0 bytes), {len(files)} already present" in again.getvalue()
+    assert again.getvalue().count(" already there ") == len(files)
     local.put_bytes("dists/stable/InRelease", b"signed again")
     assert migrate(local, s3, None) == 1
     assert s3.get("dists/stable/InRelease") == b"signed again"

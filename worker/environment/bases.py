@@ -150,7 +150,8 @@ def _make_base(settings: WorkerSettings, arch: str, path: Path, out: IO[str],
     env = {"PATH": PATH, "LC_ALL": "C.UTF-8", "HOME": "/root",
            "TMPDIR": os.environ.get("TMPDIR", "/tmp")}  # noqa: S108 (mmdebstrap's own temp)
     try:
-        run_process(argv, cwd=path.parent, env=env, timeout=3600, out=out,
+        run_process(argv, cwd=path.parent, env=env, timeout=3600,
+                    out=out if log is None else StageRelay(out, log),  # type: ignore[arg-type]
                     what="mmdebstrap (making the clean base)")
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -165,6 +166,25 @@ def _make_base(settings: WorkerSettings, arch: str, path: Path, out: IO[str],
     note(out, log, f"made the {settings.base_suite} {arch} base in {seconds:.1f} s "
           f"({size / 1024 / 1024:.0f} MiB compressed)")
     return path
+
+
+class StageRelay:
+    """mmdebstrap's output on its way to ``out``, its stage lines (``I: downloading packages
+    with apt...``) also passed to ``log``: the progress of a base that takes a minute or more,
+    for whoever waits on it (``worker package-add --now`` prints each as it comes)."""
+
+    def __init__(self, out: IO[str], log: Log) -> None:
+        self.out = out
+        self.log = log
+
+    def write(self, text: str) -> int:
+        self.out.write(text)
+        if text.startswith("I: "):
+            self.log(f"base: {text[3:].strip()}")
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
 
 
 def foreign_message(arch: str) -> str:
