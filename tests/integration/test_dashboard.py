@@ -1,8 +1,9 @@
 """The dashboard in a real browser: headless Chromium (Debian's chromium and chromedriver,
 driven by Selenium) against the master under gunicorn, with a real worker and redis-server.
 
-One farm and one browser serve the whole module. Each page the tests visit is saved as a
-screenshot under test-artifacts/dashboard/ (or $PKGFARM_TEST_ARTIFACTS).
+One farm and one browser serve the whole module; the master sends webhooks to a receiver in
+the test (and to a port nobody listens on) for the webhooks page. Each page the tests visit
+is saved as a screenshot under test-artifacts/dashboard/ (or $PKGFARM_TEST_ARTIFACTS).
 """
 
 from __future__ import annotations
