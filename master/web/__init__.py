@@ -14,4 +14,4 @@ from flask import Blueprint
 bp = Blueprint("web", __name__, template_folder="templates", static_folder="static",
                static_url_path="/static")
 
-from master.web import actions, pages, session  # noqa: E402, F401  (they add the routes)
+from master.web import actions, pages, session, webhooks  # noqa: E402, F401  (they add the routes)

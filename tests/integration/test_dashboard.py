@@ -1,13 +1,15 @@
 """The dashboard in a real browser: headless Chromium (Debian's chromium and chromedriver,
 driven by Selenium) against the master under gunicorn, with a real worker and redis-server.
 
-One farm and one browser serve the whole module. Each page the tests visit is saved as a
-screenshot under test-artifacts/dashboard/ (or $PKGFARM_TEST_ARTIFACTS).
+One farm and one browser serve the whole module; the master sends webhooks to a receiver in
+the test (and to a port nobody listens on) for the webhooks page. Each page the tests visit
+is saved as a screenshot under test-artifacts/dashboard/ (or $PKGFARM_TEST_ARTIFACTS).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import threading
@@ -51,15 +53,61 @@ build: |
 """
 
 
+#: The webhooks page must never show a hook's secret.
+HOOK_SECRET = "dashboard-hook-secret-0123456789"
+
+
+class _Receiver:
+    """A webhook receiver on loopback that accepts every delivery (200) and keeps its body."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        bodies = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                bodies.append(json.loads(body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+
 @pytest.fixture(scope="module")
-def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+def receiver() -> Iterator[_Receiver]:
+    r = _Receiver()
+    r.thread.start()
+    try:
+        yield r
+    finally:
+        r.server.shutdown()
+        r.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory: pytest.TempPathFactory, receiver: _Receiver) -> Iterator[Farm]:
     root = tmp_path_factory.mktemp("dashboard")
     own = root / "packages"
     own.mkdir()
     (own / "itest-chatty.yaml").write_text(CHATTY)
     from tests.integration.farm import TEST_PACKAGES
 
-    f = Farm(root, extra={"package_paths": [str(TEST_PACKAGES), str(own)],
+    # Two hooks for the webhooks page: one to the receiver above, one to a port nothing
+    # listens on, given up after its one try.
+    hooks = [{"name": "ci", "url": receiver.url, "events": ["build.finished", "job.finished"],
+              "secret": HOOK_SECRET, "timeout": 5, "backoff": 0.5},
+             {"name": "nobody-home", "url": f"http://127.0.0.1:{free_port()}/hook",
+              "events": ["build.finished"], "secret": HOOK_SECRET, "timeout": 2,
+              "max_attempts": 1}]
+    f = Farm(root, extra_master={"webhooks": hooks},
+             extra={"package_paths": [str(TEST_PACKAGES), str(own)],
                           "repository": {"suite": "stable", "suites": ["testing"],
                                          "component": "main",
                                          "architectures": ["amd64", "arm64"]}})
@@ -123,6 +171,9 @@ def login(driver: Any, master: Master, user: str, password: str | None = None,
     """Log in through the form, as a person would (a fresh session first)."""
     if password is None:
         password = BUILDER_PASSWORD if user == BUILDER else PASSWORD
+    # Leave the page first: an answer to its script's requests still on the way would bring
+    # the old session's cookie back after it is dropped.
+    driver.get(master.url + "/login")
     driver.delete_all_cookies()
     driver.get(master.url + then)
     wait_for(lambda: "/login" in driver.current_url, 15, "the log-in form")
@@ -284,6 +335,81 @@ def test_a_reader_sees_no_action_buttons(browser: Any, master: Master) -> None:
     # A build user does see them (and the admin sees package management).
     login(browser, master, BUILDER, then=f"/builds/{build_id}")
     assert _has(browser, "restart") and _has(browser, "cancel")
+
+
+def test_admins_see_webhook_deliveries(browser: Any, master: Master,
+                                      receiver: _Receiver) -> None:
+    # The builds of the tests before have ended: their notifications reached the receiver.
+    build_id = master.api("GET", "/api/v1/builds?limit=1").json()["builds"][0]["id"]
+    assert master.wait_build(build_id)["status"] in ("success", "failed")
+
+    def delivered() -> bool:
+        hooks = master.api("GET", "/api/v1/webhooks").json()["webhooks"]
+        return any(d["event"] == "build.finished" and d["build_id"] == build_id
+                   and d["state"] == "delivered" for d in hooks[0]["deliveries"])
+
+    wait_for(delivered, 60, f"build {build_id}'s notification delivered")
+    assert any(b["event"] == "build.finished" and b["build"]["id"] == build_id
+               for b in list(receiver.bodies))
+
+    login(browser, master, "admin", then="/webhooks")
+    assert browser.current_url.endswith("/webhooks")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Webhooks"
+    assert _has(browser, "nav-webhooks")
+    assert HOOK_SECRET not in browser.page_source
+    card = browser.find_element(By.ID, "hook-ci")
+    assert card.find_element(By.TAG_NAME, "h2").text == "ci"
+    assert card.find_element(By.CSS_SELECTOR, '[data-field="url"]').text == receiver.url
+    assert card.find_element(By.CSS_SELECTOR, '[data-field="events"]').text == \
+        "build.finished, job.finished"
+    delivered_count = card.find_element(By.CSS_SELECTOR, '[data-count="delivered"]').text
+    assert delivered_count.startswith("delivered ") and int(delivered_count.split()[1]) >= 2
+    assert card.find_element(By.CSS_SELECTOR, '[data-count="failed"]').text == "failed 0"
+    rows = [r for r in card.find_elements(By.CSS_SELECTOR, "table.deliveries tbody tr")
+            if r.find_element(By.CSS_SELECTOR, '[data-field="event"]').text
+            .startswith("build.finished")
+            and r.find_element(By.CSS_SELECTOR, '[data-field="build"]').text == f"#{build_id}"]
+    assert rows, card.text
+    row = rows[0]  # the newest (a restarted build ends, and is notified, once more)
+    assert row.get_attribute("data-state") == "delivered"
+    assert row.find_element(By.CSS_SELECTOR, ".badge").text == "delivered"
+    assert row.find_element(By.CSS_SELECTOR, '[data-field="result"]').text == "HTTP 200"
+    assert row.find_element(By.CSS_SELECTOR, '[data-field="attempts"]').text == "1"
+    assert row.find_element(By.CSS_SELECTOR, '[data-field="last-try"]').text.endswith(" ago")
+    assert row.find_element(By.CSS_SELECTOR, '[data-field="next-try"]').text == "–"
+    link = row.find_element(By.CSS_SELECTOR, '[data-field="build"] a')
+    assert link.get_attribute("href") == f"{master.url}/builds/{build_id}"
+
+    # The hook nobody answers: its notifications were tried once and given up, with the error.
+    def given_up() -> bool:
+        browser.get(master.url + "/webhooks")
+        card = browser.find_element(By.ID, "hook-nobody-home")
+        return (card.find_element(By.CSS_SELECTOR, '[data-count="failed"]').text != "failed 0"
+                and card.find_element(By.CSS_SELECTOR, '[data-count="pending"]').text
+                == "pending 0")
+
+    wait_for(given_up, 30, "the unanswered hook's deliveries given up", interval=1)
+    card = browser.find_element(By.ID, "hook-nobody-home")
+    failed = card.find_element(By.CSS_SELECTOR, 'table.deliveries tbody tr[data-state="failed"]')
+    assert failed.find_element(By.CSS_SELECTOR, '[data-field="attempts"]').text == "1"
+    result = failed.find_element(By.CSS_SELECTOR, '[data-field="result"]')
+    assert result.text and not result.text.startswith("HTTP ")  # no answer at all
+    assert result.find_element(By.CSS_SELECTOR, ".error-text")
+    shot(browser, "webhooks")
+
+    # The build link leads to the build's page.
+    browser.find_element(By.CSS_SELECTOR, f'#hook-ci a[href="/builds/{build_id}"]').click()
+    wait_for(lambda: _has(browser, "build"), 15, "the build's page")
+    assert browser.find_element(By.ID, "build").get_attribute("data-build-id") == str(build_id)
+
+    # Neither a reader nor a build user sees the page or its link.
+    for user in ("reader", BUILDER):
+        login(browser, master, user, then="/webhooks")
+        assert not _has(browser, "nav-webhooks"), user
+        assert browser.find_element(By.TAG_NAME, "h1").text == "403", user
+        assert "does not hold the admin role" in browser.find_element(By.ID, "error").text
+        assert "hook-ci" not in browser.page_source and receiver.url not in browser.page_source
+    shot(browser, "webhooks-refused")
 
 
 class _CrossSite:
