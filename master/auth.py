@@ -4,7 +4,11 @@ run time), API tokens (``Authorization: Bearer ...``) and the dashboard's sessio
 A request authenticated by the session (a browser) that changes anything (any method but GET,
 HEAD and OPTIONS) must carry the session's CSRF token, in the ``X-CSRF-Token`` header or the
 ``csrf_token`` form field; without it the request is refused with 403 before its view runs.
-Basic-auth and token requests need no CSRF token: a browser never adds those by itself.
+Basic-auth and token requests need no CSRF token, but a browser does add basic-auth
+credentials by itself once a person typed them into its prompt (and sends them with another
+site's forms too). So every state-changing request a browser sends from a page of another
+origin is refused with 403, however it is authenticated: browsers say so in ``Sec-Fetch-Site``
+(or, older ones, in ``Origin``); scripts and workers send neither header and are not affected.
 
 Passwords are stored only as werkzeug hashes. Checking a scrypt hash costs tens of
 milliseconds, and a worker calls the master many times a minute, so a successful check is
@@ -29,6 +33,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import current_app, g, jsonify, request, session
 from flask_httpauth import HTTPBasicAuth
@@ -258,9 +263,28 @@ def session_identity() -> Identity | None:
     return auth.identity(name, "session")
 
 
+def check_origin() -> None:
+    """403 for a state-changing request a browser sent from a page of another origin."""
+    if request.method in SAFE_METHODS:
+        return
+    site = request.headers.get("Sec-Fetch-Site")
+    origin = request.headers.get("Origin")
+    if site is not None:
+        foreign = site not in ("same-origin", "none")  # none: the person's own navigation
+    elif origin is not None:
+        foreign = origin == "null" or urlsplit(origin).netloc != request.host
+    else:
+        return
+    if foreign:
+        raise Forbidden("refused as a cross-site request (CSRF): a browser may change things "
+                        "only from the master's own pages, and this request came from another "
+                        f"site (Sec-Fetch-Site {site or '-'}, Origin {origin or '-'})")
+
+
 def identify(username: str, password: str) -> Identity | None:
     """Authenticate the current request: basic auth, else a bearer token, else the session
     (whose state-changing requests must carry the CSRF token). Remembered for the request."""
+    check_origin()
     auth = _authenticator()
     found: Identity | None = None
     header = request.headers.get("Authorization", "")

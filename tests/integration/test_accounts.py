@@ -234,7 +234,19 @@ def test_the_session_and_its_csrf_rule(master: Master) -> None:
                         json={"name": "frank", "password": "frank-password",
                               "roles": ["read"]})
     assert done.status_code == 201, done.text
-    # Basic-auth calls need no token.
+    # Basic-auth calls need no token; but a browser adds basic-auth credentials a person typed
+    # into its prompt to another site's forms too, so what a browser sends from a page of
+    # another origin is refused however it is authenticated.
+    for headers in ({"Sec-Fetch-Site": "cross-site", "Origin": "http://elsewhere.example"},
+                    {"Sec-Fetch-Site": "same-site"}, {"Origin": "http://elsewhere.example"},
+                    {"Origin": "null"}):
+        refused = master.api("DELETE", "/api/v1/users/frank", headers=headers)
+        assert refused.status_code == 403, (headers, refused.text)
+        assert "another site" in refused.json()["error"]
+    host = master.url.split("//", 1)[1]
+    same = master.api("POST", "/api/v1/builds", json={"packages": ["no-such-package"]},
+                      headers={"Sec-Fetch-Site": "same-origin", "Origin": f"http://{host}"})
+    assert same.status_code == 404, same.text  # refused by the view, not the origin rule
     assert master.api("DELETE", "/api/v1/users/frank").status_code == 200
     # Never by GET: the actions answer only POST.
     assert browser.get(master.url + "/builds/1/cancel", timeout=30).status_code == 405
