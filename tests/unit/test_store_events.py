@@ -160,3 +160,55 @@ def test_build_filters_and_paging(store):
     assert [b.id for b, _ in store.jobs.find_builds(arch="arm64")[1]] == [two]
     total, page = store.jobs.find_builds(limit=1, offset=1)
     assert total == 2 and [b.id for b, _ in page] == [one]
+
+
+def test_streams_of_a_process_share_one_read_and_see_what_the_store_has(store):
+    """The event stream's per-process cache gives each stream exactly what reading the store
+    with its filters would, from any position, also past the cache's size and batches."""
+    from master.api.events import BATCH, _Recent
+
+    recent = _Recent()
+    reads = 0
+    original = store.events.after
+
+    def counted(*args, **kwargs):
+        nonlocal reads
+        reads += 1
+        return original(*args, **kwargs)
+
+    store.events.after = counted  # type: ignore[method-assign]
+    def everything(last, kinds_=None, build=None):
+        found = []
+        while page := original(last, kinds=kinds_, build_id=build):
+            found += page
+            last = page[-1].id
+        return found
+
+    positions = {(None, None): 0, (frozenset({"job.queued"}), None): 0, (None, 3): 0}
+
+    def drain(kinds, build, last, newest):
+        seen = []
+        while True:
+            events, covered = recent.after(store, last, newest, kinds, build)
+            seen += events
+            if len(events) == BATCH:
+                last = events[-1].id
+                continue
+            last = max(covered, events[-1].id if events else last)
+            if covered >= newest:
+                return seen, last
+
+    for round_ in range(5):
+        for i in range(900 if round_ == 2 else 40):
+            store.events.add("job.queued" if i % 3 else "worker.online", build_id=i % 7)
+        newest = store.events.newest_id()
+        reads_before = reads
+        for (kinds_, build), last in positions.items():
+            seen, positions[(kinds_, build)] = drain(kinds_, build, last, newest)
+            want = everything(last, kinds_, build)
+            assert [e.id for e in seen] == [e.id for e in want], (round_, kinds_, build)
+        if round_ != 2:
+            assert reads - reads_before == 1  # one read for the three streams
+    # A stream far behind the cache (a client resuming) reads the store itself.
+    seen, _ = drain(None, None, 0, store.events.newest_id())
+    assert [e.id for e in seen] == [e.id for e in everything(0)]
