@@ -106,6 +106,16 @@ class _Recent:
         self.events: list[Event] = []
         self.start = self.end = 0
         self.store: Store | None = None
+        self.messages: dict[int, str] = {}
+
+    def message(self, event: Event) -> str:
+        """The event as an SSE message, encoded once per process (not once per stream)."""
+        text = self.messages.get(event.id)
+        if text is None:
+            text = message(event)
+            if self.start < event.id <= self.end:
+                self.messages[event.id] = text
+        return text
 
     def after(self, store: Store, last: int, newest: int, kinds: frozenset[str] | None,
               build_id: int | None) -> tuple[list[Event], int]:
@@ -115,6 +125,7 @@ class _Recent:
         if store is not self.store or last < self.start:
             if store is not self.store:  # a new store (tests make several): start afresh
                 self.events, self.start, self.end, self.store = [], last, last, store
+                self.messages.clear()
             else:
                 return self._direct(store, last, newest, kinds, build_id)
         if newest > self.end:
@@ -128,6 +139,8 @@ class _Recent:
                 dropped = self.events[:-self.KEEP]
                 self.events = self.events[-self.KEEP:]
                 self.start = dropped[-1].id
+                for event in dropped:
+                    self.messages.pop(event.id, None)
             if last < self.start:
                 return self._direct(store, last, newest, kinds, build_id)
         matching = [e for e in self.events if e.id > last and e.id <= newest
@@ -176,7 +189,7 @@ def stream(store: Store, position: int | None, kinds: frozenset[str] | None,
         if newest > last:
             events, covered = _recent.after(store, last, newest, kinds, build_id)
         for event in events:
-            yield message(event)
+            yield _recent.message(event)
         if events:
             quiet_since = time.monotonic()
         if len(events) == BATCH:
