@@ -405,7 +405,7 @@ class Scheduler:
     def enqueue_pending(self) -> int:
         """Queue every job whose message never reached the broker; returns how many were sent.
 
-        Submissions, reports and the housekeeping thread of every master process call this;
+        Submissions, reports, resumes and the arbiter's housekeeping loop call this;
         one sender at a time (a file lock) keeps them from sending the same job twice. A
         caller that finds the lock taken returns: the sender at work, or the next housekeeping
         tick, sends what it would have.
@@ -423,6 +423,30 @@ class Scheduler:
                         return sent
         except LockBusy:
             return 0
+
+    def set_drained(self, worker: str, drained: bool) -> bool:
+        """Drain ``worker`` (it finishes what it builds and is given nothing new) or take it
+        back; False if it already was so. Jobs held for want of an undrained worker go as soon
+        as it is back. NotFound for a worker that never sent a heartbeat."""
+        if self.store.workers.get(worker) is None:
+            raise NotFound(f"no worker {worker!r} has ever sent a heartbeat", worker=worker)
+        changed = self.store.workers.set_drained(worker, drained)
+        if not drained:
+            self.enqueue_pending()
+        return changed
+
+    def set_paused(self, queue: str, paused: bool) -> bool:
+        """Pause ``queue`` (its jobs stay queued) or resume it, sending what waited; False if
+        it already was so. NotFound for a name that is no build queue."""
+        arch = queue.removeprefix("build.")
+        if not queue.startswith("build.") or not (arch == archmod.ALL
+                                                  or archmod.is_known(arch)):
+            raise NotFound(f"no build queue {queue!r} (queues are build.<architecture> and "
+                           "build.all)", queue=queue)
+        changed = self.store.queues.set_paused(queue, paused)
+        if not paused:
+            self.enqueue_pending()
+        return changed
 
     def held_queues(self) -> set[str]:
         """The queues whose messages are not sent now: the paused ones, and those that only

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint
 
 from common import arch as archmod
-from common.errors import BadRequest, Forbidden, NotFound
+from common.errors import BadRequest, Forbidden
 from common.messages import Heartbeat
 from master.api.helpers import check_name, iso, parse_message, svc
 from master.auth import caller_has, current_user, require
@@ -72,34 +72,19 @@ def workers() -> Any:
     ]}
 
 
-def _known_worker(name: str) -> str:
-    check_name(name, "name")
-    if svc().store.workers.get(name) is None:
-        raise NotFound(f"no worker {name!r} has ever sent a heartbeat", worker=name)
-    return name
-
-
 @bp.post("/workers/<name>/drain")
 @require("admin")
 def drain(name: str) -> Any:
     """The worker finishes what it builds and is given nothing new."""
-    changed = svc().store.workers.set_drained(_known_worker(name), True)
+    changed = svc().scheduler.set_drained(check_name(name, "name"), True)
     return {"name": name, "drained": True, "changed": changed}
 
 
 @bp.post("/workers/<name>/resume")
 @require("admin")
 def resume(name: str) -> Any:
-    changed = svc().store.workers.set_drained(_known_worker(name), False)
+    changed = svc().scheduler.set_drained(check_name(name, "name"), False)
     return {"name": name, "drained": False, "changed": changed}
-
-
-def _queue(name: str) -> str:
-    arch = name.removeprefix("build.")
-    if not name.startswith("build.") or not (arch == archmod.ALL or archmod.is_known(arch)):
-        raise NotFound(f"no build queue {name!r} (queues are build.<architecture> and "
-                       "build.all)", queue=name)
-    return name
 
 
 @bp.get("/queues")
@@ -113,14 +98,12 @@ def queues() -> Any:
 @require("admin")
 def pause_queue(name: str) -> Any:
     """The queue's jobs stay queued until it is resumed."""
-    changed = svc().store.queues.set_paused(_queue(name), True)
+    changed = svc().scheduler.set_paused(name, True)
     return {"name": name, "paused": True, "changed": changed}
 
 
 @bp.post("/queues/<name>/resume")
 @require("admin")
 def resume_queue(name: str) -> Any:
-    services = svc()
-    changed = services.store.queues.set_paused(_queue(name), False)
-    services.scheduler.enqueue_pending()  # what waited goes now
+    changed = svc().scheduler.set_paused(name, False)
     return {"name": name, "paused": False, "changed": changed}

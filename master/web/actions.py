@@ -10,13 +10,12 @@ from typing import Any
 from flask import flash, redirect, request, url_for
 
 from common import formats as common_formats
-from common.errors import ApiError, BadRequest, Forbidden, NotFound
+from common.errors import ApiError, BadRequest, Forbidden
 from master.api import users as user_api
 from master.api.helpers import svc
 from master.auth import ADMIN, caller_has, check_may_build, current_user
 from master.web import bp
 from master.web.access import page
-from master.web.data import farm_queues
 
 MAX_FIELD = 2000
 
@@ -131,17 +130,11 @@ def _to_workers(**_: Any) -> str:
     return url_for("web.workers")
 
 
-def _worker(name: str) -> str:
-    if svc().store.workers.get(name) is None:
-        raise NotFound(f"no worker {name!r} has ever sent a heartbeat", worker=name)
-    return name
-
-
 @bp.post("/workers/<name>/drain")
 @page(ADMIN)
 @action(_to_workers)
 def drain_worker(name: str) -> str:
-    svc().store.workers.set_drained(_worker(name), True)
+    svc().scheduler.set_drained(name, True)
     return f"Worker {name} drained: it finishes what it builds and takes nothing new."
 
 
@@ -149,21 +142,15 @@ def drain_worker(name: str) -> str:
 @page(ADMIN)
 @action(_to_workers)
 def resume_worker(name: str) -> str:
-    svc().store.workers.set_drained(_worker(name), False)
+    svc().scheduler.set_drained(name, False)
     return f"Worker {name} takes jobs again."
-
-
-def _queue(name: str) -> str:
-    if name not in {q for q, _n, _p in farm_queues(svc())}:
-        raise NotFound(f"no build queue {name!r}", queue=name)
-    return name
 
 
 @bp.post("/queues/<name>/pause")
 @page(ADMIN)
 @action(_to_workers)
 def pause_queue(name: str) -> str:
-    svc().store.queues.set_paused(_queue(name), True)
+    svc().scheduler.set_paused(name, True)
     return f"Queue {name} paused: its jobs stay queued until it is resumed."
 
 
@@ -171,9 +158,7 @@ def pause_queue(name: str) -> str:
 @page(ADMIN)
 @action(_to_workers)
 def resume_queue(name: str) -> str:
-    services = svc()
-    services.store.queues.set_paused(_queue(name), False)
-    services.scheduler.enqueue_pending()
+    svc().scheduler.set_paused(name, False)
     return f"Queue {name} resumed."
 
 
