@@ -291,6 +291,8 @@ class RepositorySettings:
     signing_key: str | None = None
     #: versions of each package (per architecture) kept in the pool; older ones are removed.
     keep_versions: int = 3
+    #: the package formats the farm builds and serves (common.formats: deb, rpm, pacman)
+    formats: tuple[str, ...] = ("deb",)
 
     @property
     def all_suites(self) -> tuple[str, ...]:
@@ -309,6 +311,16 @@ class RepositorySettings:
                     raise ValueError(f"{value!r} is not a plain name", key)
         if not self.architectures:
             raise ValueError("must list at least one architecture", "architectures")
+        from common import formats as known  # here: common.formats reads settings' types
+
+        if not self.formats:
+            raise ValueError("must list at least one package format", "formats")
+        if len(set(self.formats)) != len(self.formats):
+            raise ValueError("lists a format twice", "formats")
+        for f in self.formats:
+            if f not in known.FORMATS:
+                raise ValueError(f"unknown package format {f!r} (known: "
+                                 f"{', '.join(sorted(known.FORMATS))})", "formats")
         for a in self.architectures:
             if not archmod.is_known(a):
                 raise ValueError(f"unknown architecture {a!r}", "architectures")

@@ -77,7 +77,7 @@ class Repository:
         self.artifacts = data_dir / "artifacts"
         self.lock_path = data_dir / "index.lock"
         self.signer = signer
-        self.formats: tuple[str, ...] = (common_formats.BUILD_HOST,)
+        self.formats: tuple[str, ...] = settings.repository.formats
 
     def discard_partial_uploads(self) -> None:
         """Remove what uploads cut short by a crash left in incoming/ (never in the pool)."""

@@ -59,17 +59,20 @@ class Signer:
                               key="repository.signing_key")
         return cls(home, fingerprints[0])
 
-    def public_key(self) -> bytes:
-        """The public key in the binary form apt's signed-by reads."""
-        return _gpg(self.home, "--export", self.fingerprint)
+    def public_key(self, armor: bool = False) -> bytes:
+        """The public key: binary, as apt's signed-by reads it, or ASCII-armoured (``armor``),
+        as rpm and pacman-key import it."""
+        return _gpg(self.home, *(("--armor",) if armor else ()), "--export", self.fingerprint)
 
     def clearsign(self, data: bytes) -> bytes:
         return _gpg(self.home, "--local-user", self.fingerprint, "--digest-algo", "SHA512",
                     "--clearsign", data=data)
 
-    def detached(self, data: bytes) -> bytes:
+    def detached(self, data: bytes, armor: bool = True) -> bytes:
+        """A detached signature: ASCII-armoured (Release.gpg, repomd.xml.asc) or binary
+        (pacman's .sig files)."""
         return _gpg(self.home, "--local-user", self.fingerprint, "--digest-algo", "SHA512",
-                    "--armor", "--detach-sign", data=data)
+                    *(("--armor",) if armor else ()), "--detach-sign", data=data)
 
 
 def generate_key(name: str, email: str) -> tuple[str, bytes]:
