@@ -30,7 +30,10 @@ _TOP_KEYS = {"package", "build_depends", "sources", "build", "build_network"}
 _PACKAGE_KEYS = {
     "name", "version", "release", "architecture", "description", "maintainer", "depends",
     "section", "priority", "homepage", "recommends", "conflicts", "provides", "replaces",
+    "license", "formats",
 }
+#: The relation fields of a package; each is a list for every format or a mapping per format.
+RELATION_KINDS = ("depends", "recommends", "conflicts", "provides", "replaces")
 #: Limits of names and versions (pkgfarm's own: formats allow more than anyone needs).
 MAX_NAME = 128
 MAX_VERSION = 128
@@ -58,6 +61,13 @@ class PackageDefinition:
     section: str = "misc"
     priority: str = "optional"
     homepage: str | None = None
+    #: the license, for formats that record one (rpm's License, pacman's license)
+    license: str | None = None
+    #: the formats this package is made in (None: every format the farm serves)
+    formats: tuple[str, ...] | None = None
+    #: relation fields given per format: (kind, format, relations); a kind listed here has
+    #: no plain list, and a format it does not name gets none of that kind
+    per_format: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
     build_depends: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
     #: the build step may reach the network (builds are offline otherwise); a worker's
@@ -69,6 +79,32 @@ class PackageDefinition:
     @property
     def full_version(self) -> str:
         return f"{self.version}-{self.release}"
+
+    def relations_for(self, kind: str, fmt: str) -> tuple[str, ...]:
+        """The relations of ``kind`` (depends, recommends, …) that format ``fmt`` records, in
+        the farm's relation syntax (Debian's); the format translates them into its own."""
+        if kind not in RELATION_KINDS:
+            raise ValueError(f"unknown relation kind {kind!r}")
+        mapped = [(f, rels) for k, f, rels in self.per_format if k == kind]
+        if not mapped and not any(k == kind for k, _, _ in self.per_format):
+            return tuple(getattr(self, kind))
+        return next((rels for f, rels in mapped if f == fmt), ())
+
+    def build_formats(self, served: Iterable[str]) -> list[str]:
+        """The formats to make among those the farm serves (in the farm's order)."""
+        return [f for f in served if self.formats is None or f in self.formats]
+
+    def check_format(self, fmt: PackageFormat) -> None:
+        """Refuse (DefinitionError naming the field) what format ``fmt`` cannot carry: the
+        name, the version, or a relation it cannot express."""
+        _check_for(self.path, fmt, self.name, self.version, self.release)
+        for kind in RELATION_KINDS:
+            mapped = any(k == kind for k, _, _ in self.per_format)
+            field_name = f"package.{kind}" + (f".{fmt.name}" if mapped else "")
+            for rel in self.relations_for(kind, fmt.name):
+                problem = fmt.check_relation(rel)
+                if problem:
+                    raise _fail(self.path, field_name, f"{rel!r}: {problem} ({fmt.name})")
 
     @property
     def folder(self) -> Path:
@@ -150,6 +186,32 @@ def _string_list(path: Path, data: dict[str, Any], key: str, where: str,
     return tuple(v.strip() for v in value)
 
 
+def _check_for(path: Path, fmt: PackageFormat, name: str, version: str, release: str) -> None:
+    problem = fmt.check_name(name)
+    if problem:
+        raise _fail(path, "package.name", f"{problem} ({fmt.name})")
+    wrong = fmt.check_version_parts(version, release)
+    if wrong:
+        raise _fail(path, f"package.{wrong[0]}", f"{wrong[1]} ({fmt.name})")
+
+
+def _relations(path: Path, pkg: dict[str, Any], kind: str, syntax: list[PackageFormat]
+               ) -> tuple[tuple[str, ...], list[tuple[str, str, tuple[str, ...]]]]:
+    """A relation field: a plain list (checked with every format of ``syntax``), or a mapping
+    of format names to lists (each checked with its own format)."""
+    value = pkg.get(kind)
+    if not isinstance(value, dict):
+        return _string_list(path, pkg, kind, "package.", syntax), []
+    mapped = []
+    for fmt_name in value:
+        if not isinstance(fmt_name, str) or fmt_name not in formats.FORMATS:
+            raise _fail(path, f"package.{kind}", f"unknown package format {fmt_name!r} (known: "
+                        f"{', '.join(sorted(formats.FORMATS))})")
+        mapped.append((kind, fmt_name, _string_list(path, value, fmt_name, f"package.{kind}.",
+                                                    [formats.FORMATS[fmt_name]])))
+    return (), mapped
+
+
 def parse_definition(
     path: Path, text: str | None = None, check_sources: bool = True
 ) -> PackageDefinition:
@@ -192,14 +254,24 @@ def parse_definition(
     for key, value in (("version", version), ("release", release)):
         if len(value) > MAX_VERSION:
             raise _fail(path, f"package.{key}", f"is longer than {MAX_VERSION} characters")
-    targets = list(formats.FORMATS.values())
+    named = pkg.get("formats")
+    chosen: tuple[str, ...] | None = None
+    if named is not None:
+        if isinstance(named, str):
+            named = [named]
+        if not isinstance(named, list) or not named or not all(isinstance(f, str)
+                                                               for f in named):
+            raise _fail(path, "package.formats", "must be a list of package formats")
+        for f in named:
+            if f not in formats.FORMATS:
+                raise _fail(path, "package.formats", f"unknown package format {f!r} (known: "
+                            f"{', '.join(sorted(formats.FORMATS))})")
+        chosen = tuple(dict.fromkeys(named))
+    # The formats it names, or else the build host's (the farm's own syntax): checked here;
+    # the others a farm builds it in are checked at submission (`check_format`).
+    targets = [formats.FORMATS[f] for f in chosen] if chosen else [formats.build_host()]
     for fmt in targets:
-        problem = fmt.check_name(name)
-        if problem:
-            raise _fail(path, "package.name", problem)
-        wrong = fmt.check_version_parts(version, release)
-        if wrong:
-            raise _fail(path, f"package.{wrong[0]}", wrong[1])
+        _check_for(path, fmt, name, version, release)
 
     arch_value = pkg.get("architecture", archmod.ANY)
     architecture: tuple[str, ...] | str
@@ -228,8 +300,9 @@ def parse_definition(
     if priority not in _PRIORITIES:
         raise _fail(path, "package.priority", f"must be one of {', '.join(sorted(_PRIORITIES))}")
     homepage = _string(path, pkg, "homepage", w, required=False)
+    license_ = _string(path, pkg, "license", w, required=False)
     for key, text in (("section", section), ("maintainer", maintainer), ("name", name),
-                      ("homepage", homepage)):
+                      ("homepage", homepage), ("license", license_)):
         if text is not None and (not text.isprintable() or len(text) > 1000):
             raise _fail(path, f"package.{key}", "must be one line of printable text")
     if section is not None and not _SECTION_RE.fullmatch(section):
@@ -265,6 +338,12 @@ def parse_definition(
             raise _fail(path, f"sources[{i}].path", f"{rel!r} does not exist")
         sources.append(rel)
 
+    plain: dict[str, tuple[str, ...]] = {}
+    per_format: list[tuple[str, str, tuple[str, ...]]] = []
+    for kind in RELATION_KINDS:
+        plain[kind], mapped = _relations(path, pkg, kind, targets)
+        per_format.extend(mapped)
+
     return PackageDefinition(
         name=name,
         version=version,
@@ -273,14 +352,17 @@ def parse_definition(
         description=description.strip("\n"),
         maintainer=maintainer.strip(),
         build=build,
-        depends=_string_list(path, pkg, "depends", w, targets),
-        recommends=_string_list(path, pkg, "recommends", w, targets),
-        conflicts=_string_list(path, pkg, "conflicts", w, targets),
-        provides=_string_list(path, pkg, "provides", w, targets),
-        replaces=_string_list(path, pkg, "replaces", w, targets),
+        depends=plain["depends"],
+        recommends=plain["recommends"],
+        conflicts=plain["conflicts"],
+        provides=plain["provides"],
+        replaces=plain["replaces"],
         section=section or "misc",
         priority=priority or "optional",
         homepage=homepage,
+        license=license_,
+        formats=chosen,
+        per_format=tuple(per_format),
         build_depends=_string_list(path, data, "build_depends", "", [formats.build_host()]),
         sources=tuple(sources),
         build_network=build_network,

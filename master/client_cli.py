@@ -173,22 +173,27 @@ def register(cli: click.Group, config_option: Any) -> None:
             click.echo(json.dumps(data, indent=2))
             return
         for job in data["jobs"]:
-            click.echo(f"queued {job['package']} {job['version']} for {job['arch']}", err=True)
+            click.echo(f"queued {job['package']} {job['version']} for {job['arch']} "
+                       f"({job['format']})", err=True)
+        for note in data.get("notes", []):
+            click.echo(f"note: {note}", err=True)
         click.echo(data["id"])
 
     @cli.command("logs")
     @click.argument("build_id", type=int)
     @click.argument("name")
     @click.option("--arch", default=None, help="Which architecture's build, if several.")
+    @click.option("--format", "fmt", default=None, help="Which format's build, if several.")
     @click.option("--follow", "-f", is_flag=True, help="Keep showing new lines until it ends.")
     @config_option
-    def logs(build_id: int, name: str, arch: str | None, follow: bool,
+    def logs(build_id: int, name: str, arch: str | None, fmt: str | None, follow: bool,
              config_path: str | None) -> None:
         """Show the build log of package NAME in build BUILD_ID."""
         client = _client(config_path)
         out = sys.stdout.buffer
         for chunk in client.stream_bytes(f"/api/v1/builds/{build_id}/packages/{name}/log",
-                                         arch=arch, follow="1" if follow else None):
+                                         arch=arch, format=fmt,
+                                         follow="1" if follow else None):
             out.write(chunk)
             out.flush()
 

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import IO
 
 from common import arch as archmod
-from common import formats as common_formats
 from common.config import Settings
 from common.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unprocessable
-from common.formats import ArchiveName, PackageFormat
+from common.formats import ArchiveName, PackageFormat, compare_versions
 from common.locks import file_lock
 from common.messages import UploadReceipt
 from master import formats, metrics
@@ -122,8 +121,10 @@ class Repository:
             if named is not None:
                 info = fmt.inspect(tmp)
                 self._check_names(fmt, info, named)
-                if (info.source, info.arch) != (job.package, job.arch) or not _same_version(
-                        fmt.format, info.version, job.version):
+                # The archive's own version, epoch included, is the job's (in the format's
+                # order: a file name may leave the epoch out, the header does not).
+                if (info.source, info.arch) != (job.package, job.arch) or compare_versions(
+                        fmt.format, info.version, job.version) != 0:
                     raise Unprocessable(
                         f"this build makes packages of {job.package} {job.version} for "
                         f"{job.arch}, not {info.name} ({info.source}) {info.version} "

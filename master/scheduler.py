@@ -107,19 +107,26 @@ class Buildable:
     """One package of a build set: what it is, where it builds, what it makes and needs."""
 
     name: str
-    version: str
+    #: the formats it is made in, each with its version in that format
+    versions: tuple[tuple[str, str], ...]
     arches: tuple[str, ...]
     snapshot: bytes
     provides: frozenset[str]
     needs: frozenset[str]
     source_kind: SourceKind = SourceKind.DEFINITION
-    format: str = common_formats.BUILD_HOST
+    #: what the requester should know about the plan (formats it is not made in)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def version(self) -> str:
+        return self.versions[0][1]
 
 
 @dataclass(frozen=True)
 class Submitted:
     build_id: int
-    jobs: list[tuple[int, str, str, str]]  # job id, package, version, arch
+    jobs: list[tuple[int, str, str, str, str]]  # job id, package, version, arch, format
+    notes: tuple[str, ...] = ()
 
 
 class Scheduler:
@@ -144,15 +151,30 @@ class Scheduler:
             definition = find_definition(name, self.settings.package_paths)
         except NotFound as missing:
             return self._plan_source(name, requested, missing)
-        fmt = common_formats.build_host()
         arches = definition.build_arches(served, requested)
         arches = [a for a in arches if a == archmod.ALL or a in served]
         if not arches:
             raise DefinitionError(
                 f"{name} builds only for {', '.join(definition.architecture)}, which this "
                 f"repository does not serve ({', '.join(served)})", package=name)
+        served_formats = self.settings.repository.formats
+        made = definition.build_formats(served_formats)
+        if not made:
+            raise DefinitionError(
+                f"{name} is made only as {', '.join(definition.formats or ())}, which this "
+                f"repository does not serve ({', '.join(served_formats)})",
+                package=name, field="package.formats")
+        versions = []
+        for fmt_name in made:
+            fmt = common_formats.get(fmt_name)
+            try:
+                definition.check_format(fmt)
+            except DefinitionError as exc:
+                exc.details.setdefault("package", name)
+                raise
+            versions.append((fmt_name, fmt.full_version(definition.version, definition.release)))
         return Buildable(
-            name=name, version=fmt.full_version(definition.version, definition.release),
+            name=name, versions=tuple(versions),
             arches=tuple(arches), snapshot=snapshot(definition),
             provides=frozenset({definition.name}),
             needs=frozenset(common_formats.build_host().relation_names(
@@ -171,9 +193,17 @@ class Scheduler:
         if not plan.arches:
             raise DefinitionError(f"{plan.name} builds for no architecture this repository "
                                   "serves", package=ref)
-        return Buildable(name=plan.name, version=plan.version, arches=plan.arches,
-                         snapshot=plan.snapshot, provides=plan.provides, needs=plan.needs,
-                         source_kind=SourceKind.DEBIAN_SOURCE, format=fmt.name)
+        served_formats = self.settings.repository.formats
+        if fmt.name not in served_formats:
+            raise DefinitionError(f"{plan.name} is a {fmt.title} source package, which this "
+                                  f"repository does not serve ({', '.join(served_formats)})",
+                                  package=ref)
+        others = [f for f in served_formats if f != fmt.name]
+        notes = ((f"{plan.name} is a Debian source package: it is built as {fmt.name} only, "
+                  f"not as {', '.join(others)}",) if others else ())
+        return Buildable(name=plan.name, versions=((fmt.name, plan.version),),
+                         arches=plan.arches, snapshot=plan.snapshot, provides=plan.provides,
+                         needs=plan.needs, source_kind=SourceKind.DEBIAN_SOURCE, notes=notes)
 
     def plan(self, packages: list[str], arch: str | None) -> tuple[list[Buildable],
                                                                     list[PlannedJob]]:
@@ -192,18 +222,26 @@ class Scheduler:
                 cycle=cycle) from None
         by_name = {b.name: b for b in buildables}
         jobs: list[PlannedJob] = []
-        index: dict[str, list[tuple[int, str]]] = {}
+        # per package: (job index, arch, format) of its jobs
+        index: dict[str, list[tuple[int, str, str]]] = {}
+        host = common_formats.BUILD_HOST
         for name in order:
             b = by_name[name]
-            for job_arch in b.arches:
-                deps: list[int] = []
-                for needed in sorted(graph[name]):
-                    theirs = index[needed]
-                    same = [i for i, a in theirs if a in (job_arch, archmod.ALL)]
-                    deps.extend(same or [i for i, _ in theirs])
-                index.setdefault(name, []).append((len(jobs), job_arch))
-                jobs.append(PlannedJob(b.name, b.version, job_arch, b.snapshot, tuple(deps),
-                                       format=b.format, source_kind=b.source_kind))
+            for fmt_name, version in b.versions:
+                for job_arch in b.arches:
+                    deps: list[int] = []
+                    for needed in sorted(graph[name]):
+                        # Build environments install build dependencies in the build host's
+                        # format: wait for those jobs where the set makes them.
+                        planned = index[needed]
+                        wanted = host if any(f == host for _, _, f in planned) else fmt_name
+                        theirs = [(i, a) for i, a, f in planned if f == wanted] or [
+                            (i, a) for i, a, _ in planned]
+                        same = [i for i, a in theirs if a in (job_arch, archmod.ALL)]
+                        deps.extend(same or [i for i, _ in theirs])
+                    index.setdefault(name, []).append((len(jobs), job_arch, fmt_name))
+                    jobs.append(PlannedJob(b.name, version, job_arch, b.snapshot, tuple(deps),
+                                           format=fmt_name, source_kind=b.source_kind))
         return buildables, jobs
 
     def submit(self, packages: list[str], arch: str | None = None,
@@ -219,13 +257,13 @@ class Scheduler:
         if arch is not None and arch != archmod.ALL and arch not in served:
             raise BadRequest(f"this repository does not serve {arch} (it serves "
                              f"{', '.join(served)})", field="arch")
-        _, planned = self.plan(packages, arch)
+        buildables, planned = self.plan(packages, arch)
         build_id, job_ids = self.store.jobs.create_build(list(packages), arch, requested_by,
                                                          planned)
-        jobs = [(job_id, p.package, p.version, p.arch)
+        jobs = [(job_id, p.package, p.version, p.arch, p.format)
                 for job_id, p in zip(job_ids, planned, strict=True)]
         self.enqueue_pending()
-        return Submitted(build_id, jobs)
+        return Submitted(build_id, jobs, tuple(n for b in buildables for n in b.notes))
 
     def restart(self, build_id: int) -> list[int]:
         """Queue again the failed, dep-failed and cancelled jobs of a build, as they are now."""
@@ -237,7 +275,8 @@ class Scheduler:
         snapshots = {}
         for name in retry:
             b = self.plan_one(name, None)
-            snapshots[name] = (b.version, b.snapshot)
+            for fmt_name, version in b.versions:
+                snapshots[(name, fmt_name)] = (version, b.snapshot)
         restarted = self.store.jobs.restart(build_id, snapshots)
         self.enqueue_pending()
         return restarted

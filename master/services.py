@@ -51,10 +51,12 @@ class Services:
             auth=Authenticator(settings.master.users, store.logins, store.accounts),
         )
 
-    def client_configs(self, repo_url: str) -> dict[str, dict[str, str]]:
-        """How each served format's stock client uses the repository at ``repo_url``."""
+    def client_configs(self, repo_url: str, suite: str | None = None
+                       ) -> dict[str, dict[str, str]]:
+        """How each served format's stock client uses ``suite`` of the repository at
+        ``repo_url``."""
         return {name: formats.get(name).client_config(repo_url, self.settings,
-                                                      self.repository.signer)
+                                                      self.repository.signer, suite)
                 for name in self.repository.formats}
 
     def openapi(self) -> dict[str, Any]:

@@ -49,7 +49,11 @@ def build_definition(
     if environment is None:
         environment = HostEnvironment(workdir, sandbox=sandbox, install_deps=install_deps,
                                       log=log, timeout=timeout, cancel=cancel)
-    version = common_formats.build_host().full_version(definition.version, definition.release)
+    if fmt not in definition.build_formats([fmt]):
+        raise BuildFailed(f"the definition is made only as {', '.join(definition.formats or ())}"
+                          f", not as {fmt}")
+    definition.check_format(packer.format)
+    version = packer.format.full_version(definition.version, definition.release)
     with environment:
         area = environment.area
         srcdir, destdir = area / "src", area / "destdir"
@@ -67,6 +71,8 @@ def build_definition(
             "PKGFARM_PACKAGE": definition.name,
             "PKGFARM_VERSION": version,
             "PKGFARM_ARCH": arch,
+            # The format the archive is made in (deb, rpm, pacman): one script serves all.
+            "PKGFARM_FORMAT": fmt,
             "DEB_HOST_ARCH": arch,
             # The snapshot's time (see common.definition.snapshot): unchanged input, same
             # archive.

@@ -164,18 +164,33 @@ def _local_arch(settings: Settings, definition_arch: tuple[str, ...] | str,
 @click.argument("name")
 @click.option("--now", is_flag=True, help="Build here, upload, and wait for the index.")
 @click.option("--arch", default=None, help="Architecture to build for.")
+@click.option("--format", "formats_wanted", multiple=True, metavar="FORMAT",
+              help="With --now: make only this package format (deb, rpm, pacman; may be "
+                   "given more than once). Default: every format the repository serves and "
+                   "the definition allows.")
 @config_option
-def package_add(name: str, now: bool, arch: str | None, config_path: str | None) -> None:
+def package_add(name: str, now: bool, arch: str | None, formats_wanted: tuple[str, ...],
+                config_path: str | None) -> None:
     """Build NAME here and publish it (--now), or ask the master to queue it."""
     settings = load_settings(config_path)
     setup_logging("WARNING")
     client = MasterClient(settings.worker, retry_for=120)
+    if formats_wanted and not now:
+        raise click.UsageError("--format narrows a build made here: use it with --now "
+                               "(a queued build makes every format the repository serves)")
+    for wanted in formats_wanted:
+        common_formats.get(wanted)  # the error for an unknown name
     if not now:
         build = client.queue_build([name], arch)
         click.echo(f"queued {name} as build {build['id']}", err=True)
         click.echo(build["id"])
         return
     repo = client.health()["repository"]
+    served = list(repo.get("formats") or [common_formats.BUILD_HOST])
+    for wanted in formats_wanted:
+        if wanted not in served:
+            raise BuildFailed(f"the repository does not serve {wanted} (it serves "
+                              f"{', '.join(served)})")
     host = common_formats.build_host()
     try:
         definition = find_definition(name, settings.package_paths)
@@ -184,7 +199,14 @@ def package_add(name: str, now: bool, arch: str | None, config_path: str | None)
     if definition is not None:
         targets = [_local_arch(settings, definition.architecture, arch)]
         package = definition.name
-        version = host.full_version(definition.version, definition.release)
+        made = definition.build_formats(formats_wanted or served)
+        if not made:
+            raise BuildFailed(f"{package} is made only as {', '.join(definition.formats or ())}"
+                              f"; asked for {', '.join(formats_wanted or served)}")
+        for fmt_name in made:
+            definition.check_format(common_formats.get(fmt_name))
+        versions = [(f, common_formats.get(f).full_version(definition.version,
+                                                           definition.release)) for f in made]
         data, kind = snapshot(definition), SourceKind.DEFINITION
     else:
         # No YAML definition: a source package of the format's own kind (a Debian source,
@@ -202,10 +224,19 @@ def package_add(name: str, now: bool, arch: str | None, config_path: str | None)
         if not targets:
             raise BuildFailed(f"{plan.name} builds for {', '.join(plan.arches) or 'nothing'} "
                               f"here; this worker builds {', '.join(sorted(mine))}")
-        package, version, data = plan.name, plan.version, plan.snapshot
+        if formats_wanted and host.name not in formats_wanted:
+            raise BuildFailed(f"{plan.name} is a Debian source package: it is made as "
+                              f"{host.name} only")
+        others = [f for f in served if f != host.name]
+        if others and not formats_wanted:
+            click.echo(f"note: {plan.name} is a Debian source package: it is built as "
+                       f"{host.name} only, not as {', '.join(others)}", err=True)
+        package, data = plan.name, plan.snapshot
+        versions = [(host.name, plan.version)]
         kind = SourceKind.DEBIAN_SOURCE
-    for target in targets:
-        _build_now(settings, client, repo, package, version, target, data, host.name, kind)
+    for fmt_name, version in versions:
+        for target in targets:
+            _build_now(settings, client, repo, package, version, target, data, fmt_name, kind)
 
 
 def _build_now(settings: Settings, client: MasterClient, repo: dict[str, Any], package: str,
@@ -230,13 +261,14 @@ def _build_now(settings: Settings, client: MasterClient, repo: dict[str, Any], p
             builder.format.parse_archive_filename(filename)
         except ValueError:
             continue  # a by-product (.buildinfo), kept with the build
-        say(f"publishing: waiting for the {repo['suite']}/{repo['component']} index to list "
-            f"{filename}")
+        say(f"publishing: waiting for the {repo['suite']}/{repo['component']} {fmt} index to "
+            f"list {filename}")
         if not builder.index_lists(client, repo, filename):
-            raise PkgfarmError(f"{filename} was uploaded but the index of "
+            raise PkgfarmError(f"{filename} was uploaded but the {fmt} index of "
                                f"{repo['suite']}/{repo['component']} does not list it "
                                "(a newer version may be published)")
-        click.echo(f"{filename} is in {repo['url']} {repo['suite']} {repo['component']}")
+        where = (repo.get("formats") or {}).get(fmt, {}).get("url", repo["url"])
+        click.echo(f"{filename} is in {where} {repo['suite']} {repo['component']}")
 
 
 def main() -> None:

@@ -174,6 +174,10 @@ class MasterClient:
         """The text of a public page of the master (the repository's index, say)."""
         return self._request("GET", path).text
 
+    def get_bytes(self, path: str) -> bytes:
+        """The bytes of a public file of the master (a compressed index, say)."""
+        return self._request("GET", path).content
+
 
 class CertificateError(PkgfarmError):
     """The master's HTTPS certificate does not verify against the configured CA bundle."""

@@ -62,8 +62,9 @@ def create_build() -> Any:
     return {
         "id": submitted.build_id,
         "packages": packages,
-        "jobs": [{"id": j, "package": p, "version": v, "arch": a}
-                 for j, p, v, a in submitted.jobs],
+        "jobs": [{"id": j, "package": p, "version": v, "arch": a, "format": f}
+                 for j, p, v, a, f in submitted.jobs],
+        "notes": list(submitted.notes),
         "url": url_for("builds.get_build", build_id=submitted.build_id, _external=True),
     }, 202
 
@@ -101,15 +102,21 @@ def get_build(build_id: int) -> Any:
 def build_log(build_id: int, name: str) -> Any:
     services = svc()
     jobs = [j for j in _found(build_id)[1] if j.package == name]
-    arch = request.args.get("arch")
+    arch, fmt = request.args.get("arch"), request.args.get("format")
     if arch is not None:
         jobs = [j for j in jobs if j.arch == arch]
+    if fmt is not None:
+        jobs = [j for j in jobs if j.format == fmt]
     if not jobs:
         raise NotFound(f"build {build_id} has no package {name}"
-                       + (f" for {arch}" if arch else ""), build=build_id, package=name)
-    if len(jobs) > 1:
-        raise BadRequest(f"{name} is built for {', '.join(j.arch for j in jobs)}: "
+                       + (f" for {arch}" if arch else "") + (f" as {fmt}" if fmt else ""),
+                       build=build_id, package=name)
+    if len({j.arch for j in jobs}) > 1:
+        raise BadRequest(f"{name} is built for {', '.join(sorted({j.arch for j in jobs}))}: "
                          "choose one with ?arch=", field="arch")
+    if len(jobs) > 1:
+        raise BadRequest(f"{name} is made as {', '.join(j.format for j in jobs)}: "
+                         "choose one with ?format=", field="format")
     job = jobs[0]
     data_dir = services.settings.master.data_dir
     if flag_arg("follow"):

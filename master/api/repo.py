@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, redirect, send_from_directory
+from flask import Blueprint, Response, redirect, request, send_from_directory
 
 from common.errors import NotFound
 from master import formats
@@ -19,11 +19,32 @@ def _changes_in_place(path: str) -> bool:
     return any(formats.get(name).changes_in_place(path) for name in svc().repository.formats)
 
 
+def _alias_target(path: str) -> str | None:
+    """The pool path of an archive a client asks for through a suite folder (formats whose
+    clients fetch archives beside the index, such as pacman's), or None when ``path`` is no
+    such name; NotFound when the suite does not hold that archive."""
+    services = svc()
+    for name in services.repository.formats:
+        alias = formats.get(name).archive_alias(path)
+        if alias is None:
+            continue
+        suite, filename = alias
+        record = services.store.packages.by_filename(name, filename, suite)
+        if record is None:
+            raise NotFound(f"/repo/{path} does not exist")
+        return record.pool_path
+    return None
+
+
 @bp.get("/", defaults={"path": ""})
 @bp.get("/<path:path>")
 def serve(path: str) -> Any:
     if not path or path.endswith("/"):
         raise NotFound("directory listings are not served")
+    target = _alias_target(path)
+    if target is not None:
+        # One pool file serves every suite and architecture folder that lists it.
+        return redirect(f"{request.script_root}/repo/{target}", code=302)
     services = svc()
     storage = services.repository.storage
     if isinstance(storage, LocalStorage):

@@ -82,6 +82,11 @@ class RepositoryFormat(Protocol):
         """Write the format's index for the groups ``dirty`` (every group when ``full``),
         signed when ``ctx.signer`` is set. The caller holds the index lock."""
 
+    def archive_alias(self, key: str) -> tuple[str, str] | None:
+        """For a ``/repo/`` key that names an archive through a suite folder (where the
+        format's client fetches archives beside its index): (suite, archive file name), which
+        ``/repo/`` redirects to the archive's pool path; None for any other key."""
+
     def changes_in_place(self, key: str) -> bool:
         """Whether the file at ``key`` is rewritten under the same name (an index), so that
         clients must always get it whole."""
@@ -91,10 +96,13 @@ class RepositoryFormat(Protocol):
         clients never see an index before what it names), or None when the key is not this
         format's."""
 
-    def client_config(self, base_url: str, settings: Settings,
-                      signer: Signer | None) -> dict[str, str]:
-        """How a stock client uses the repository: the URL of its root and a configuration
-        snippet (``sources.list`` line, .repo file, pacman.conf section)."""
+    def client_config(self, base_url: str, settings: Settings, signer: Signer | None,
+                      suite: str | None = None) -> dict[str, str]:
+        """How a stock client uses the repository's ``suite`` (default: where builds
+        publish): ``url`` (its root), ``snippet`` (a ``sources.list`` line, a .repo file, a
+        pacman.conf section), ``file`` (where the snippet goes), and when signed ``key_url``
+        (the farm's public key as this client reads it) and ``setup`` (shell commands that make
+        the client trust that key)."""
 
 
 def _registry() -> dict[str, RepositoryFormat]:

@@ -339,11 +339,12 @@ class JobStore:
                       lease_expires=None)
         return jobs
 
-    def restart(self, build_id: int, snapshots: Mapping[str, tuple[str, bytes]]) -> list[int]:
+    def restart(self, build_id: int,
+                snapshots: Mapping[tuple[str, str], tuple[str, bytes]]) -> list[int]:
         """Queue again every failed, dep-failed or cancelled job of a build as a new attempt.
 
-        ``snapshots`` maps a package to its (version, snapshot) as it is now, so a fixed
-        definition is what the new attempt builds.
+        ``snapshots`` maps a package and format to its (version, snapshot) as it is now, so a
+        fixed definition is what the new attempt builds.
         """
         with self.db.write() as db:
             marks = ",".join("?" * len(RESTARTABLE))
@@ -351,7 +352,7 @@ class JobStore:
                               (build_id, *(s.value for s in RESTARTABLE))).fetchall()
             jobs = [Job.from_row(r) for r in rows]
             for job in jobs:
-                version, snap = snapshots.get(job.package, (job.version, None))
+                version, snap = snapshots.get((job.package, job.format), (job.version, None))
                 _new_attempt(db, job, finished_at=None, files="[]", version=version,
                              queued_at=time.time())
                 if snap is not None:

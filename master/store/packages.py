@@ -68,10 +68,16 @@ class PackageStore:
             return db.execute("SELECT 1 FROM packages WHERE pool_path=? LIMIT 1",
                               (pool_path,)).fetchone() is not None
 
-    def by_filename(self, fmt: str, filename: str) -> PackageRecord | None:
+    def by_filename(self, fmt: str, filename: str, suite: str | None = None
+                    ) -> PackageRecord | None:
+        """A record of archive ``filename`` of format ``fmt`` (in ``suite``, if given)."""
         with self.db.read() as db:
-            row = db.execute("SELECT * FROM packages WHERE format=? AND filename=?",
-                             (fmt, filename)).fetchone()
+            if suite is None:
+                row = db.execute("SELECT * FROM packages WHERE format=? AND filename=?",
+                                 (fmt, filename)).fetchone()
+            else:
+                row = db.execute("SELECT * FROM packages WHERE format=? AND filename=? AND "
+                                 "suite=?", (fmt, filename, suite)).fetchone()
         return PackageRecord.from_row(row) if row else None
 
     def all(self, name: str | None = None) -> list[PackageRecord]:

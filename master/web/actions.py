@@ -70,7 +70,9 @@ def submit_build() -> Any:
         flash(exc.message, "error")
         return redirect(url_for("web.builds"), code=303)
     flash(f"Build {submitted.build_id} queued: " + ", ".join(
-        f"{p} {v} ({a})" for _j, p, v, a in submitted.jobs), "info")
+        f"{p} {v} ({a}, {f})" for _j, p, v, a, f in submitted.jobs), "info")
+    for note in submitted.notes:
+        flash(note, "info")
     return redirect(_to_build(submitted.build_id), code=303)
 
 

@@ -74,6 +74,7 @@ def job_duration(job: Job, now: float | None = None) -> float | None:
 def job_row(job: Job) -> dict[str, Any]:
     """A job as the build page's script sees it."""
     return {"id": job.id, "package": job.package, "version": job.version, "arch": job.arch,
+            "format": job.format,
             "state": job.state.value, "worker": job.worker or "", "attempt": job.attempt,
             "queued": when(job.queued_at), "started": when(job.started_at),
             "finished": when(job.finished_at), "duration": duration(job_duration(job)),
@@ -246,7 +247,7 @@ def package(name: str) -> Any:
     for r in rows:
         by_suite[r.suite].append(r)
     for suite_rows in by_suite.values():
-        suite_rows.sort(key=lambda r: order[r.format](r.version), reverse=True)
+        suite_rows.sort(key=lambda r: (r.format, order[r.format](r.version)), reverse=True)
     finished = [j for j in history if j.state in (JobState.SUCCESS, JobState.FAILED)]
     successes = sum(1 for j in finished if j.state == JobState.SUCCESS)
     timed = [j for j in reversed(history) if j.state.is_final and j.started_at and j.finished_at]
@@ -292,14 +293,21 @@ def repository() -> Any:
     repo = services.settings.repository
     url = repo_url()
     signer = services.repository.signer
-    option = "[signed-by=/etc/apt/keyrings/pkgfarm.gpg]" if signer else "[trusted=yes]"
-    components = " ".join(repo.all_components)
-    lines = {suite: f"deb {option} {url} {suite} {components}" for suite in repo.all_suites}
+    # Per served format: its client's configuration for every suite.
+    per_suite = {suite: services.client_configs(url, suite) for suite in repo.all_suites}
+    clients = []
+    for name in services.repository.formats:
+        configs = {suite: per_suite[suite][name] for suite in repo.all_suites}
+        first = configs[repo.suite]
+        clients.append({"name": name, "title": formats.get(name).format.title,
+                        "file": first.get("file", ""), "key_url": first.get("key_url"),
+                        "setup": first.get("setup"), "url": first["url"],
+                        "snippets": {s: c["snippet"] for s, c in configs.items()}})
     held: dict[str, dict[str, dict[str, set[str]]]] = {s: {} for s in repo.all_suites}
     for r in services.store.packages.all():
         versions = held.setdefault(r.suite, {}).setdefault(r.name, {})
-        versions.setdefault(r.version, set()).add(r.arch)
-    return render_template("repository.html", lines=lines, key_url=f"{url}/key.gpg",
+        versions.setdefault(f"{r.version} [{r.format}]", set()).add(r.arch)
+    return render_template("repository.html", clients=clients,
                            fingerprint=signer.fingerprint if signer else None,
                            held={s: dict(sorted(p.items())) for s, p in held.items()},
                            architectures=repo.architectures, components=repo.all_components,

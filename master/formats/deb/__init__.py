@@ -15,6 +15,7 @@ from common.formats.deb import DEB, policy
 from master.formats import ArchiveInfo, Digests, IndexContext
 from master.formats.deb import archive
 from master.formats.deb.index import IndexWriter, newest
+from master.signing import KEY_FILE
 
 if TYPE_CHECKING:
     from common.config import Settings
@@ -45,6 +46,9 @@ class DebRepository:
     def write_index(self, ctx: IndexContext, dirty: set[IndexKey], full: bool) -> None:
         IndexWriter(ctx).write(dirty, full)
 
+    def archive_alias(self, key: str) -> tuple[str, str] | None:
+        return None  # APT's index names each archive by its pool path
+
     def changes_in_place(self, key: str) -> bool:
         return key.startswith("dists/") and "/by-hash/" not in key
 
@@ -61,15 +65,23 @@ class DebRepository:
             return 3
         return 2
 
-    def client_config(self, base_url: str, settings: Settings,
-                      signer: Signer | None) -> dict[str, str]:
+    def client_config(self, base_url: str, settings: Settings, signer: Signer | None,
+                      suite: str | None = None) -> dict[str, str]:
         repo = settings.repository
         root = f"{base_url.rstrip('/')}/"
         option = ("[signed-by=/etc/apt/keyrings/pkgfarm.gpg]" if signer is not None
                   else "[trusted=yes]")
         components = " ".join(repo.all_components)
-        return {"url": root,
-                "snippet": f"deb {option} {root.rstrip('/')} {repo.suite} {components}"}
+        config = {"url": root,
+                  "snippet": f"deb {option} {root.rstrip('/')} {suite or repo.suite} "
+                             f"{components}",
+                  "file": "/etc/apt/sources.list.d/pkgfarm.list"}
+        if signer is not None:
+            config["key_url"] = f"{root}{KEY_FILE}"
+            config["setup"] = ("sudo install -d -m 0755 /etc/apt/keyrings\n"
+                               f"curl -fsSL {root}{KEY_FILE} | sudo tee "
+                               "/etc/apt/keyrings/pkgfarm.gpg >/dev/null")
+        return config
 
     def build_sources(self, base_url: str, settings: Settings) -> list[str]:
         repo = settings.repository

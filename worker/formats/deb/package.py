@@ -28,11 +28,10 @@ def control_fields(definition: PackageDefinition, arch: str,
         "Maintainer": definition.maintainer,
         "Installed-Size": str(installed_size_kib),
     }
-    for field, values in (("Depends", definition.depends),
-                          ("Recommends", definition.recommends),
-                          ("Conflicts", definition.conflicts),
-                          ("Provides", definition.provides),
-                          ("Replaces", definition.replaces)):
+    for field, kind in (("Depends", "depends"), ("Recommends", "recommends"),
+                        ("Conflicts", "conflicts"), ("Provides", "provides"),
+                        ("Replaces", "replaces")):
+        values = definition.relations_for(kind, DEB.name)
         if values:
             control[field] = ", ".join(values)
     control["Section"] = definition.section
