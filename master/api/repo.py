@@ -19,6 +19,30 @@ def _changes_in_place(path: str) -> bool:
     return any(formats.get(name).changes_in_place(path) for name in svc().repository.formats)
 
 
+def _archive_alias(path: str) -> str | None:
+    """The pool path an archive's name through a suite folder stands for (a format's
+    ``archive_alias``); NotFound when the suite does not hold it.
+
+    Stand-in, in the rpm branch, for the route the lead adds on main.
+    """
+    services = svc()
+    for name in services.repository.formats:
+        fmt = formats.get(name)
+        alias = getattr(fmt, "archive_alias", None)
+        found = alias(path) if alias is not None else None
+        if found is None:
+            continue
+        suite, filename = found
+        rec = services.store.packages.by_filename(name, filename)
+        held = rec is not None and any(
+            r.suite == suite and r.filename == filename and r.format == name
+            for r in services.store.packages.all(rec.name))
+        if not held or rec is None:
+            raise NotFound(f"/repo/{path} does not exist")
+        return rec.pool_path
+    return None
+
+
 @bp.get("/", defaults={"path": ""})
 @bp.get("/<path:path>")
 def serve(path: str) -> Any:
@@ -26,6 +50,9 @@ def serve(path: str) -> Any:
         raise NotFound("directory listings are not served")
     services = svc()
     storage = services.repository.storage
+    alias = _archive_alias(path)
+    if alias is not None:
+        return redirect(f"/repo/{alias}", code=302)
     if isinstance(storage, LocalStorage):
         # Index files change in place, possibly twice within a second, and If-Modified-Since
         # has one-second resolution: answer them whole, always. Archives and content-addressed
