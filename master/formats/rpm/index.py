@@ -45,11 +45,11 @@ GRACE = 3600.0
 _HEADS = {
     "primary": ('<metadata xmlns="http://linux.duke.edu/metadata/common" '
                 'xmlns:rpm="http://linux.duke.edu/metadata/rpm" packages="{n}">\n',
-                "</metadata>\n"),
+                "</metadata>"),
     "filelists": ('<filelists xmlns="http://linux.duke.edu/metadata/filelists" '
-                  'packages="{n}">\n', "</filelists>\n"),
+                  'packages="{n}">\n', "</filelists>"),
     "other": ('<otherdata xmlns="http://linux.duke.edu/metadata/other" packages="{n}">\n',
-              "</otherdata>\n"),
+              "</otherdata>"),
 }
 _XML_DECL = '<?xml version="1.0" encoding="UTF-8"?>\n'
 
