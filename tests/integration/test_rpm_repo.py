@@ -244,6 +244,7 @@ def test_dnf_installs_from_the_signed_repository_and_upgrades(master, built, tmp
 def test_the_metadata_is_what_createrepo_c_writes(master, built, tmp_path):
     """The farm's primary/filelists/other hold, package for package, what a full createrepo_c
     run over the same files writes (but the file times, which are the upload's)."""
+    assert upload(master, built["hello1"]).status_code in (200, 201)  # older: not listed
     for name in ("sh", "hello2"):
         assert upload(master, built[name]).status_code in (200, 201)
     repo = tmp_path / "cr"
@@ -259,7 +260,12 @@ def test_the_metadata_is_what_createrepo_c_writes(master, built, tmp_path):
         ours = gzip.decompress((repodata(master).parent / href).read_bytes()).decode()
         theirs = gzip.decompress((repo / "repodata" / f"{kind}.xml.gz").read_bytes()).decode()
         ours, theirs = (re.sub(r'<time file="\d+"', "<time", t) for t in (ours, theirs))
-        assert ours == theirs, kind
+        # the same head and tail, and the same elements (the order is the farm's groups')
+        assert ours.split("<package", 1)[0] == theirs.split("<package", 1)[0], kind
+        assert ours.rsplit("</package>", 1)[1] == theirs.rsplit("</package>", 1)[1], kind
+        elements = [sorted(re.findall(r"<package[ >].*?</package>\n", t, re.S))
+                    for t in (ours, theirs)]
+        assert len(elements[0]) == 2 and elements[0] == elements[1], kind
 
 
 def test_dnf_refuses_a_tampered_repomd(master, built, tmp_path):
