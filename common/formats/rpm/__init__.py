@@ -59,6 +59,16 @@ class RpmFormat:
         return names
 
     def archive_filename(self, name: str, version: str, arch: str) -> str:
+        """``name-V-R.<rpmarch>.rpm``: rpm's file names never carry the epoch.
+
+        So the master's check of a file name against its archive, and of an archive against
+        its job (``master.repository._same_version``: two versions are the same when they
+        make the same file name), compares version and release only. The epoch is read from
+        the header (`ArchiveInfo.version` is the header's full ``[E:]V-R``) and recorded with
+        the package, so the index and the order of versions use it; that a job's epoch equals
+        its archive's is not checked by that comparison (see the branch's report: comparing
+        `version_key`s there would check it, for deb too).
+        """
         return policy.rpm_filename(name, version, arch)
 
     def parse_archive_filename(self, filename: str) -> ArchiveName:
