@@ -220,7 +220,7 @@ def run_benchmark(work: Path, args: argparse.Namespace) -> int:
     for i in range(args.runs):
         new = spare / sorted(os.listdir(spare))[i]
         bc.log(f"run {i + 1}/{args.runs}: {new.name}")
-        read_times.append(bc.timed(lambda: ours.append(read_upload(new))))
+        read_times.append(bc.timed(lambda new=new: ours.append(read_upload(new)))) # type: ignore[misc]
         update_times.append(bc.timed(lambda: (store.packages.add([ours[-1]]),
                                               update(store, writer))))
         shutil.copyfile(new, pool / new.name)

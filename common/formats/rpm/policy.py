@@ -66,7 +66,7 @@ def split_epoch(version: str) -> tuple[str | None, str]:
 
 
 def check_version_parts(version: str, release: str) -> tuple[str, str] | None:
-    epoch, upstream = split_epoch(version)
+    _, upstream = split_epoch(version)
     if not PART_RE.fullmatch(upstream):
         return "version", (f"{version!r} is not an rpm version: [epoch:]version, the version "
                            "of letters, digits and . _ + ~ ^ only (no '-')")
@@ -87,7 +87,7 @@ def parse_evr(evr: str) -> tuple[str | None, str, str | None]:
 
 
 def check_version(version: str) -> str | None:
-    epoch, upstream, release = parse_evr(version)
+    _, upstream, release = parse_evr(version)
     if release is None or not PART_RE.fullmatch(upstream) or not PART_RE.fullmatch(release):
         return f"{version!r} is not an rpm version ([epoch:]version-release)"
     return None
@@ -219,7 +219,7 @@ def parse_relation(relation: str) -> list[Alternative]:
                              "alternatives 'a | b' (ops << <= = >= >>)")
         version = m["version"]
         if version is not None:
-            epoch, rest = split_epoch(version)
+            _, rest = split_epoch(version)
             if not all(PART_RE.fullmatch(p) for p in rest.split("-", 1)) or rest.count("-") > 1:
                 raise ValueError(f"{relation!r}: {version!r} is not an rpm version "
                                  "([epoch:]version[-release])")
