@@ -21,10 +21,11 @@ RUNTIME_DEBS="python3 python3-venv python3-pip redis-server dpkg-dev fakeroot xz
   bubblewrap mmdebstrap gnupg git ca-certificates"
 # The tests also run the compose recipes under a Docker engine of their own (docker.io), make
 # its base image (mmdebstrap), TLS certificates (openssl) and check the systemd units
-# (systemd-analyze, in the systemd package), scrape metrics with a real Prometheus (prometheus)
+# (systemd-analyze, in the systemd package), give rpm test roots a /bin/sh (busybox-static),
+# scrape metrics with a real Prometheus (prometheus)
 # and drive the dashboard in a headless Chromium (chromium, chromium-driver).
 TEST_DEBS="docker.io docker-compose apt-utils iproute2 openssl systemd prometheus chromium
-  chromium-driver"
+  chromium-driver busybox-static"
 
 install_debs() {
     local missing=()

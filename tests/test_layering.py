@@ -33,6 +33,14 @@ FORMATS = {
             r"^(?:(?:common|master|worker)\.formats\.deb(?:\.|$)|debian(?:\.|$))"),
         "tools": re.compile(r"^(?:dpkg(?:-[a-z-]+)?|apt(?:-[a-z-]+)?|mmdebstrap)$"),
     },
+    "rpm": {
+        "modules": ("common/formats/rpm", "master/formats/rpm", "worker/formats/rpm"),
+        "imports": re.compile(
+            r"^(?:(?:common|master|worker)\.formats\.rpm(?:\.|$)|rpm(?:\.|$)|createrepo_c(?:\.|$))"),
+        # (not bare "rpm": that is also the format's name, which the rest of the code says)
+        "tools": re.compile(r"^(?:rpm(?:build|keys|sign|spec|2cpio|db)|createrepo_c|"
+                            r"mergerepo_c|modifyrepo_c|dnf|yum)$"),
+    },
 }
 #: The seams' registries, which import each format's modules to list them.
 REGISTRIES = ("common/formats/__init__.py", "master/formats/__init__.py",
@@ -107,6 +115,12 @@ PLANTED = {
                       "imports debian.deb822, a module of the deb format"),
     "common/arch.py": ("ARCH_TOOL = 'dpkg-architecture'\n",
                        "runs 'dpkg-architecture', a tool of the deb format"),
+    "master/api/packages.py": ("import createrepo_c\n",
+                               "imports createrepo_c, a module of the rpm format"),
+    "worker/client.py": ("import subprocess\nsubprocess.run(['rpmbuild', '-bb'])\n",
+                         "runs 'rpmbuild', a tool of the rpm format"),
+    "master/store/index.py": ("from master.formats.rpm.index import GRACE\n",
+                              "imports master.formats.rpm.index, a module of the rpm format"),
 }
 
 

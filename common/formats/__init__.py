@@ -103,8 +103,9 @@ class PackageFormat(Protocol):
 
 def _registry() -> dict[str, PackageFormat]:
     from common.formats.deb import DEB
+    from common.formats.rpm import RPM
 
-    return {DEB.name: DEB}
+    return {DEB.name: DEB, RPM.name: RPM}
 
 
 FORMATS: dict[str, PackageFormat] = _registry()

@@ -107,8 +107,10 @@ class RepositoryFormat(Protocol):
 
 def _registry() -> dict[str, RepositoryFormat]:
     from master.formats.deb import DEB_REPOSITORY
+    from master.formats.rpm import RPM_REPOSITORY
 
-    return {DEB_REPOSITORY.format.name: DEB_REPOSITORY}
+    return {DEB_REPOSITORY.format.name: DEB_REPOSITORY,
+            RPM_REPOSITORY.format.name: RPM_REPOSITORY}
 
 
 FORMATS: dict[str, RepositoryFormat] = _registry()

@@ -39,8 +39,8 @@ class DebFormat:
 
     def check_version_parts(self, version: str, release: str) -> tuple[str, str] | None:
         if not policy.UPSTREAM_RE.fullmatch(version):
-            return "version", (f"{version!r} must start with a digit and hold only letters, "
-                               "digits, . + ~")
+            return "version", (f"{version!r} must start with a digit (after an optional "
+                               "epoch such as 1:) and hold only letters, digits, . + ~")
         if not policy.REVISION_RE.fullmatch(release):
             return "release", f"{release!r} must hold only letters, digits, . + ~"
         return None

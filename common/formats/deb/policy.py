@@ -17,7 +17,8 @@ from debian.debian_support import Version
 #: Debian policy 5.6.1: lower-case alphanumerics, + - . ; at least two characters.
 PACKAGE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 #: An upstream version as a definition gives it (no epoch, no hyphen: the revision is separate).
-UPSTREAM_RE = re.compile(r"^[0-9][A-Za-z0-9.+~]*$")
+#: a definition's ``version``: an optional epoch (``1:``), then the upstream version
+UPSTREAM_RE = re.compile(r"^(?:[0-9]+:)?[0-9][A-Za-z0-9.+~]*$")
 REVISION_RE = re.compile(r"^[A-Za-z0-9.+~]+$")
 EPOCH_RE = re.compile(r"^[0-9]+$")
 #: A full Debian version: [epoch:]upstream[-revision].

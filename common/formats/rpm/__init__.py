@@ -1,0 +1,86 @@
+"""RPM as the farm speaks it: `.rpm` archives in repositories that dnf reads.
+
+The rules live in `policy` (names, ``[E:]V-R`` versions and rpm's own version order,
+relations from the farm's syntax into rpm's, architecture names, file names). RPM has no
+source packages of the farm's kind: every rpm is made from a definition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from common.formats import ArchiveName, SourcePlan
+from common.formats.rpm import policy
+
+if TYPE_CHECKING:
+    from common.config import Settings
+
+
+class RpmFormat:
+    name = "rpm"
+    title = "RPM (.rpm, dnf)"
+
+    def arch_name(self, arch: str) -> str:
+        return policy.rpm_arch(arch)
+
+    def farm_arch(self, arch: str) -> str:
+        return policy.farm_arch(arch)
+
+    def check_name(self, name: str) -> str | None:
+        return policy.check_name(name)
+
+    def check_version_parts(self, version: str, release: str) -> tuple[str, str] | None:
+        return policy.check_version_parts(version, release)
+
+    def full_version(self, version: str, release: str) -> str:
+        return f"{version}-{release}"  # an epoch rides in ``version`` (``1:2.0``)
+
+    def check_version(self, version: str) -> str | None:
+        return policy.check_version(version)
+
+    def version_key(self, version: str) -> Any:
+        return policy.version_key(version)
+
+    def check_relation(self, relation: str) -> str | None:
+        try:
+            policy.parse_relation(relation)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    def relation_names(self, relations: Iterable[str]) -> list[str]:
+        names: list[str] = []
+        for relation in relations:
+            for alt in policy.parse_relation(relation):
+                if alt.name not in names:
+                    names.append(alt.name)
+        return names
+
+    def archive_filename(self, name: str, version: str, arch: str) -> str:
+        """``name-V-R.<rpmarch>.rpm``: rpm's file names never carry the epoch.
+
+        So the master's check of a file name against its archive, and of an archive against
+        its job (``master.repository._same_version``: two versions are the same when they
+        make the same file name), compares version and release only. The epoch is read from
+        the header (`ArchiveInfo.version` is the header's full ``[E:]V-R``) and recorded with
+        the package, so the index and the order of versions use it; that a job's epoch equals
+        its archive's is not checked by that comparison (see the branch's report: comparing
+        `version_key`s there would check it, for deb too).
+        """
+        return policy.rpm_filename(name, version, arch)
+
+    def parse_archive_filename(self, filename: str) -> ArchiveName:
+        name, version, arch = policy.parse_rpm_filename(filename)
+        return ArchiveName(name, version, arch)
+
+    def names_location(self, ref: str) -> bool:
+        return False  # rpm sources are never fetched by the farm: a ref is a definition name
+
+    def resolve_source(self, ref: str, settings: Settings, state_dir: Path,
+                       served: Sequence[str], requested: str | None) -> SourcePlan | None:
+        return None
+
+
+RPM = RpmFormat()
