@@ -33,6 +33,13 @@ FORMATS = {
             r"^(?:(?:common|master|worker)\.formats\.deb(?:\.|$)|debian(?:\.|$))"),
         "tools": re.compile(r"^(?:dpkg(?:-[a-z-]+)?|apt(?:-[a-z-]+)?|mmdebstrap)$"),
     },
+    "pacman": {
+        "modules": ("common/formats/pacman", "master/formats/pacman", "worker/formats/pacman"),
+        "imports": re.compile(r"^(?:common|master|worker)\.formats\.pacman(?:\.|$)"),
+        # pacman itself is left out: its name is also the format's name, which the rest of
+        # the code may well write; nothing outside the format runs pacman's other tools.
+        "tools": re.compile(r"^(?:pacman-[a-z]+|repo-(?:add|remove)|vercmp|makepkg|testpkg)$"),
+    },
 }
 #: The seams' registries, which import each format's modules to list them.
 REGISTRIES = ("common/formats/__init__.py", "master/formats/__init__.py",

@@ -103,8 +103,9 @@ class PackageFormat(Protocol):
 
 def _registry() -> dict[str, PackageFormat]:
     from common.formats.deb import DEB
+    from common.formats.pacman import PACMAN
 
-    return {DEB.name: DEB}
+    return {DEB.name: DEB, PACMAN.name: PACMAN}
 
 
 FORMATS: dict[str, PackageFormat] = _registry()
