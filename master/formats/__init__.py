@@ -99,8 +99,10 @@ class RepositoryFormat(Protocol):
 
 def _registry() -> dict[str, RepositoryFormat]:
     from master.formats.deb import DEB_REPOSITORY
+    from master.formats.pacman import PACMAN_REPOSITORY
 
-    return {DEB_REPOSITORY.format.name: DEB_REPOSITORY}
+    return {DEB_REPOSITORY.format.name: DEB_REPOSITORY,
+            PACMAN_REPOSITORY.format.name: PACMAN_REPOSITORY}
 
 
 FORMATS: dict[str, RepositoryFormat] = _registry()

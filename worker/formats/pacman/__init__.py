@@ -7,6 +7,7 @@ import gzip
 import io
 import tarfile
 import threading
+from urllib.parse import urlsplit
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -55,7 +56,7 @@ class PacmanBuilder:
         arch = PACMAN.parse_archive_filename(filename).arch
         config = repo["formats"]["pacman"]
         index_arch = arch if arch != "all" else repo["architectures"][0]
-        path = config["db_path"].replace("$arch", PACMAN.arch_name(index_arch))
+        path = urlsplit(config["db_url"].replace("$arch", PACMAN.arch_name(index_arch))).path
         get_bytes = getattr(client, "get_bytes", None)
         data: bytes = (get_bytes(path) if get_bytes is not None
                        else client._request("GET", path).content)
