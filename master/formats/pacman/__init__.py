@@ -57,7 +57,8 @@ class PacmanRepository:
         return self._database(key)
 
     def copy_rank(self, key: str) -> int | None:
-        """The pool first, then the files databases, then the package databases."""
+        """The pool and the packages' signatures first, then the files databases, then the
+        package databases."""
         if key.startswith("pacman/pool/"):
             return 0
         if not self._database(key):

@@ -12,9 +12,11 @@ groups by a hash of their name; for every suite, component, architecture and gro
 index cache keeps that group's tar members, already gzip-compressed, for both databases.
 Concatenated gzip members are one gzip stream, and concatenated tar members one tar, so an
 update renders only its dirty groups, joins the cached pieces, closes the tar and signs the
-two files. Each package's own detached signature (the database's %PGPSIG%, which
-``SigLevel = Required`` asks for) is made once, when a database first lists it, and cached by
-the signing key and the archive's sha256.
+two files. Each package's own detached signature, which ``SigLevel = Required`` asks for, is made once,
+when a database first lists it, and cached by the signing key and the archive's sha256; it is
+both the entry's %PGPSIG% and the file ``<pool path>.sig`` beside the archive in the pool
+(pacman 6.0 downloads that file even when the entry carries the signature, from the address
+the archive was finally served from, that is after the redirect to the pool).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from master.store import GROUPS, IndexKey, PackageRecord
 FORMAT = "pacman"
 #: The end of a tar: two zero blocks, as its own gzip member.
 TAR_END = gzip.compress(b"\0" * 1024, compresslevel=6, mtime=0)
-_HEADER = struct.Struct("<QQ")
+_HEADER = struct.Struct("<QQQ")
 
 
 def repo_name(suite: str, component: str, main_component: str) -> str:
@@ -80,7 +82,8 @@ def desc(entry: dict[str, str], signature: bytes | None) -> bytes:
 
 
 def render_group(records: list[PackageRecord], signatures: dict[str, bytes]) -> bytes:
-    """One group's pieces of the two databases: (db tar, files tar), each gzip-compressed."""
+    """One group's pieces of the two databases (db tar, files tar, each gzip-compressed) and
+    the pool paths it lists (whose signature files sit beside them)."""
     db = io.BytesIO()
     files = io.BytesIO()
     for rec in records:
@@ -93,13 +96,15 @@ def render_group(records: list[PackageRecord], signatures: dict[str, bytes]) -> 
     db_gz = gzip.compress(db.getvalue(), compresslevel=6, mtime=0) if db.tell() else b""
     files_gz = (gzip.compress(files.getvalue(), compresslevel=6, mtime=0) if files.tell()
                 else b"")
-    return _HEADER.pack(len(db_gz), len(files_gz)) + db_gz + files_gz
+    names = "\n".join(rec.pool_path for rec in records).encode()
+    return _HEADER.pack(len(db_gz), len(files_gz), len(names)) + db_gz + files_gz + names
 
 
-def split_piece(data: bytes) -> tuple[bytes, bytes]:
-    n_db, n_files = _HEADER.unpack_from(data)
+def split_piece(data: bytes) -> tuple[bytes, bytes, list[str]]:
+    n_db, n_files, n_names = _HEADER.unpack_from(data)
     body = data[_HEADER.size:]
-    return body[:n_db], body[n_db:n_db + n_files]
+    names = body[n_db + n_files:n_db + n_files + n_names].decode()
+    return body[:n_db], body[n_db:n_db + n_files], names.split("\n") if names else []
 
 
 def _cache_key(suite: str, component: str, arch: str, grp: int) -> str:
@@ -128,16 +133,35 @@ class IndexWriter:
             key = IndexKey(rec.format, rec.suite, rec.component, rec.grp)
             by_group.setdefault(key, []).append(rec)
         pieces: dict[str, bytes] = {}
+        signature_files: dict[str, bytes] = {}
+        stale: list[str] = []
         for key in dirty:
             for arch in self.repo.architectures:
+                cache_key = _cache_key(key.suite, key.component, arch, key.grp)
                 listed = newest(by_group.get(key, []), arch)
-                pieces[_cache_key(key.suite, key.component, arch, key.grp)] = render_group(
-                    listed, self._signatures(listed))
+                signatures = self._signatures(listed)
+                pieces[cache_key] = render_group(listed, signatures)
+                # pacman fetches <archive>.sig from where the archive was served (after the
+                # redirect to the pool) for SigLevel = Required: new ones are written before
+                # the database names them; those of archives no record keeps, removed after.
+                old = self.ctx.store.index.get_prefix(FORMAT, cache_key)
+                before = set(split_piece(old[0][1])[2]) if old and not full else set()
+                now = {rec.pool_path for rec in listed}
+                for rec in listed:
+                    if rec.pool_path not in before and rec.sha256 in signatures:
+                        signature_files[f"{rec.pool_path}.sig"] = signatures[rec.sha256]
+                stale += sorted(before - now)
+        for path, sig in signature_files.items():
+            self.ctx.storage.put_bytes(path, sig)
         self.ctx.store.index.put(FORMAT, pieces)
         touched = sorted({(k.suite, k.component) for k in dirty})
         for suite, component in touched:
             for arch in self.repo.architectures:
                 self._write_databases(suite, component, arch)
+        for pool_path in stale:
+            filename = pool_path.rsplit("/", 1)[1]
+            if self.ctx.store.packages.by_filename(FORMAT, filename) is None:
+                self.ctx.storage.delete(pool_path + ".sig")
         return touched
 
     def _signatures(self, records: list[PackageRecord]) -> dict[str, bytes]:
