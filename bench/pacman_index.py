@@ -29,24 +29,23 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import gzip
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import _common as bc  # noqa: E402
+import _common as bc
 
-from common.config import settings_from_dict  # noqa: E402
-from common.definition import parse_definition  # noqa: E402
-from master.formats import ArchiveInfo, Digests, IndexContext  # noqa: E402
-from master.formats.pacman import archive as pmarchive  # noqa: E402
-from master.formats.pacman.index import IndexWriter  # noqa: E402
-from master.signing import Signer, generate_key  # noqa: E402
-from master.storage import LocalStorage  # noqa: E402
-from master.store import NewPackage, Store  # noqa: E402
-from worker.formats.pacman import package as pmpackage  # noqa: E402
+from common.config import settings_from_dict
+from common.definition import parse_definition
+from master.formats import ArchiveInfo, Digests, IndexContext
+from master.formats.pacman import archive as pmarchive
+from master.formats.pacman.index import IndexWriter
+from master.signing import Signer, generate_key
+from master.storage import LocalStorage
+from master.store import NewPackage, Store
+from worker.formats.pacman import package as pmpackage
 
 SUITE, COMPONENT, ARCH = "stable", "main", "amd64"
 PREFIXES = "abcdefghijklmnopqrstuvwxyz"

@@ -207,7 +207,8 @@ def test_pacman_syncs_installs_runs_and_upgrades(master, health, packages, tmp_p
     assert "pm-lib 1.0-1" in pacman.run("-Q").stdout
     # The arm64 one is in the aarch64 database only (checked there, not installed).
     arm = requests.get(config["db_url"].replace("$arch", "aarch64"), timeout=10).content
-    names = tarfile.open(fileobj=io.BytesIO(gzip.decompress(arm))).getnames()
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(arm))) as tar:
+        names = tar.getnames()
     assert "pm-app-2.0-1/desc" in names and "pm-lib-1.0-1/desc" in names
     # A newer version published is what -Syu installs.
     assert upload(master, packages["app-new"]).status_code == 201

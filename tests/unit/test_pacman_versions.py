@@ -4,6 +4,7 @@ farm's relations, file names and repository paths."""
 from __future__ import annotations
 
 import functools
+import itertools
 import shutil
 import subprocess
 
@@ -46,7 +47,7 @@ def test_order_is_vercmps(a, b):
 def test_sorting_agrees_with_vercmp():
     versions = ["1.0-1", "1:0.5-1", "1.0rc1-1", "1.0-2", "1.0.1-1", "0.9-1", "1.0a-1"]
     ordered = sorted(versions, key=PACMAN.version_key)
-    for a, b in zip(ordered, ordered[1:]):
+    for a, b in itertools.pairwise(ordered):
         assert real_vercmp(a, b) <= 0, (a, b)
 
 

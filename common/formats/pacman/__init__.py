@@ -126,7 +126,7 @@ def parse_pacman_dep(dep: str) -> tuple[str, str | None, str | None]:
         if found:
             break
     else:
-        name, op, version = dep, None, None  # type: ignore[assignment]
+        name, op, version = dep, None, None
     if not NAME_RE.fullmatch(name) or name[0] in "-.":
         raise ValueError(f"{dep!r} is not a pacman dependency (name[op version])")
     if op is not None and (not version or re.search(r"[\s<>=]", version)):

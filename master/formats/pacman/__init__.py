@@ -95,8 +95,8 @@ class PacmanRepository:
         if signer is not None:
             config["key_url"] = f"{base}/key.gpg"
             config["key_steps"] = (
-                f"curl -o /tmp/pkgfarm.gpg {base}/key.gpg && pacman-key --add "
-                f"/tmp/pkgfarm.gpg && pacman-key --lsign-key {signer.fingerprint}")
+                f"curl -o pkgfarm.gpg {base}/key.gpg && pacman-key --add pkgfarm.gpg "
+                f"&& pacman-key --lsign-key {signer.fingerprint}")
         return config
 
 

@@ -10,13 +10,13 @@ A database is a gzip-compressed tar of one folder per package, ``<name>-<version
 (``.files`` adds ``files``), as repo-add writes it. Packages are spread over the store's
 groups by a hash of their name; for every suite, component, architecture and group the store's
 index cache keeps that group's tar members, already gzip-compressed, for both databases.
-Concatenated gzip members are one gzip stream, and concatenated tar members one tar, so an
-update renders only its dirty groups, joins the cached pieces, closes the tar and signs the
-two files. Each package's own detached signature, which ``SigLevel = Required`` asks for, is made once,
-when a database first lists it, and cached by the signing key and the archive's sha256; it is
-both the entry's %PGPSIG% and the file ``<pool path>.sig`` beside the archive in the pool
-(pacman 6.0 downloads that file even when the entry carries the signature, from the address
-the archive was finally served from, that is after the redirect to the pool).
+Concatenated gzip members are one gzip stream, and concatenated tar members one tar,
+so an update renders only its dirty groups, joins the cached pieces, closes the tar and signs
+the two files. Each package's own detached signature, which ``SigLevel = Required`` asks for,
+is made once, when a database first lists it, and cached by the signing key and the
+archive's sha256; it is both the entry's %PGPSIG% and the file ``<pool path>.sig`` beside the
+archive in the pool (pacman 6.0 downloads that file even when the entry carries the
+signature, from the address the archive was finally served from, after the redirect).
 """
 
 from __future__ import annotations

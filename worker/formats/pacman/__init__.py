@@ -7,9 +7,9 @@ import gzip
 import io
 import tarfile
 import threading
-from urllib.parse import urlsplit
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from common.config import Settings
 from common.definition import PackageDefinition

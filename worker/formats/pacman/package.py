@@ -154,7 +154,7 @@ def _tool_version() -> str:
         from importlib.metadata import version
 
         return version("pkgfarm")
-    except Exception:  # noqa: BLE001 (not installed as a distribution: a source checkout)
+    except Exception:
         return "0"
 
 
