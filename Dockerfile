@@ -24,7 +24,8 @@ ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
 COPY docker/ca-certificates/ /tmp/build-ca/
 
 # python3: Debian's own (3.11 on bookworm), which the venv below runs on. dpkg-dev, fakeroot,
-# xz-utils and zstd make and read archives; bubblewrap confines builds where the container
+# xz-utils and zstd make and read archives, rpm, createrepo-c and libarchive-tools (bsdtar) the
+# RPM and pacman ones; bubblewrap confines builds where the container
 # allows it; gnupg signs the repository; git fetches sources; curl serves the healthchecks;
 # redis-tools gives redis-cli for looking at the broker. python3-venv is needed only to make the
 # venv, and is small.
@@ -40,6 +41,7 @@ RUN set -eu; \
     apt-get install -y --no-install-recommends \
         python3 python3-venv \
         dpkg-dev fakeroot xz-utils zstd \
+        rpm createrepo-c libarchive-tools \
         bubblewrap gnupg git \
         ca-certificates curl redis-tools; \
     apt-get clean; \

@@ -17,15 +17,18 @@ PYTHON="${PKGFARM_PYTHON:-/usr/bin/python3}"
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
+# RPM and pacman archives are made and checked with rpm (rpmbuild, rpmkeys), createrepo-c and
+# libarchive-tools (bsdtar), whether or not a farm serves those formats.
 RUNTIME_DEBS="python3 python3-venv python3-pip redis-server dpkg-dev fakeroot xz-utils zstd
-  bubblewrap mmdebstrap gnupg git ca-certificates"
+  bubblewrap mmdebstrap gnupg git ca-certificates rpm createrepo-c libarchive-tools"
 # The tests also run the compose recipes under a Docker engine of their own (docker.io), make
 # its base image (mmdebstrap), TLS certificates (openssl) and check the systemd units
 # (systemd-analyze, in the systemd package), give rpm test roots a /bin/sh (busybox-static),
-# scrape metrics with a real Prometheus (prometheus)
-# and drive the dashboard in a headless Chromium (chromium, chromium-driver).
+# scrape metrics with a real Prometheus (prometheus), drive the dashboard in a headless
+# Chromium (chromium, chromium-driver), and install from the farm's RPM and pacman
+# repositories with the stock clients (dnf; pacman-package-manager: pacman, pacman-key, vercmp).
 TEST_DEBS="docker.io docker-compose apt-utils iproute2 openssl systemd prometheus chromium
-  chromium-driver busybox-static"
+  chromium-driver busybox-static dnf pacman-package-manager"
 
 install_debs() {
     local missing=()

@@ -41,6 +41,13 @@ FORMATS = {
         "tools": re.compile(r"^(?:rpm(?:build|keys|sign|spec|2cpio|db)|createrepo_c|"
                             r"mergerepo_c|modifyrepo_c|dnf|yum)$"),
     },
+    "pacman": {
+        "modules": ("common/formats/pacman", "master/formats/pacman", "worker/formats/pacman"),
+        "imports": re.compile(r"^(?:common|master|worker)\.formats\.pacman(?:\.|$)"),
+        # pacman itself is left out: its name is also the format's name, which the rest of
+        # the code may well write; nothing outside the format runs pacman's other tools.
+        "tools": re.compile(r"^(?:pacman-[a-z]+|repo-(?:add|remove)|vercmp|makepkg|testpkg)$"),
+    },
 }
 #: The seams' registries, which import each format's modules to list them.
 REGISTRIES = ("common/formats/__init__.py", "master/formats/__init__.py",

@@ -103,9 +103,10 @@ class PackageFormat(Protocol):
 
 def _registry() -> dict[str, PackageFormat]:
     from common.formats.deb import DEB
+    from common.formats.pacman import PACMAN
     from common.formats.rpm import RPM
 
-    return {DEB.name: DEB, RPM.name: RPM}
+    return {DEB.name: DEB, RPM.name: RPM, PACMAN.name: PACMAN}
 
 
 FORMATS: dict[str, PackageFormat] = _registry()

@@ -107,10 +107,12 @@ class RepositoryFormat(Protocol):
 
 def _registry() -> dict[str, RepositoryFormat]:
     from master.formats.deb import DEB_REPOSITORY
+    from master.formats.pacman import PACMAN_REPOSITORY
     from master.formats.rpm import RPM_REPOSITORY
 
     return {DEB_REPOSITORY.format.name: DEB_REPOSITORY,
-            RPM_REPOSITORY.format.name: RPM_REPOSITORY}
+            RPM_REPOSITORY.format.name: RPM_REPOSITORY,
+            PACMAN_REPOSITORY.format.name: PACMAN_REPOSITORY}
 
 
 FORMATS: dict[str, RepositoryFormat] = _registry()

@@ -53,9 +53,11 @@ class ArchiveBuilder(Protocol):
 
 def _registry() -> dict[str, ArchiveBuilder]:
     from worker.formats.deb import DEB_BUILDER
+    from worker.formats.pacman import PACMAN_BUILDER
     from worker.formats.rpm import RPM_BUILDER
 
-    return {DEB_BUILDER.format.name: DEB_BUILDER, RPM_BUILDER.format.name: RPM_BUILDER}
+    return {DEB_BUILDER.format.name: DEB_BUILDER, RPM_BUILDER.format.name: RPM_BUILDER,
+            PACMAN_BUILDER.format.name: PACMAN_BUILDER}
 
 
 FORMATS: dict[str, ArchiveBuilder] = _registry()
