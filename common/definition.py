@@ -104,7 +104,7 @@ class PackageDefinition:
             for rel in self.relations_for(kind, fmt.name):
                 problem = fmt.check_relation(rel)
                 if problem:
-                    raise _fail(self.path, field_name, f"{rel!r}: {problem} ({fmt.name})")
+                    raise _fail(self.path, field_name, _naming(fmt, rel, problem))
 
     @property
     def folder(self) -> Path:
@@ -186,13 +186,20 @@ def _string_list(path: Path, data: dict[str, Any], key: str, where: str,
     return tuple(v.strip() for v in value)
 
 
+def _naming(fmt: PackageFormat, value: str, problem: str) -> str:
+    """A format's problem with ``value``, saying the value and the format once each."""
+    text = problem if value in problem else f"{value!r}: {problem}"
+    return text if fmt.name in text else f"{text} (as {fmt.name})"
+
+
 def _check_for(path: Path, fmt: PackageFormat, name: str, version: str, release: str) -> None:
     problem = fmt.check_name(name)
     if problem:
-        raise _fail(path, "package.name", f"{problem} ({fmt.name})")
+        raise _fail(path, "package.name", _naming(fmt, name, problem))
     wrong = fmt.check_version_parts(version, release)
     if wrong:
-        raise _fail(path, f"package.{wrong[0]}", f"{wrong[1]} ({fmt.name})")
+        raise _fail(path, f"package.{wrong[0]}",
+                    _naming(fmt, version if wrong[0] == "version" else release, wrong[1]))
 
 
 def _relations(path: Path, pkg: dict[str, Any], kind: str, syntax: list[PackageFormat]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mimetypes
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,21 @@ bp = Blueprint("repo", __name__, url_prefix="/repo")
 
 def _changes_in_place(path: str) -> bool:
     return any(formats.get(name).changes_in_place(path) for name in svc().repository.formats)
+
+
+#: The media types of compressed files. A repository serves them as they are stored: were
+#: they sent with ``Content-Encoding`` (what a guess from ``.gz`` would say), HTTP clients would
+#: unpack them on the way and hand the index readers something else than the file named.
+_COMPRESSED = {"gzip": "application/gzip", "xz": "application/x-xz",
+               "bzip2": "application/x-bzip2", "compress": "application/x-compress",
+               "br": "application/x-brotli"}
+
+
+def _media_type(path: str) -> str:
+    media, encoding = mimetypes.guess_type(path)
+    if encoding is not None:
+        return _COMPRESSED.get(encoding, "application/octet-stream")
+    return media or "application/octet-stream"
 
 
 def _alias_target(path: str) -> str | None:
@@ -51,7 +67,7 @@ def serve(path: str) -> Any:
         # Index files change in place, possibly twice within a second, and If-Modified-Since
         # has one-second resolution: answer them whole, always. Archives and content-addressed
         # copies never change, so conditional requests are safe for them.
-        return send_from_directory(storage.root, path, max_age=0,
+        return send_from_directory(storage.root, path, max_age=0, mimetype=_media_type(path),
                                    conditional=not _changes_in_place(path))
     try:
         if services.settings.storage.serve == "redirect":

@@ -475,3 +475,68 @@ def assert_consistent(master: Master, apt_root: Path,
     assert len(published) == len(set(published)), published
     apt = AptClient(apt_root, f"deb [trusted=yes] {master.url}/repo stable main", architectures)
     apt.update()
+
+
+class DnfClient:
+    """A stock dnf with its own install root, config, cache and (empty) repos.d."""
+
+    def __init__(self, root: Path, snippet: str) -> None:
+        self.root = root / "root"
+        self.root.mkdir(parents=True)
+        (root / "repos.d").mkdir()
+        self.config = root / "dnf.conf"
+        self.config.write_text(
+            "[main]\n"
+            f"cachedir={root / 'cache'}\n"
+            f"logdir={root / 'log'}\n"
+            f"persistdir={root / 'persist'}\n"
+            f"reposdir={root / 'repos.d'}\n"
+            "install_weak_deps=False\nkeepcache=False\nmetadata_expire=0\n"
+            "\n" + snippet)
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["dnf", "-y", f"--installroot={self.root}", f"--config={self.config}",
+             "--releasever=1", "--setopt=tsflags=nodocs", "--disableplugin=*", *args],
+            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+        if check:
+            assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    def program(self, path: str) -> str:
+        return subprocess.run(["chroot", str(self.root), path], capture_output=True,
+                              text=True, check=True, timeout=30).stdout
+
+
+class PacmanClient:
+    """A stock pacman with its own root, database, cache, config and keyring."""
+
+    def __init__(self, root: Path, snippet: str, key: Path | None, fingerprint: str | None,
+                 arch: str = "x86_64") -> None:
+        self.base = root
+        self.root, self.db, self.cache, self.gpg = (root / "root", root / "db", root / "cache",
+                                                    root / "gnupg")
+        for d in (self.root, self.db, self.cache):
+            d.mkdir(parents=True, exist_ok=True)
+        self.config = root / "pacman.conf"
+        self.config.write_text(f"[options]\nArchitecture = {arch}\nSigLevel = Required\n"
+                               f"LocalFileSigLevel = Optional\n\n{snippet}")
+        if key is not None:
+            self.key("--init")
+            self.key("--add", str(key))
+            self.key("--lsign-key", str(fingerprint))
+
+    def key(self, *args: str) -> None:
+        result = subprocess.run(["pacman-key", "--gpgdir", str(self.gpg), *args],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["pacman", "--root", str(self.root), "--dbpath", str(self.db), "--cachedir",
+             str(self.cache), "--gpgdir", str(self.gpg), "--config", str(self.config),
+             "--logfile", str(self.base / "pacman.log"), "--noconfirm",
+             *args], capture_output=True, text=True, timeout=300)
+        if check:
+            assert result.returncode == 0, result.stdout + result.stderr
+        return result

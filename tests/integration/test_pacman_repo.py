@@ -21,18 +21,17 @@ import pytest
 import requests
 
 from common.definition import parse_definition
-from tests.integration.farm import BIN, PASSWORD, Master, repo_files, standalone_master
+from tests.integration.farm import (
+    PASSWORD,
+    Master,
+    PacmanClient,
+    repo_files,
+    standalone_master,
+)
+from tests.integration.test_repository import generate_key
 from worker.formats import get as get_builder
 
-pytestmark = pytest.mark.skipif(shutil.which("pacman") is None, reason="needs pacman")
-
 SOURCE_DATE_EPOCH = "1700000000"
-
-
-def generate_key(path: Path) -> None:
-    result = subprocess.run([str(BIN / "master"), "key-generate", "--output", str(path)],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
 
 
 def definition(folder: Path, name: str, version: str, *, arch: str = "any",
@@ -84,40 +83,6 @@ def upload(master: Master, archive: Path, name: str | None = None,
                         data=data)
 
 
-class Pacman:
-    """A stock pacman with its own root, database, cache, config and keyring."""
-
-    def __init__(self, root: Path, snippet: str, key: Path | None, fingerprint: str | None,
-                 arch: str = "x86_64") -> None:
-        self.base = root
-        self.root, self.db, self.cache, self.gpg = (root / "root", root / "db", root / "cache",
-                                                    root / "gnupg")
-        for d in (self.root, self.db, self.cache):
-            d.mkdir(parents=True, exist_ok=True)
-        self.config = root / "pacman.conf"
-        self.config.write_text(f"[options]\nArchitecture = {arch}\nSigLevel = Required\n"
-                               f"LocalFileSigLevel = Optional\n\n{snippet}")
-        if key is not None:
-            self.key("--init")
-            self.key("--add", str(key))
-            self.key("--lsign-key", str(fingerprint))
-
-    def key(self, *args: str) -> None:
-        result = subprocess.run(["pacman-key", "--gpgdir", str(self.gpg), *args],
-                                capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            ["pacman", "--root", str(self.root), "--dbpath", str(self.db), "--cachedir",
-             str(self.cache), "--gpgdir", str(self.gpg), "--config", str(self.config),
-             "--logfile", str(self.base / "pacman.log"), "--noconfirm",
-             *args], capture_output=True, text=True, timeout=300)
-        if check:
-            assert result.returncode == 0, result.stdout + result.stderr
-        return result
-
-
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("keys")
@@ -153,12 +118,12 @@ def health(master) -> dict:
     return requests.get(master.url + "/api/v1/health", timeout=10).json()
 
 
-def client(master: Master, health: dict, root: Path) -> Pacman:
+def client(master: Master, health: dict, root: Path) -> PacmanClient:
     config = health["repository"]["formats"]["pacman"]
     key = root / "farm-key.gpg"
     root.mkdir(parents=True, exist_ok=True)
     key.write_bytes(requests.get(config["key_url"], timeout=10).content)
-    return Pacman(root, config["snippet"], key, health["signing_key"])
+    return PacmanClient(root, config["snippet"], key, health["signing_key"])
 
 
 def test_packages_satisfy_pacman_and_repo_add(packages, tmp_path):

@@ -23,7 +23,13 @@ import yaml
 
 from common.definition import PackageDefinition, parse_definition
 from master.formats.rpm import RPM_REPOSITORY
-from tests.integration.farm import PASSWORD, Master, repo_files, standalone_master
+from tests.integration.farm import (
+    PASSWORD,
+    DnfClient,
+    Master,
+    repo_files,
+    standalone_master,
+)
 from tests.integration.test_repository import generate_key
 from worker.build import build_definition
 
@@ -47,6 +53,9 @@ def definition(tmp: Path, build: str, files: dict[str, bytes] | None = None,
               "description": f"{package['name']} for the tests\nMade by pkgfarm's tests.\n",
               "maintainer": "Test <test@example.org>", **package, **(later or {})}
     (workdir / "package.yaml").write_text(yaml.safe_dump({"package": fields, "build": build}))
+    # The definition's time is the build's SOURCE_DATE_EPOCH: the same for every build here,
+    # so that the same definition makes the same bytes whenever it is written.
+    os.utime(workdir / "package.yaml", (1_700_000_000, 1_700_000_000))
     return parse_definition(workdir / "package.yaml", check_sources=False), workdir
 
 
@@ -111,37 +120,6 @@ def upload(master: Master, path: Path, filename: str | None = None,
                         params={"filename": filename or path.name,
                                 "sha256": sha256 or hashlib.sha256(data).hexdigest()},
                         data=data)
-
-
-class Dnf:
-    """A stock dnf with its own install root, config, cache and (empty) repos.d."""
-
-    def __init__(self, root: Path, snippet: str) -> None:
-        self.root = root / "root"
-        self.root.mkdir(parents=True)
-        (root / "repos.d").mkdir()
-        self.config = root / "dnf.conf"
-        self.config.write_text(
-            "[main]\n"
-            f"cachedir={root / 'cache'}\n"
-            f"logdir={root / 'log'}\n"
-            f"persistdir={root / 'persist'}\n"
-            f"reposdir={root / 'repos.d'}\n"
-            "install_weak_deps=False\nkeepcache=False\nmetadata_expire=0\n"
-            "\n" + snippet)
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            ["dnf", "-y", f"--installroot={self.root}", f"--config={self.config}",
-             "--releasever=1", "--setopt=tsflags=nodocs", "--disableplugin=*", *args],
-            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-        if check:
-            assert result.returncode == 0, result.stdout + result.stderr
-        return result
-
-    def program(self, path: str) -> str:
-        return subprocess.run(["chroot", str(self.root), path], capture_output=True,
-                              text=True, check=True, timeout=30).stdout
 
 
 def health_rpm(master: Master) -> dict[str, str]:
@@ -223,7 +201,7 @@ def test_dnf_installs_from_the_signed_repository_and_upgrades(master, built, tmp
     assert key.status_code == 200 and b"BEGIN PGP PUBLIC KEY BLOCK" in key.content
     assert (repodata(master) / "repomd.xml.asc").is_file()
 
-    dnf = Dnf(tmp_path / "dnf", config["snippet"])
+    dnf = DnfClient(tmp_path / "dnf", config["snippet"])
     dnf.run("install", "farm-hello")
     # the requirement /bin/sh was resolved from the farm's own provider
     assert dnf.program("/usr/bin/hello") == "hello from 1.0\n"
@@ -270,7 +248,7 @@ def test_dnf_refuses_a_tampered_repomd(master, built, tmp_path):
     assert upload(master, built["sh"]).status_code in (200, 201)
     config = health_rpm(master)
     # First a dnf that trusts the repository as it is, to show the refusal is the tampering's.
-    Dnf(tmp_path / "good", config["snippet"]).run("makecache")
+    DnfClient(tmp_path / "good", config["snippet"]).run("makecache")
     folder = repodata(master)
     saved = tmp_path / "saved"
     shutil.copytree(folder, saved)
@@ -292,13 +270,13 @@ def test_dnf_refuses_a_tampered_repomd(master, built, tmp_path):
                   .replace(f"<open-size>{len(plain)}</open-size>",
                            f"<open-size>{len(forged_plain)}</open-size>"))
         (folder / "repomd.xml").write_text(repomd)
-        bad = Dnf(tmp_path / "bad", config["snippet"])
+        bad = DnfClient(tmp_path / "bad", config["snippet"])
         result = bad.run("makecache", check=False)
         output = result.stdout + result.stderr
         assert result.returncode != 0, output
         assert re.search(r"signature|GPG|gpg", output), output
         # The forgery is consistent but for the signature: without repo_gpgcheck dnf takes it.
-        lax = Dnf(tmp_path / "lax", config["snippet"].replace("repo_gpgcheck=1",
+        lax = DnfClient(tmp_path / "lax", config["snippet"].replace("repo_gpgcheck=1",
                                                               "repo_gpgcheck=0"))
         lax.run("makecache")
         listed = lax.run("repoquery", "--qf", "%{summary}", "farm-sh").stdout

@@ -44,7 +44,7 @@ class RpmBuilder:
         if m is None:
             return False
         data = client.get_bytes(root + m[1])
-        primary = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+        primary = gzip.decompress(data)
         return f'<location href="packages/{filename}"/>'.encode() in primary
 
 

@@ -1,0 +1,313 @@
+"""One set of definitions, three package formats: the farm builds each as .deb, .rpm and pacman
+package, and apt, dnf and pacman each install theirs into an empty root from the farm's own
+signed repositories, resolving a dependency on another farm package, then upgrade.
+
+An empty root provides nothing, not even /bin/sh, and no mirror of those distributions is
+reachable: the farm builds the provider itself (`mf-sh`, Debian's static busybox as /bin/sh).
+The rpm of `mf-hello` needs /bin/sh because rpm itself says so (its script has a shebang);
+the deb and pacman packages name `mf-sh` in their per-format relations.
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import io
+import re
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.integration.conftest import Farm
+from tests.integration.farm import (
+    AptClient,
+    DnfClient,
+    PacmanClient,
+    parse_packages,
+    wait_for,
+)
+from tests.integration.test_repository import generate_key
+from tests.unit.native_source import make_dsc
+
+FORMATS = ["deb", "rpm", "pacman"]
+MAINTAINER = "pkgfarm tests <tests@example.org>"
+
+
+def write_definitions(folder: Path, data_version: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "mf-sh.yaml").write_text(f"""\
+package:
+  name: mf-sh
+  version: '1.36'
+  architecture: [amd64]
+  license: GPL-2.0-only
+  description: |
+    a /bin/sh for empty roots
+    Debian's statically linked busybox, installed as /bin/sh.
+  maintainer: {MAINTAINER}
+build_depends: [busybox-static]
+build: |
+  install -D -m 0755 /bin/busybox "$DESTDIR/bin/sh"
+""")
+    (folder / "mf-data.yaml").write_text(f"""\
+package:
+  name: mf-data
+  version: '{data_version}'
+  architecture: all
+  license: MIT
+  description: |
+    the greeting mf-hello prints
+  maintainer: {MAINTAINER}
+build: |
+  mkdir -p "$DESTDIR/usr/share/mf-data"
+  echo "greeting {data_version} as $PKGFARM_FORMAT" > "$DESTDIR/usr/share/mf-data/greeting"
+""")
+    (folder / "mf-hello.yaml").write_text(f"""\
+package:
+  name: mf-hello
+  version: '1.0'
+  architecture: [amd64]
+  license: MIT
+  description: |
+    prints the greeting of mf-data
+  maintainer: {MAINTAINER}
+  depends:
+    deb: ["mf-data (>= 1.0)", mf-sh]
+    rpm: ["mf-data (>= 1.0)"]
+    pacman: ["mf-data (>= 1.0)", mf-sh]
+build: |
+  mkdir -p "$DESTDIR/usr/bin"
+  printf '#!/bin/sh\\nread line < /usr/share/mf-data/greeting\\necho "mf-hello: $line"\\n' \\
+    > "$DESTDIR/usr/bin/mf-hello"
+  chmod 0755 "$DESTDIR/usr/bin/mf-hello"
+""")
+    (folder / "mf-arm.yaml").write_text(f"""\
+package:
+  name: mf-arm
+  version: '1.0'
+  architecture: [arm64]
+  description: |
+    arm64-only package
+  maintainer: {MAINTAINER}
+build: |
+  mkdir -p "$DESTDIR/usr/share/mf-arm"
+  echo "built for $PKGFARM_ARCH as $PKGFARM_FORMAT" > "$DESTDIR/usr/share/mf-arm/marker"
+""")
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory) -> Iterator[Farm]:
+    root = tmp_path_factory.mktemp("formats")
+    key = root / "farm.asc"
+    generate_key(key)
+    definitions = root / "definitions"
+    write_definitions(definitions, "1.0")
+    f = Farm(root, extra_master={"public_pages": True}, extra={
+        "package_paths": [str(definitions)],
+        "repository": {"suite": "stable", "component": "main",
+                       "architectures": ["amd64", "arm64"], "formats": FORMATS,
+                       "signing_key": str(key)}})
+    f.definitions = definitions
+    try:
+        f.start({"w-amd64": ["amd64"], "w-arm64": ["arm64"]})
+        yield f
+    finally:
+        f.stop()
+
+
+def health(farm: Farm) -> dict:
+    return requests.get(farm.master.url + "/api/v1/health", timeout=10).json()
+
+
+def files_of(build: dict) -> dict[tuple[str, str, str], list[str]]:
+    return {(j["package"], j["arch"], j["format"]): j["files"] for j in build["jobs"]}
+
+
+@pytest.fixture(scope="module")
+def first_build(farm) -> dict:
+    master = farm.master
+    answer = master.api("POST", "/api/v1/builds",
+                        json={"packages": ["mf-hello", "mf-data", "mf-sh", "mf-arm"]})
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["notes"] == []
+    build = master.wait_build(answer.json()["id"], timeout=600)
+    assert build["status"] == "success", build
+    return build
+
+
+def test_one_job_per_package_arch_and_format(farm, first_build):
+    files = files_of(first_build)
+    assert set(files) == {(name, arch, fmt) for name, arch in (
+        ("mf-sh", "amd64"), ("mf-data", "all"), ("mf-hello", "amd64"), ("mf-arm", "arm64"))
+        for fmt in FORMATS}
+    archives = {key: [f for f in names if not f.endswith(".buildinfo")]
+                for key, names in files.items()}
+    # The farm's architecture names map per format.
+    assert archives[("mf-hello", "amd64", "deb")] == ["mf-hello_1.0-1_amd64.deb"]
+    assert archives[("mf-hello", "amd64", "rpm")] == ["mf-hello-1.0-1.x86_64.rpm"]
+    assert archives[("mf-hello", "amd64", "pacman")] == ["mf-hello-1.0-1-x86_64.pkg.tar.zst"]
+    assert archives[("mf-data", "all", "rpm")] == ["mf-data-1.0-1.noarch.rpm"]
+    assert archives[("mf-data", "all", "pacman")] == ["mf-data-1.0-1-any.pkg.tar.zst"]
+    assert archives[("mf-arm", "arm64", "rpm")] == ["mf-arm-1.0-1.aarch64.rpm"]
+    assert archives[("mf-arm", "arm64", "pacman")] == ["mf-arm-1.0-1-aarch64.pkg.tar.zst"]
+    # Queues are the architecture's, whatever the format: arm64 work went to the arm64 worker.
+    for job in first_build["jobs"]:
+        if job["arch"] == "arm64":
+            assert job["worker"] == "w-arm64"
+        if job["arch"] == "amd64":
+            assert job["worker"] == "w-amd64"
+    listed = farm.master.api("GET", "/api/v1/packages").json()["packages"]
+    assert {(p["name"], p["format"]) for p in listed} >= {
+        (name, fmt) for name in ("mf-sh", "mf-data", "mf-hello", "mf-arm") for fmt in FORMATS}
+    log = farm.master.api("GET", f"/api/v1/builds/{first_build['id']}/packages/mf-data/log",
+                          params={"format": "pacman"})
+    assert log.status_code == 200 and "building mf-data 1.0-1 for all" in log.text
+    ambiguous = farm.master.api("GET",
+                                f"/api/v1/builds/{first_build['id']}/packages/mf-data/log")
+    assert ambiguous.status_code == 400 and "?format=" in ambiguous.json()["error"]
+
+
+def test_arm64_packages_are_in_every_formats_index(farm, first_build):
+    master = farm.master
+    assert "mf-arm" in {s["Package"] for s in parse_packages(master.index("arm64"))}
+    assert "mf-arm" not in {s["Package"] for s in parse_packages(master.index("amd64"))}
+    config = health(farm)["repository"]["formats"]
+    repomd = requests.get(config["rpm"]["url"] + "repodata/repomd.xml", timeout=10).text
+    primary_href = re.search(r'<location href="(repodata/[^"]+-primary\.xml\.gz)"', repomd)[1]
+    answer = requests.get(config["rpm"]["url"] + primary_href, timeout=10)
+    # Served as the compressed file it is, never with a Content-Encoding a client would undo.
+    assert "Content-Encoding" not in answer.headers
+    assert answer.headers["Content-Type"] == "application/gzip"
+    primary = gzip.decompress(answer.content).decode()
+    assert re.search(r"<name>mf-arm</name>\s*<arch>aarch64</arch>", primary)
+    db_url = config["pacman"]["db_url"]
+    for arch, expected in (("aarch64", True), ("x86_64", False)):
+        db = requests.get(db_url.replace("$arch", arch), timeout=10)
+        assert db.status_code == 200
+        with tarfile.open(fileobj=io.BytesIO(db.content)) as tar:
+            names = {m.name.split("/")[0] for m in tar.getmembers()}
+        assert ("mf-arm-1.0-1" in names) is expected, (arch, names)
+        assert "mf-data-1.0-1" in names  # `any` packages are in every architecture's db
+
+
+def chroot_run(root: Path, program: str) -> str:
+    return subprocess.run(["chroot", str(root), program], capture_output=True, text=True,
+                          check=True, timeout=30).stdout
+
+
+def apt_client(farm: Farm, root: Path) -> AptClient:
+    keyring = root / "farm.gpg"
+    root.mkdir(parents=True)
+    keyring.write_bytes(requests.get(farm.master.url + "/repo/key.gpg", timeout=10).content)
+    snippet = health(farm)["repository"]["formats"]["deb"]["snippet"]
+    line = snippet.replace("/etc/apt/keyrings/pkgfarm.gpg", str(keyring))
+    assert line.startswith("deb [signed-by=") and " stable main" in line
+    return AptClient(root / "apt", line)
+
+
+def pacman_client(farm: Farm, root: Path) -> PacmanClient:
+    data = health(farm)
+    config = data["repository"]["formats"]["pacman"]
+    root.mkdir(parents=True)
+    key = root / "farm-key.gpg"
+    key.write_bytes(requests.get(config["key_url"], timeout=10).content)
+    assert "SigLevel = Required" in config["snippet"]
+    return PacmanClient(root, config["snippet"], key, data["signing_key"])
+
+
+def test_each_client_installs_its_format_then_upgrades(farm, first_build, tmp_path):
+    """apt, dnf and pacman install mf-hello into empty roots, resolving mf-data (and a
+    /bin/sh) from the farm; the program runs there. Then the farm publishes mf-data 1.1 and
+    each client upgrades to it."""
+    apt = apt_client(farm, tmp_path / "deb")
+    apt.update()
+    deb_root = tmp_path / "deb-root"
+    apt.install_into(deb_root, "mf-hello")
+    assert chroot_run(deb_root, "/usr/bin/mf-hello") == "mf-hello: greeting 1.0 as deb\n"
+
+    dnf = DnfClient(tmp_path / "rpm", health(farm)["repository"]["formats"]["rpm"]["snippet"])
+    assert "repo_gpgcheck=1" in dnf.config.read_text()
+    dnf.run("install", "mf-hello")
+    assert dnf.program("/usr/bin/mf-hello") == "mf-hello: greeting 1.0 as rpm\n"
+    requires = subprocess.run(["rpm", f"--root={dnf.root}", "-q", "--requires", "mf-hello"],
+                              capture_output=True, text=True, check=True).stdout
+    assert "/bin/sh" in requires.split()  # rpm's own requirement, met by the farm's mf-sh
+    installed = subprocess.run(["rpm", f"--root={dnf.root}", "-qa", "--qf", "%{NAME}\n"],
+                               capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(installed) == ["mf-data", "mf-hello", "mf-sh"]
+
+    pacman = pacman_client(farm, tmp_path / "pacman")
+    pacman.run("-Sy", "mf-hello")
+    assert chroot_run(pacman.root, "/usr/bin/mf-hello") == \
+        "mf-hello: greeting 1.0 as pacman\n"
+
+    # A newer mf-data, built in every format and published: each client upgrades to it.
+    write_definitions(farm.definitions, "1.1")
+    build = farm.master.wait_build(farm.master.submit(["mf-data"]), timeout=600)
+    assert build["status"] == "success", build
+    assert {j["format"] for j in build["jobs"]} == set(FORMATS)
+
+    apt.update()
+    apt.install_into(deb_root, "mf-data")
+    assert chroot_run(deb_root, "/usr/bin/mf-hello") == "mf-hello: greeting 1.1 as deb\n"
+    dnf.run("upgrade", "--refresh")
+    assert dnf.program("/usr/bin/mf-hello") == "mf-hello: greeting 1.1 as rpm\n"
+    pacman.run("-Syu")
+    assert chroot_run(pacman.root, "/usr/bin/mf-hello") == \
+        "mf-hello: greeting 1.1 as pacman\n"
+    query = pacman.run("-Q", "mf-data").stdout
+    assert query.strip() == "mf-data 1.1-1"
+
+
+def test_repository_page_and_health_show_every_client(farm, first_build):
+    configs = health(farm)["repository"]["formats"]
+    assert list(configs) == FORMATS
+    assert configs["rpm"]["url"].endswith("/repo/rpm/stable/")
+    assert "[pkgfarm-stable]" in configs["pacman"]["snippet"]
+    page = requests.get(farm.master.url + "/repository", timeout=10)  # public_pages
+    assert page.status_code == 200
+    for config in configs.values():
+        assert html.escape(config["snippet"].strip().splitlines()[0]) in page.text
+
+
+def test_a_debian_source_is_built_as_deb_only_and_the_answer_says_so(farm, tmp_path):
+    dsc = make_dsc(tmp_path / "tiny")
+    answer = farm.master.api("POST", "/api/v1/builds", json={"packages": [str(dsc)]})
+    assert answer.status_code == 202, answer.text
+    data = answer.json()
+    assert {j["format"] for j in data["jobs"]} == {"deb"}
+    assert data["notes"] == ["pkgfarm-tiny is a Debian source package: it is built as deb "
+                             "only, not as rpm, pacman"]
+    farm.master.api("POST", f"/api/v1/builds/{data['id']}/cancel")
+    wait_for(lambda: farm.master.api("GET", f"/api/v1/builds/{data['id']}").json()["status"]
+             in ("cancelled", "success", "failed"), 60, "the build to end")
+
+
+def test_unknown_formats_and_inexpressible_relations_are_refused(farm):
+    bad = farm.definitions / "mf-bad.yaml"
+    bad.write_text(f"""\
+package:
+  name: mf-bad
+  version: '1.0'
+  architecture: all
+  description: |
+    alternatives pacman cannot express
+  maintainer: {MAINTAINER}
+  depends: ["mf-data | mf-sh"]
+build: "true"
+""")
+    answer = farm.master.api("POST", "/api/v1/builds", json={"packages": ["mf-bad"]})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["field"] == "package.depends"
+    assert "pacman has no alternatives" in answer.json()["error"]
+    bad.write_text(bad.read_text().replace('  depends: ["mf-data | mf-sh"]\n',
+                                           "  formats: [deb, snap]\n"))
+    answer = farm.master.api("POST", "/api/v1/builds", json={"packages": ["mf-bad"]})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["field"] == "package.formats"
+    assert "snap" in answer.json()["error"]
+    bad.unlink()
