@@ -24,6 +24,7 @@ import requests
 
 from tests.integration.conftest import Farm
 from tests.integration.farm import (
+    BIN,
     AptClient,
     DnfClient,
     PacmanClient,
@@ -37,9 +38,16 @@ FORMATS = ["deb", "rpm", "pacman"]
 MAINTAINER = "pkgfarm tests <tests@example.org>"
 
 
+def _write(path: Path, text: str) -> None:
+    """Write a definition only when its text changes: a definition's time is its builds'
+    SOURCE_DATE_EPOCH, so rewriting an unchanged one would make different archives."""
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
 def write_definitions(folder: Path, data_version: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "mf-sh.yaml").write_text(f"""\
+    _write(folder / "mf-sh.yaml", f"""\
 package:
   name: mf-sh
   version: '1.36'
@@ -53,7 +61,7 @@ build_depends: [busybox-static]
 build: |
   install -D -m 0755 /bin/busybox "$DESTDIR/bin/sh"
 """)
-    (folder / "mf-data.yaml").write_text(f"""\
+    _write(folder / "mf-data.yaml", f"""\
 package:
   name: mf-data
   version: '{data_version}'
@@ -66,7 +74,7 @@ build: |
   mkdir -p "$DESTDIR/usr/share/mf-data"
   echo "greeting {data_version} as $PKGFARM_FORMAT" > "$DESTDIR/usr/share/mf-data/greeting"
 """)
-    (folder / "mf-hello.yaml").write_text(f"""\
+    _write(folder / "mf-hello.yaml", f"""\
 package:
   name: mf-hello
   version: '1.0'
@@ -85,7 +93,7 @@ build: |
     > "$DESTDIR/usr/bin/mf-hello"
   chmod 0755 "$DESTDIR/usr/bin/mf-hello"
 """)
-    (folder / "mf-arm.yaml").write_text(f"""\
+    _write(folder / "mf-arm.yaml", f"""\
 package:
   name: mf-arm
   version: '1.0'
@@ -311,3 +319,27 @@ build: "true"
     assert answer.json()["field"] == "package.formats"
     assert "snap" in answer.json()["error"]
     bad.unlink()
+
+
+def worker_cli(farm: Farm, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "worker"), *args, "--config", str(farm.config)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_package_add_now_makes_every_format_or_those_asked_for(farm, first_build):
+    """`worker package-add NAME --now` builds here, uploads and waits for each format's
+    index; --format narrows it (the same definition: the archives are the published ones)."""
+    narrowed = worker_cli(farm, "package-add", "mf-sh", "--now", "--format", "rpm",
+                          "--format", "pacman")
+    assert narrowed.returncode == 0, narrowed.stderr[-3000:]
+    lines = narrowed.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["mf-sh-1.36-1.x86_64.rpm",
+                                                    "mf-sh-1.36-1-x86_64.pkg.tar.zst"]
+    assert f"{farm.master.url}/repo/rpm/stable/" in lines[0]
+    every = worker_cli(farm, "package-add", "mf-hello", "--now")
+    assert every.returncode == 0, every.stderr[-3000:]
+    assert [line.split()[0] for line in every.stdout.splitlines()] == [
+        "mf-hello_1.0-1_amd64.deb", "mf-hello-1.0-1.x86_64.rpm",
+        "mf-hello-1.0-1-x86_64.pkg.tar.zst"]
+    unknown = worker_cli(farm, "package-add", "mf-sh", "--now", "--format", "snap")
+    assert unknown.returncode != 0 and "unknown package format 'snap'" in unknown.stderr

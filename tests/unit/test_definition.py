@@ -445,3 +445,69 @@ def test_unpack_refuses_members_outside(tmp_path: Path) -> None:
     with pytest.raises(UnsafeArchive, match="climbs out"):
         unpack_snapshot(buf.getvalue(), dest)
     assert not (tmp_path / "evil.txt").exists()
+
+
+# -- formats: relations per format, checks per format ------------------------------------------
+
+
+def test_relations_per_format_and_plain_lists(tmp_path: Path, write_definition: WriteDef,
+                                              valid_definition: dict[str, Any]) -> None:
+    from common import formats
+
+    data = valid_definition
+    data["package"]["depends"] = {"deb": ["libssl3 (>= 3)"], "rpm": ["openssl-libs"],
+                                  "pacman": ["openssl"]}
+    data["package"]["conflicts"] = ["old (<< 2)"]
+    data["package"]["formats"] = ["deb", "rpm", "pacman"]
+    data["package"]["license"] = "MIT"
+    d = parse_definition(write_definition(tmp_path / "hello.yaml", data))
+    assert d.relations_for("depends", "deb") == ("libssl3 (>= 3)",)
+    assert d.relations_for("depends", "rpm") == ("openssl-libs",)
+    assert d.relations_for("depends", "pacman") == ("openssl",)
+    # a plain list applies to every format
+    assert {d.relations_for("conflicts", f) for f in ("deb", "rpm", "pacman")} == {
+        ("old (<< 2)",)}
+    assert d.license == "MIT"
+    assert d.build_formats(["rpm", "deb"]) == ["rpm", "deb"]
+    for name in ("deb", "rpm", "pacman"):
+        d.check_format(formats.get(name))  # every format can carry all of it
+
+
+def test_a_format_not_named_in_a_mapping_gets_none(tmp_path: Path, write_definition: WriteDef,
+                                                   valid_definition: dict[str, Any]) -> None:
+    valid_definition["package"]["depends"] = {"rpm": ["/bin/sh"]}
+    d = parse_definition(write_definition(tmp_path / "hello.yaml", valid_definition))
+    assert d.relations_for("depends", "rpm") == ("/bin/sh",)
+    assert d.relations_for("depends", "deb") == ()
+    assert d.build_formats(["deb", "pacman"]) == ["deb", "pacman"]  # no formats: every one
+
+
+@pytest.mark.parametrize(("package", "field", "words"), [
+    ({"depends": {"snap": ["x"]}}, "package.depends", "unknown package format 'snap'"),
+    ({"formats": ["deb", "snap"]}, "package.formats", "unknown package format 'snap'"),
+    ({"depends": {"pacman": ["a | b"]}}, "package.depends.pacman", "alternatives"),
+    ({"depends": {"rpm": ["x [amd64]"]}}, "package.depends.rpm", ""),
+])
+def test_format_fields_are_refused_at_parse(tmp_path: Path, write_definition: WriteDef,
+                                            valid_definition: dict[str, Any],
+                                            package: dict[str, Any], field: str,
+                                            words: str) -> None:
+    valid_definition["package"].update(package)
+    err = definition_error(write_definition(tmp_path / "hello.yaml", valid_definition))
+    assert err.details["field"] == field
+    assert words in err.message
+
+
+def test_a_plain_list_a_served_format_cannot_express_is_refused_for_it(
+        tmp_path: Path, write_definition: WriteDef, valid_definition: dict[str, Any]) -> None:
+    from common import formats
+
+    valid_definition["package"]["depends"] = ["mta | exim4"]
+    d = parse_definition(write_definition(tmp_path / "hello.yaml", valid_definition))
+    d.check_format(formats.get("deb"))
+    d.check_format(formats.get("rpm"))  # as a rich dependency
+    with pytest.raises(DefinitionError) as info:
+        d.check_format(formats.get("pacman"))
+    assert info.value.details["field"] == "package.depends"
+    assert "pacman has no alternatives" in info.value.message
+    assert info.value.message.count("'mta | exim4'") == 1
