@@ -117,10 +117,6 @@ class Buildable:
     #: what the requester should know about the plan (formats it is not made in)
     notes: tuple[str, ...] = ()
 
-    @property
-    def version(self) -> str:
-        return self.versions[0][1]
-
 
 @dataclass(frozen=True)
 class Submitted:

@@ -55,6 +55,23 @@ class IndexContext:
     storage: Storage
     signer: Signer | None
 
+    def groups_to_render(self, fmt: str, dirty: set[IndexKey], full: bool
+                         ) -> dict[IndexKey, list[PackageRecord]]:
+        """The store groups of format ``fmt`` an index update renders (the dirty ones, or
+        every group of every suite and component when ``full``), each with its records (none
+        for a group that was emptied)."""
+        from master.store import GROUPS, IndexKey
+
+        repo = self.settings.repository
+        keys = ({IndexKey(fmt, suite, comp, grp) for suite in repo.all_suites
+                 for comp in repo.all_components for grp in range(GROUPS)} if full
+                else {k for k in dirty if k.format == fmt})
+        groups: dict[IndexKey, list[PackageRecord]] = {key: [] for key in keys}
+        if keys:
+            for rec in self.store.packages.in_groups(keys):
+                groups[IndexKey(rec.format, rec.suite, rec.component, rec.grp)].append(rec)
+        return groups
+
 
 class RepositoryFormat(Protocol):
     @property
@@ -103,6 +120,20 @@ class RepositoryFormat(Protocol):
         pacman.conf section), ``file`` (where the snippet goes), and when signed ``key_url``
         (the farm's public key as this client reads it) and ``setup`` (shell commands that make
         the client trust that key)."""
+
+
+def newest_per_name(records: Iterable[PackageRecord], arch: str, fmt: PackageFormat
+                    ) -> list[PackageRecord]:
+    """For the index of farm architecture ``arch``: the newest version (in ``fmt``'s order) of
+    each name among the records of that architecture or ``all``, by name."""
+    best: dict[str, PackageRecord] = {}
+    for rec in records:
+        if rec.arch not in (arch, "all"):
+            continue
+        cur = best.get(rec.name)
+        if cur is None or fmt.version_key(rec.version) > fmt.version_key(cur.version):
+            best[rec.name] = rec
+    return [best[name] for name in sorted(best)]
 
 
 def _registry() -> dict[str, RepositoryFormat]:

@@ -25,11 +25,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from email.utils import formatdate
 
-from common import arch as archmod
 from common.config import RepositorySettings
-from common.formats.deb import policy
-from master.formats import IndexContext
-from master.store import GROUPS, IndexKey, PackageRecord
+from common.formats.deb import DEB
+from master.formats import IndexContext, newest_per_name
+from master.store import IndexKey, PackageRecord
 
 FORMAT = "deb"
 #: by-hash files no index refers to any more are removed after this many seconds.
@@ -62,14 +61,7 @@ class IndexGroup:
 
 def newest(records: Iterable[PackageRecord], arch: str) -> list[PackageRecord]:
     """For one index architecture: the newest version of each package (arch or all)."""
-    best: dict[str, PackageRecord] = {}
-    for rec in records:
-        if rec.arch not in (arch, archmod.ALL):
-            continue
-        cur = best.get(rec.name)
-        if cur is None or policy.version_key(rec.version) > policy.version_key(cur.version):
-            best[rec.name] = rec
-    return [best[name] for name in sorted(best)]
+    return newest_per_name(records, arch, DEB)
 
 
 def render_group(records: Iterable[PackageRecord], arch: str) -> IndexGroup:
@@ -116,23 +108,16 @@ class IndexWriter:
     def write(self, dirty: set[IndexKey], full: bool = False) -> list[str]:
         """Render the dirty groups (every group if ``full``) and rewrite every suite touched;
         the suites written. The caller holds the index lock."""
-        dirty = {k for k in dirty if k.format == FORMAT}
-        if full:
-            dirty = {IndexKey(FORMAT, suite, comp, grp) for suite in self.repo.all_suites
-                     for comp in self.repo.all_components for grp in range(GROUPS)}
-        if not dirty:
+        groups = self.ctx.groups_to_render(FORMAT, dirty, full)
+        if not groups:
             return []
-        by_group: dict[IndexKey, list[PackageRecord]] = {}
-        for rec in self.ctx.store.packages.in_groups(dirty):
-            key = IndexKey(rec.format, rec.suite, rec.component, rec.grp)
-            by_group.setdefault(key, []).append(rec)
         pieces = {}
-        for key in dirty:
+        for key, records in groups.items():
             for arch in self.repo.architectures:
-                group = render_group(by_group.get(key, []), arch)
+                group = render_group(records, arch)
                 pieces[_cache_key(key.suite, key.component, arch, key.grp)] = group.to_bytes()
         self.ctx.store.index.put(FORMAT, pieces)
-        suites = sorted({k.suite for k in dirty} if not full else self.repo.all_suites)
+        suites = sorted({k.suite for k in groups})
         for suite in suites:
             self._write_suite(suite)
         return suites

@@ -29,9 +29,9 @@ import struct
 import tarfile
 from collections.abc import Iterable
 
-from common.formats.pacman import PACMAN, version_key
-from master.formats import IndexContext
-from master.store import GROUPS, IndexKey, PackageRecord
+from common.formats.pacman import PACMAN
+from master.formats import IndexContext, newest_per_name
+from master.store import IndexKey, PackageRecord
 
 FORMAT = "pacman"
 #: The end of a tar: two zero blocks, as its own gzip member.
@@ -50,14 +50,7 @@ def repo_root(suite: str, component: str, pacman_arch: str) -> str:
 def newest(records: Iterable[PackageRecord], arch: str) -> list[PackageRecord]:
     """For one database (farm arch ``arch``): the newest version of each package (of that
     architecture or ``all``); a pacman database holds one version of a name."""
-    best: dict[str, PackageRecord] = {}
-    for rec in records:
-        if rec.arch not in (arch, "all"):
-            continue
-        cur = best.get(rec.name)
-        if cur is None or version_key(rec.version) > version_key(cur.version):
-            best[rec.name] = rec
-    return [best[name] for name in sorted(best)]
+    return newest_per_name(records, arch, PACMAN)
 
 
 def _member(name: str, data: bytes | None, mtime: int) -> bytes:
@@ -120,25 +113,16 @@ class IndexWriter:
         """Render the dirty groups (every group if ``full``) and rewrite the databases of every
         suite and component touched; those (suite, component). The caller holds the index
         lock."""
-        dirty = {k for k in dirty if k.format == FORMAT}
-        if full:
-            dirty = {IndexKey(FORMAT, suite, comp, grp) for suite in self.repo.all_suites
-                     for comp in self.repo.all_components for grp in range(GROUPS)}
-        if not dirty:
+        groups = self.ctx.groups_to_render(FORMAT, dirty, full)
+        if not groups:
             return []
-        by_group: dict[IndexKey, list[PackageRecord]] = {}
-        for rec in self.ctx.store.packages.in_groups(dirty):
-            if rec.format != FORMAT:
-                continue
-            key = IndexKey(rec.format, rec.suite, rec.component, rec.grp)
-            by_group.setdefault(key, []).append(rec)
         pieces: dict[str, bytes] = {}
         signature_files: dict[str, bytes] = {}
         stale: list[str] = []
-        for key in dirty:
+        for key, records in groups.items():
             for arch in self.repo.architectures:
                 cache_key = _cache_key(key.suite, key.component, arch, key.grp)
-                listed = newest(by_group.get(key, []), arch)
+                listed = newest(records, arch)
                 signatures = self._signatures(listed)
                 pieces[cache_key] = render_group(listed, signatures)
                 # pacman fetches <archive>.sig from where the archive was served (after the
@@ -154,7 +138,7 @@ class IndexWriter:
         for path, sig in signature_files.items():
             self.ctx.storage.put_bytes(path, sig)
         self.ctx.store.index.put(FORMAT, pieces)
-        touched = sorted({(k.suite, k.component) for k in dirty})
+        touched = sorted({(k.suite, k.component) for k in groups})
         for suite, component in touched:
             for arch in self.repo.architectures:
                 self._write_databases(suite, component, arch)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from common.formats.rpm import RPM
 from master.formats import IndexContext
 from master.formats.rpm.archive import KINDS, entry_pieces
-from master.store import GROUPS, IndexKey, PackageRecord
+from master.store import IndexKey, PackageRecord
 
 FORMAT = "rpm"
 KEY_FILE = "rpm/RPM-GPG-KEY-pkgfarm"
@@ -167,20 +167,13 @@ class IndexWriter:
     def write(self, dirty: set[IndexKey], full: bool = False) -> list[str]:
         """Render the dirty groups (every group if ``full``) and rewrite each suite touched;
         the suites written. The caller holds the index lock."""
-        dirty = {k for k in dirty if k.format == FORMAT}
-        if full:
-            dirty = {IndexKey(FORMAT, suite, comp, grp) for suite in self.repo.all_suites
-                     for comp in self.repo.all_components for grp in range(GROUPS)}
-        if not dirty:
+        groups = self.ctx.groups_to_render(FORMAT, dirty, full)
+        if not groups:
             return []
-        by_group: dict[IndexKey, list[PackageRecord]] = {}
-        for rec in self.ctx.store.packages.in_groups(dirty):
-            by_group.setdefault(IndexKey(rec.format, rec.suite, rec.component, rec.grp),
-                                []).append(rec)
         self.ctx.store.index.put(FORMAT, {
-            cache_key(k.suite, k.component, k.grp): render_group(by_group.get(k, [])).to_bytes()
-            for k in dirty})
-        suites = sorted(self.repo.all_suites if full else {k.suite for k in dirty})
+            cache_key(k.suite, k.component, k.grp): render_group(records).to_bytes()
+            for k, records in groups.items()})
+        suites = sorted({k.suite for k in groups})
         for suite in suites:
             self.write_suite(suite)
         if self.ctx.signer is not None and (full or not self.ctx.storage.exists(KEY_FILE)):
