@@ -288,11 +288,15 @@ def identify(username: str, password: str) -> Identity | None:
     auth = _authenticator()
     found: Identity | None = None
     header = request.headers.get("Authorization", "")
-    if username or password:
-        name = auth.verify(username, password)
-        found = auth.identity(name, "basic") if name else None
-    elif header[:7].lower() == "bearer ":
-        found = auth.verify_token(header[7:].strip())
+    scheme, _, credentials = header.strip().partition(" ")
+    # The scheme decides, not what flask-httpauth decoded: it reads the credentials of any
+    # scheme as base64 "user:password", and a token's bytes may well hold a colon.
+    if scheme.lower() == "basic":
+        if username or password:
+            name = auth.verify(username, password)
+            found = auth.identity(name, "basic") if name else None
+    elif scheme.lower() == "bearer":
+        found = auth.verify_token(credentials.strip())
     elif not header:
         found = session_identity()
         if found is not None and request.method not in SAFE_METHODS:

@@ -141,20 +141,21 @@ def test_tokens(master: Master) -> None:
     assert set(every_process(read)) == {401}
 
     # A token that acts for a user has at most that user's roles, and goes with the user.
-    master.api("POST", "/api/v1/users", json={"name": "carol", "password": "carol-password",
-                                              "roles": ["read"]})
+    assert master.api("POST", "/api/v1/users", json={
+        "name": "carol", "password": "carol-password", "roles": ["read"]}).status_code == 201
     refused = master.api("POST", "/api/v1/tokens",
                          json={"name": "too-much", "roles": ["build"], "user": "carol"})
     assert refused.status_code == 400 and refused.json()["field"] == "roles"
-    made = master.api("POST", "/api/v1/tokens",
-                      json={"name": "carols", "roles": ["read"], "user": "carol"}).json()
-    carols = {"Authorization": f"Bearer {made['token']}"}
+    made_for = master.api("POST", "/api/v1/tokens",
+                          json={"name": "carols", "roles": ["read"], "user": "carol"})
+    assert made_for.status_code == 201, made_for.text
+    carols = {"Authorization": f"Bearer {made_for.json()['token']}"}
     assert requests.get(master.url + "/api/v1/builds", headers=carols,
                         timeout=30).status_code == 200
-    master.api("PATCH", "/api/v1/users/carol", json={"disabled": True})
+    assert master.api("PATCH", "/api/v1/users/carol", json={"disabled": True}).status_code == 200
     assert requests.get(master.url + "/api/v1/builds", headers=carols,
                         timeout=30).status_code == 401
-    master.api("DELETE", "/api/v1/users/carol")
+    assert master.api("DELETE", "/api/v1/users/carol").status_code == 200
     assert all(t["user"] != "carol" for t in master.api("GET", "/api/v1/tokens").json()["tokens"])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,15 @@ from werkzeug.security import generate_password_hash
 
 from common.config import UserSettings
 from common.errors import TooManyRequests
-from master.auth import FAILURE_WINDOW, MAX_FAILURES, Authenticator, current_user, require
+from master.auth import (
+    FAILURE_WINDOW,
+    MAX_FAILURES,
+    TOKEN_PREFIX,
+    Authenticator,
+    current_user,
+    hash_token,
+    require,
+)
 from master.store import Store
 
 FAST = "pbkdf2:sha256:1000"
@@ -189,3 +198,60 @@ def test_throttle_is_per_client_address(auth: Authenticator, users) -> None:
         auth.verify("reader", "guess")
     with Flask("other").test_request_context(environ_base={"REMOTE_ADDR": "192.0.2.99"}):
         assert auth.verify("reader", "read-pw") == "reader"
+
+
+# -- bearer tokens -----------------------------------------------------------------------------
+
+
+def _colon_token() -> str:
+    """A token secret whose characters, read loosely as base64 (as flask-httpauth reads the
+    credentials of any scheme), decode to bytes holding a colon: "user:password" lookalikes."""
+    for i in range(10_000):
+        secret = TOKEN_PREFIX + base64.urlsafe_b64encode(
+            hashlib.sha256(str(i).encode()).digest()).decode().rstrip("=")
+        try:
+            if b":" in base64.b64decode(secret):
+                return secret
+        except ValueError:
+            continue
+    raise AssertionError("no such token among 10,000")
+
+
+@pytest.fixture
+def token_client(users: dict[str, UserSettings], tmp_path: Path) -> Iterator[
+        tuple[FlaskClient, Store]]:
+    store = Store(tmp_path / "state.db")
+    app = Flask("token-test")
+    app.extensions["pkgfarm"] = _Services(Authenticator(users, store.logins, store.accounts))
+
+    @app.get("/read")
+    @require("read")
+    def read() -> str:
+        return f"read ok for {current_user()}"
+
+    yield app.test_client(), store
+
+
+def test_a_token_is_a_token_whatever_its_bytes_decode_to(
+        token_client: tuple[FlaskClient, Store]) -> None:
+    client, store = token_client
+    secret = _colon_token()
+    store.accounts.create_token("ci", hash_token(secret), None, ["read"], "admin")
+    # Never read as a failed log-in of a made-up user: still 200 after more than the
+    # throttle's count of requests.
+    for _ in range(MAX_FAILURES + 3):
+        resp = client.get("/read", headers={"Authorization": f"Bearer {secret}"})
+        assert resp.status_code == 200, resp.text
+        assert resp.text == "read ok for token:ci"
+    assert client.get("/read", headers={"Authorization": f"Bearer {secret}x"}).status_code == 401
+
+
+def test_basic_credentials_under_another_scheme_are_refused(
+        token_client: tuple[FlaskClient, Store]) -> None:
+    client, _ = token_client
+    credentials = base64.b64encode(b"reader:read-pw").decode()
+    for scheme in ("Bearer", "Token", "Digest"):
+        resp = client.get("/read", headers={"Authorization": f"{scheme} {credentials}"})
+        assert resp.status_code == 401, scheme
+    assert client.get("/read", headers={"Authorization": f"Basic {credentials}"}
+                      ).status_code == 200
