@@ -26,9 +26,11 @@ RUNTIME_DEBS="python3 python3-venv python3-pip redis-server dpkg-dev fakeroot xz
 # (systemd-analyze, in the systemd package), give rpm test roots a /bin/sh (busybox-static),
 # scrape metrics with a real Prometheus (prometheus), drive the dashboard in a headless
 # Chromium (chromium, chromium-driver), and install from the farm's RPM and pacman
-# repositories with the stock clients (dnf; pacman-package-manager: pacman, pacman-key, vercmp).
+# repositories with the stock clients (dnf; pacman-package-manager: pacman, pacman-key), and
+# compare their versions and indexes with pacman's own tools (makepkg: vercmp, and the
+# scripts repo-add needs).
 TEST_DEBS="docker.io docker-compose apt-utils iproute2 openssl systemd prometheus chromium
-  chromium-driver busybox-static dnf pacman-package-manager"
+  chromium-driver busybox-static dnf pacman-package-manager makepkg"
 
 install_debs() {
     local missing=()

@@ -34,8 +34,6 @@ from tests.integration.test_repository import generate_key
 from worker.build import build_definition
 
 BUSYBOX = Path("/bin/busybox")
-pytestmark = pytest.mark.skipif(not BUSYBOX.is_file() or shutil.which("dnf") is None,
-                                reason="needs busybox-static and dnf (./dev.sh setup)")
 
 
 # -- building with the worker's packer ---------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import shutil
 import subprocess
 
 import pytest
@@ -36,14 +35,12 @@ def real_vercmp(a: str, b: str) -> int:
     return (out > 0) - (out < 0)
 
 
-@pytest.mark.skipif(shutil.which("vercmp") is None, reason="needs pacman's vercmp")
 @pytest.mark.parametrize(("a", "b"), PAIRS)
 def test_order_is_vercmps(a, b):
     assert compare_versions(PACMAN, a, b) == real_vercmp(a, b)
     assert compare_versions(PACMAN, b, a) == real_vercmp(b, a)
 
 
-@pytest.mark.skipif(shutil.which("vercmp") is None, reason="needs pacman's vercmp")
 def test_sorting_agrees_with_vercmp():
     versions = ["1.0-1", "1:0.5-1", "1.0rc1-1", "1.0-2", "1.0.1-1", "0.9-1", "1.0a-1"]
     ordered = sorted(versions, key=PACMAN.version_key)
