@@ -10,11 +10,13 @@ from typing import Any
 import pytest
 
 from tests.integration.farm import (
+    CLIENT_FOLDERS,
     TEST_PACKAGES,
     Master,
     RedisServer,
     Worker,
     free_port,
+    stop_gpg_agents,
     write_config,
 )
 
@@ -30,6 +32,14 @@ def _tools_present() -> None:
     missing = [t for t in ("redis-server", "dpkg-deb", "apt-get") if shutil.which(t) is None]
     if missing:
         pytest.fail(f"integration tests need {', '.join(missing)} (run the README's set-up)")
+
+
+@pytest.fixture(autouse=True)
+def _client_keyrings_stopped() -> Iterator[None]:
+    """gpg starts an agent for each dnf or pacman keyring a test makes; it goes with the test."""
+    yield
+    while CLIENT_FOLDERS:
+        stop_gpg_agents(CLIENT_FOLDERS.pop())
 
 
 class Farm:

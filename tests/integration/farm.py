@@ -477,10 +477,25 @@ def assert_consistent(master: Master, apt_root: Path,
     apt.update()
 
 
+#: The folders of the dnf and pacman clients made by the running test; their keyrings' gpg-agents
+#: are stopped when it ends (`stop_gpg_agents`, called by an autouse fixture).
+CLIENT_FOLDERS: list[Path] = []
+
+
+def stop_gpg_agents(base: Path) -> None:
+    """Stop the gpg-agent of every keyring under ``base`` (dnf's in its cache, pacman-key's);
+    gpgconf finds each agent's socket from its home. Links are not followed out of ``base``."""
+    for folder, _dirs, files in os.walk(base):
+        if {"pubring.kbx", "pubring.gpg", "trustdb.gpg"} & set(files):
+            subprocess.run(["gpgconf", "--homedir", folder, "--kill", "all"],
+                           capture_output=True, timeout=60, check=False)
+
+
 class DnfClient:
     """A stock dnf with its own install root, config, cache and (empty) repos.d."""
 
     def __init__(self, root: Path, snippet: str) -> None:
+        CLIENT_FOLDERS.append(root)
         self.root = root / "root"
         self.root.mkdir(parents=True)
         (root / "repos.d").mkdir()
@@ -513,6 +528,7 @@ class PacmanClient:
 
     def __init__(self, root: Path, snippet: str, key: Path | None, fingerprint: str | None,
                  arch: str = "x86_64") -> None:
+        CLIENT_FOLDERS.append(root)
         self.base = root
         self.root, self.db, self.cache, self.gpg = (root / "root", root / "db", root / "cache",
                                                     root / "gnupg")
