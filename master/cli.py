@@ -106,16 +106,18 @@ def serve(config_path: str | None) -> None:
     sampler = QueueSampler(services)
 
     arbiter = os.getpid()
+    ticking = threading.Lock()  # held while housekeeping works (it may sign an index)
 
     def housekeeping() -> None:
         while not stop.wait(HOUSEKEEPING_INTERVAL):
             if elsewhere(arbiter):
                 return  # a copy in a gunicorn worker process: the arbiter does it
-            try:
-                services.scheduler.tick()
-                sampler.tick()  # the dashboard's queue-length chart
-            except Exception:
-                log.exception("housekeeping failed")
+            with ticking:
+                try:
+                    services.scheduler.tick()
+                    sampler.tick()  # the dashboard's queue-length chart
+                except Exception:
+                    log.exception("housekeeping failed")
 
     def background(_server: Any) -> None:
         spawn(housekeeping, name="housekeeping")
@@ -160,6 +162,8 @@ def serve(config_path: str | None) -> None:
         Server().run()
     finally:
         stop.set()
+        # A tick under way ends first: it may be signing, which would start the agent again.
+        ticking.acquire(timeout=60)
         if embedded is not None:
             embedded.stop()
         if services.repository.signer is not None:

@@ -230,3 +230,25 @@ def test_changed_index_is_never_answered_not_modified(master, tmp_path):
         "If-Modified-Since": first.headers.get("Last-Modified", "")})
     assert again.status_code == 200
     assert again.content != first.content
+
+
+def _agents_of(home: Path) -> list[int]:
+    """PIDs of the gpg-agents serving the keyring at ``home``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if args and args[0].endswith(b"gpg-agent") and str(home).encode() in args:
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_stopped_master_leaves_no_gpg_agent(keys, tmp_path):
+    with standalone_master(tmp_path / "farm", repository={
+            "signing_key": str(keys["farm"])}) as master:
+        assert upload(master, make_deb(tmp_path, "agent-pkg", "1.0-1")).status_code == 201
+        home = master.data_dir / "gnupg"
+        assert _agents_of(home), "signing the index started no agent: the test proves nothing"
+    assert _agents_of(home) == []
