@@ -162,14 +162,18 @@ def serve(config_path: str | None) -> None:
         Server().run()
     finally:
         stop.set()
-        # A tick under way ends first: it may be signing, which would start the agent again.
-        ticking.acquire(timeout=60)
-        if embedded is not None:
-            embedded.stop()
-        if services.repository.signer is not None:
-            # gpg started an agent for the master's keyring; it goes with the master.
-            subprocess.run(["gpgconf", "--homedir", str(services.repository.signer.home),
-                            "--kill", "all"], capture_output=True)
+        # gunicorn's worker processes leave through here too (their SystemExit); what follows
+        # is the arbiter's, once its workers are gone.
+        if not elsewhere(arbiter):
+            # A tick under way ends first: it may be signing, which would start the agent
+            # again.
+            ticking.acquire(timeout=60)
+            if embedded is not None:
+                embedded.stop()
+            if services.repository.signer is not None:
+                # gpg started an agent for the master's keyring; it goes with the master.
+                subprocess.run(["gpgconf", "--homedir", str(services.repository.signer.home),
+                                "--kill", "all"], capture_output=True)
 
 
 def tls_warning(settings: Settings) -> str | None:
