@@ -21,6 +21,7 @@ from tests.integration.farm import (
     make_deb,
     parse_packages,
     standalone_master,
+    stop_gpg_agents,
 )
 
 
@@ -121,7 +122,7 @@ def _public_of(secret: Path, tmp_path: Path) -> bytes:
                    capture_output=True, check=True)
     public = subprocess.run(["gpg", "--homedir", str(home), "--batch", "--armor", "--export"],
                             capture_output=True, check=True).stdout
-    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True)
+    stop_gpg_agents(home)
     return public
 
 
