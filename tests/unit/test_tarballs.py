@@ -1,9 +1,10 @@
 """Hostile tarballs are refused on every extraction path, with and without tarfile's filters.
 
 Each hostile tarball is fed to `safe_extract` both ways (the project's checks with member-by-
-member extraction, and the checks followed by a filtering tarfile), and to every place that
-unpacks something from outside: a definition snapshot, a Debian source snapshot and a git tree
-shipped in a snapshot. Each must be refused, and nothing may appear outside the target folder.
+member extraction, and the checks followed by a filtering tarfile), to `check_tarball`, and to
+every place that unpacks something from outside: a definition snapshot, a Debian source
+snapshot and a git tree shipped in a snapshot. Each must be refused, and nothing may appear
+outside the target folder.
 """
 
 from __future__ import annotations
@@ -65,6 +66,32 @@ HOSTILE: dict[str, list[Member]] = {
                                 _file("link/through.txt")],
     "symlink to itself, then out": [_special("here", tarfile.SYMTYPE, "."),
                                     _special("up", tarfile.SYMTYPE, "here/..")],
+    # Chains: each link, judged alone against the tree as it stands when it is made, stays
+    # inside; together they lead out.
+    "symlink chain made inside out": [_special("p", tarfile.SYMTYPE, "q/r"),
+                                      _special("b", tarfile.SYMTYPE, "p/../.."),
+                                      _special("q", tarfile.SYMTYPE, ".")],
+    "symlink through a link made later": [_special("up", tarfile.SYMTYPE, "here/.."),
+                                          _special("here", tarfile.SYMTYPE, ".")],
+    "two levels up through a link made later": [
+        _special("up2", tarfile.SYMTYPE, "here/here/../.."),
+        _special("here", tarfile.SYMTYPE, ".")],
+    "file written through a link chain": [
+        _special("here", tarfile.SYMTYPE, "."),
+        _special("victim", tarfile.SYMTYPE, "here/../OUTSIDE/target.txt"),
+        _file("victim", b"overwritten\n")],
+    "member through a link made earlier": [
+        _special("here", tarfile.SYMTYPE, "."),
+        _special("door", tarfile.SYMTYPE, "here/../OUTSIDE"),
+        _file("door/through.txt")],
+    "symlink replacing a folder": [_dir("d"), _file("d/f"),
+                                   _special("d", tarfile.SYMTYPE, "here/.."),
+                                   _special("here", tarfile.SYMTYPE, ".")],
+    "hard link to a symlink": [_special("here", tarfile.SYMTYPE, "."),
+                               _special("up", tarfile.SYMTYPE, "here/../OUTSIDE/target.txt"),
+                               _special("hard", tarfile.LNKTYPE, "up")],
+    "hard link before its file": [_special("hard", tarfile.LNKTYPE, "later.txt"),
+                                  _file("later.txt")],
     "hard link out": [_special("hard", tarfile.LNKTYPE, "../OUTSIDE/target.txt")],
     "absolute hard link": [_special("hard", tarfile.LNKTYPE, "/etc/passwd")],
     "character device": [_special("null", tarfile.CHRTYPE)],
@@ -73,6 +100,10 @@ HOSTILE: dict[str, list[Member]] = {
     "setuid file": [_file("suid", b"#!/bin/sh\n", 0o4755)],
     "setgid folder": [_dir("sgid", 0o2755)],
 }
+
+#: What a refusal's message says, whichever check refused.
+REFUSED = (r"absolute|climbs|outside|device|FIFO|setuid|points|replace|passes through|"
+           r"in the way")
 
 MODES = [pytest.param(False, id="own-checks"),
          pytest.param(True, id="with-filters",
@@ -105,7 +136,7 @@ def test_filters_are_available_on_every_supported_python():
 def test_safe_extract_refuses(name, use_filters, arena):
     dest, outside, outside_now = arena
     before = outside_now()
-    with pytest.raises(UnsafeArchive) as refused:
+    with pytest.raises(UnsafeArchive, match=REFUSED) as refused:
         safe_extract(make_tar(HOSTILE[name]), dest, use_filters=use_filters)
     assert refused.value.status == 422 and refused.value.message
     assert outside_now() == before
@@ -116,17 +147,35 @@ def test_safe_extract_refuses(name, use_filters, arena):
         assert not path.lstat().st_mode & (stat.S_ISUID | stat.S_ISGID)
 
 
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_check_tarball_refuses_without_unpacking(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UnsafeArchive, match=REFUSED):
+        tarballs.check_tarball(make_tar(HOSTILE[name]))
+    assert list(tmp_path.iterdir()) == []
+
+
+ORDINARY = [
+    _dir("./src/"),
+    _file("src/run.sh", b"#!/bin/sh\necho hi\n", 0o775),
+    _file("./src/data.txt", b"data\n", 0o666),
+    _special("src/link", tarfile.SYMTYPE, "data.txt"),
+    _special("src/hard", tarfile.LNKTYPE, "./src/data.txt"),
+    # Links to links, some made before what they point to, and a link up to a sibling.
+    _special("src/first", tarfile.SYMTYPE, "second"),
+    _special("src/second", tarfile.SYMTYPE, "../doc/readme"),
+    _special("top", tarfile.SYMTYPE, "src"),
+    _special("deep", tarfile.SYMTYPE, "top/../top/first"),
+    _dir("doc"),
+    _file("doc/readme", b"read me\n"),
+    _special("doc/nested/up", tarfile.SYMTYPE, "../../src"),
+]
+
+
 @pytest.mark.parametrize("use_filters", MODES)
 def test_safe_extract_unpacks_ordinary_trees(use_filters, tmp_path):
-    data = make_tar([
-        _dir("src"),
-        _file("src/run.sh", b"#!/bin/sh\necho hi\n", 0o775),
-        _file("src/data.txt", b"data\n", 0o666),
-        _special("src/link", tarfile.SYMTYPE, "data.txt"),
-        _special("src/hard", tarfile.LNKTYPE, "src/data.txt"),
-    ])
     dest = tmp_path / "dest"
-    safe_extract(data, dest, use_filters=use_filters)
+    safe_extract(make_tar(ORDINARY), dest, use_filters=use_filters)
     assert (dest / "src/run.sh").read_text() == "#!/bin/sh\necho hi\n"
     assert os.access(dest / "src/run.sh", os.X_OK)
     # Group and others lose write; the extracting user owns everything.
@@ -134,6 +183,61 @@ def test_safe_extract_unpacks_ordinary_trees(use_filters, tmp_path):
     assert (dest / "src/data.txt").stat().st_uid == os.geteuid()
     assert os.readlink(dest / "src/link") == "data.txt"
     assert (dest / "src/hard").read_text() == "data\n"
+    assert (dest / "src/hard").stat().st_ino == (dest / "src/data.txt").stat().st_ino
+    assert (dest / "deep").read_text() == "read me\n"
+    assert (dest / "doc/nested/up/link").read_text() == "data\n"
+    assert tarballs.check_tarball(make_tar(ORDINARY)) == len(ORDINARY)
+
+
+@pytest.mark.parametrize("use_filters", MODES)
+@pytest.mark.parametrize("name", ["symlink through a link made later",
+                                  "two levels up through a link made later",
+                                  "symlink chain made inside out"])
+def test_links_are_followed_on_disk_once_made(name, use_filters, arena, monkeypatch):
+    """The last line: were the archive-wide reading of the links wrong, following each link
+    on disk once all are made still refuses the chain."""
+    dest, outside, outside_now = arena
+    monkeypatch.setattr(tarballs, "_resolve", lambda links, start, target: ".")
+    monkeypatch.setattr(tarballs, "_climbs_out", lambda relative: False)
+    before = outside_now()
+    with pytest.raises(UnsafeArchive, match="leads outside the folder through the archive's "
+                                            "other links"):
+        safe_extract(make_tar(HOSTILE[name]), dest, use_filters=use_filters)
+    assert outside_now() == before
+    assert (outside / "target.txt").read_text() == "keep\n"
+    # The links it made are gone again: nothing is left to lead out.
+    assert [p for p in dest.rglob("*") if p.is_symlink()] == []
+
+
+@pytest.mark.parametrize("use_filters", MODES)
+def test_a_link_never_replaces_what_is_already_there(use_filters, tmp_path):
+    dest = tmp_path / "dest"
+    (dest / "d").mkdir(parents=True)
+    (dest / "f").write_text("mine\n")
+    for name in ("d", "f"):
+        with pytest.raises(UnsafeArchive, match="in the way"):
+            safe_extract(make_tar([_special(name, tarfile.SYMTYPE, ".")]), dest,
+                         use_filters=use_filters)
+    assert (dest / "d").is_dir() and not (dest / "d").is_symlink()
+    assert (dest / "f").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("use_filters", MODES)
+def test_links_already_in_the_folder_are_followed(use_filters, arena):
+    dest, outside, outside_now = arena
+    dest.mkdir()
+    (dest / "old").symlink_to(outside)
+    before = outside_now()
+    for members in ([_file("old/new.txt")], [_special("old/new", tarfile.SYMTYPE, ".")]):
+        with pytest.raises(UnsafeArchive, match="outside the folder"):
+            safe_extract(make_tar(members), dest, use_filters=use_filters)
+    assert outside_now() == before
+
+
+def test_symlink_loops_are_refused_clearly():
+    with pytest.raises(UnsafeArchive, match="loop"):
+        tarballs.check_tarball(make_tar([_special("a", tarfile.SYMTYPE, "b/x"),
+                                         _special("b", tarfile.SYMTYPE, "a/y")]))
 
 
 @pytest.mark.parametrize("use_filters", MODES)
@@ -180,9 +284,11 @@ def _unpack_git_tree(data: bytes, dest: Path) -> None:
     _fetch_git(src, dest, io.StringIO(), files, timeout=60)
 
 
-PATHS = {"definition snapshot": (_unpack_definition, "gz", UnsafeArchive),
-         "debian source snapshot": (_unpack_debian_source, "gz", UnsafeArchive),
-         "git tree": (_unpack_git_tree, "", BuildFailed)}
+#: Each path: how it unpacks, the compression it takes, what it raises, and what its
+#: message must say besides.
+PATHS = {"definition snapshot": (_unpack_definition, "gz", UnsafeArchive, ""),
+         "debian source snapshot": (_unpack_debian_source, "gz", UnsafeArchive, ""),
+         "git tree": (_unpack_git_tree, "", BuildFailed, "the git tree of hostile")}
 
 
 @pytest.mark.parametrize("use_filters", MODES)
@@ -190,10 +296,12 @@ PATHS = {"definition snapshot": (_unpack_definition, "gz", UnsafeArchive),
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 def test_every_extraction_path_refuses(name, path_name, use_filters, arena, monkeypatch):
     dest, outside, outside_now = arena
-    unpack, compression, error = PATHS[path_name]
+    unpack, compression, error, says = PATHS[path_name]
     monkeypatch.setattr(tarballs, "HAS_FILTERS", use_filters)
     before = outside_now()
-    with pytest.raises(error, match=r"absolute|climbs|outside|device|FIFO|setuid|points"):
+    with pytest.raises(error, match=REFUSED) as refused:
         unpack(make_tar(HOSTILE[name], compression), dest)
+    assert says in refused.value.message
     assert outside_now() == before
     assert (outside / "target.txt").read_text() == "keep\n"
+
