@@ -329,6 +329,8 @@ def test_local_dsc_snapshot_fetches_on_the_worker(tmp_path: Path) -> None:
     assert tree == tmp_path / "job" / "src" / "pkgfarm-tiny-1.0"
     assert (tree / "tiny.c").read_text() == native_source.TINY_C
     assert binary_kinds(tree) == (True, True)
+    # Its tarball was checked before dpkg-source unpacked it.
+    assert "checked pkgfarm-tiny_1.0.tar.xz before dpkg-source" in (tmp_path / "log").read_text()
 
 
 def test_fetch_refuses_a_changed_local_file(tmp_path: Path) -> None:

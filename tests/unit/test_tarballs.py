@@ -3,12 +3,14 @@
 Each hostile tarball is fed to `safe_extract` both ways (the project's checks with member-by-
 member extraction, and the checks followed by a filtering tarfile), to `check_tarball`, and to
 every place that unpacks something from outside: a definition snapshot, a Debian source
-snapshot and a git tree shipped in a snapshot. Each must be refused, and nothing may appear
-outside the target folder.
+snapshot, a git tree shipped in a snapshot, and a Debian source's own tarball, which
+dpkg-source unpacks once the worker has checked it. Each must be refused, and nothing may
+appear outside the target folder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import stat
@@ -284,11 +286,42 @@ def _unpack_git_tree(data: bytes, dest: Path) -> None:
     _fetch_git(src, dest, io.StringIO(), files, timeout=60)
 
 
+def _dsc(files: Path, tarballs_by_name: dict[str, bytes]) -> DebianSource:
+    """A .dsc in ``files`` listing the given tarballs (written beside it), and its source."""
+    lines = []
+    for tar_name, data in tarballs_by_name.items():
+        (files / tar_name).write_bytes(data)
+        lines.append(f" {hashlib.sha256(data).hexdigest()} {len(data)} {tar_name}\n")
+    (files / "hostile_1.0-1.dsc").write_text(
+        "Format: 3.0 (quilt)\nSource: hostile\nBinary: hostile\nArchitecture: any\n"
+        "Version: 1.0-1\nChecksums-Sha256:\n" + "".join(lines))
+    return DebianSource(name="hostile", version="1.0-1", architecture=("any",),
+                        binaries=(("hostile", "any"),), build_depends=(), origin="dsc",
+                        location=str(files / "hostile_1.0-1.dsc"))
+
+
+DEBIAN_TAR = make_tar([_dir("debian"), _file("debian/control", b"Source: hostile\n"),
+                       _dir("debian/source"), _file("debian/source/format", b"3.0 (quilt)\n")],
+                      "xz")
+
+
+def _unpack_dsc_tarball(data: bytes, dest: Path) -> None:
+    from worker.formats.deb.source import fetch
+
+    files = dest.parent / "files"
+    files.mkdir()
+    src = _dsc(files, {"hostile_1.0.orig.tar.gz": data,
+                       "hostile_1.0-1.debian.tar.xz": DEBIAN_TAR})
+    fetch(src, dest, io.StringIO(), files, timeout=60)
+
+
 #: Each path: how it unpacks, the compression it takes, what it raises, and what its
 #: message must say besides.
 PATHS = {"definition snapshot": (_unpack_definition, "gz", UnsafeArchive, ""),
          "debian source snapshot": (_unpack_debian_source, "gz", UnsafeArchive, ""),
-         "git tree": (_unpack_git_tree, "", BuildFailed, "the git tree of hostile")}
+         "git tree": (_unpack_git_tree, "", BuildFailed, "the git tree of hostile"),
+         "debian source tarball": (_unpack_dsc_tarball, "gz", BuildFailed,
+                                   "hostile_1.0.orig.tar.gz is refused before dpkg-source")}
 
 
 @pytest.mark.parametrize("use_filters", MODES)
@@ -305,3 +338,70 @@ def test_every_extraction_path_refuses(name, path_name, use_filters, arena, monk
     assert outside_now() == before
     assert (outside / "target.txt").read_text() == "keep\n"
 
+
+# -- a Debian source's tarballs, before dpkg-source --------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["hostile_1.0-1.debian.tar.xz",
+                                   "hostile_1.0.orig-extra.tar.bz2",
+                                   "hostile_1.0.orig.tar.lzma"])
+def test_every_tarball_of_a_dsc_is_checked(which, tmp_path):
+    """Not only the upstream tarball: the debian one and components too, in each compression
+    dpkg-source reads; dpkg-source never runs on a refused one."""
+    from worker.formats.deb.source import fetch
+
+    benign = make_tar([_dir("hostile-1.0"), _file("hostile-1.0/README")], "gz")
+    compression = {"xz": "xz", "bz2": "bz2", "lzma": "xz"}[which.rsplit(".", 1)[-1]]
+    hostile = make_tar(HOSTILE["symlink through a link made later"], compression)
+    if which.endswith(".lzma"):  # lzma-alone, as old sources have it
+        import lzma
+
+        hostile = lzma.compress(make_tar(HOSTILE["symlink through a link made later"], ""),
+                                format=lzma.FORMAT_ALONE)
+    tars = {"hostile_1.0.orig.tar.gz": benign, "hostile_1.0-1.debian.tar.xz": DEBIAN_TAR,
+            which: hostile}
+    files = tmp_path / "files"
+    files.mkdir()
+    src = _dsc(files, tars)
+    out = io.StringIO()
+    with pytest.raises(BuildFailed, match=f"{which} is refused before dpkg-source unpacks "
+                                          "it: symbolic link 'up' leads outside"):
+        fetch(src, tmp_path / "src", out, files, timeout=60)
+    assert sorted(p.name for p in (tmp_path / "src").iterdir()) == sorted(
+        ["hostile_1.0-1.dsc", *tars])
+
+
+def test_a_dsc_whose_tarballs_pass_lists_them_all(tmp_path):
+    from worker.formats.deb.source import check_source_tarballs
+
+    tars = {"hostile_1.0.orig.tar.gz": make_tar(ORDINARY, "gz"),
+            "hostile_1.0.orig-extra.tar.bz2": make_tar(ORDINARY, "bz2"),
+            "hostile_1.0-1.debian.tar.xz": DEBIAN_TAR}
+    _dsc(tmp_path, tars)
+    (tmp_path / "hostile_1.0.orig.tar.gz.asc").write_text("not a tarball\n")
+    assert check_source_tarballs(tmp_path / "hostile_1.0-1.dsc") == list(tars)
+
+
+@pytest.mark.parametrize("name, says", [
+    ("hostile_1.0.orig.tar.zst", "compressed with 'zst', which the worker cannot check"),
+    ("hostile_1.0.orig.tar.gz", "cannot be read"),
+])
+def test_a_tarball_the_worker_cannot_read_is_refused(name, says, tmp_path):
+    from worker.formats.deb.source import check_source_tarballs
+
+    _dsc(tmp_path, {name: b"\x28\xb5\x2f\xfd not really anything"})
+    with pytest.raises(BuildFailed, match=says):
+        check_source_tarballs(tmp_path / "hostile_1.0-1.dsc")
+
+
+def test_a_tarball_listed_only_in_files_is_checked_too(tmp_path):
+    from worker.formats.deb.source import check_source_tarballs
+
+    data = make_tar(HOSTILE["absolute symlink"], "gz")
+    (tmp_path / "hostile_1.0.orig.tar.gz").write_bytes(data)
+    (tmp_path / "hostile_1.0-1.dsc").write_text(
+        "Format: 3.0 (quilt)\nSource: hostile\nVersion: 1.0-1\nFiles:\n"
+        f" {hashlib.md5(data, usedforsecurity=False).hexdigest()} {len(data)} "
+        "hostile_1.0.orig.tar.gz\n")
+    with pytest.raises(BuildFailed, match="absolute path"):
+        check_source_tarballs(tmp_path / "hostile_1.0-1.dsc")

@@ -13,7 +13,11 @@
 
 ``dpkg-source -x`` runs with ``--no-check``: each file has been checked against a sha256 that
 came from a signed apt index or from the .dsc the master read, and an OpenPGP check of the
-.dsc's signature would need the uploader's key, which a build farm does not have.
+.dsc's signature would need the uploader's key, which a build farm does not have. A signed
+index vouches only for where the files came from, not for what they hold, so before
+dpkg-source runs (as the worker's user, often root) every tarball the .dsc lists is checked
+member by member with the rules of `common.tarballs` (`check_source_tarballs`): one it cannot
+read, or whose compression it does not know, is refused too.
 
 `build_source` installs the build dependencies inside the build environment and runs
 ``dpkg-buildpackage -us -uc`` there: ``-B`` for an architecture's job, ``-A`` for the ``all``
@@ -24,6 +28,7 @@ job, ``-b`` when the source makes only one kind of binary. The archives, the .bu
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import threading
@@ -40,9 +45,15 @@ from common.digests import sha256_file
 from common.errors import BuildFailed, DefinitionError, NotFound, PkgfarmError, UnsafeArchive
 from common.formats.deb.apt import AptState
 from common.formats.deb.policy import strip_epoch
-from common.formats.deb.source import GIT_TREE_FILE, DebianSource, dsc_checksums, git_url
+from common.formats.deb.source import (
+    GIT_TREE_FILE,
+    DebianSource,
+    dsc_checksums,
+    field_text,
+    git_url,
+)
 from common.git import GitFailed, run_git
-from common.tarballs import safe_extract
+from common.tarballs import check_tarball, safe_extract
 from worker.environment import BuildEnvironment
 from worker.environment.processes import PATH, give_to, run_process, take_tree
 from worker.formats import BuildResult
@@ -89,6 +100,9 @@ def fetch(src: DebianSource, dest: Path, out: IO[str], local_files: Path | None 
         else:
             dsc = _download_dsc(src, dest, out, timeout)
         tree = dest / f"{src.name}-{src.upstream_version}"
+        checked = check_source_tarballs(dsc)
+        _note(out, f"checked {', '.join(checked) or 'no tarball'} before dpkg-source: no "
+                   "member leads outside or carries privileges")
         run_process(["dpkg-source", "--no-check", "--no-copy", "-x", str(dsc), str(tree)],
                     cwd=dest, env={"PATH": PATH, "LC_ALL": "C.UTF-8", "HOME": str(dest)},
                     timeout=timeout, out=out, cancel=cancel, what="dpkg-source -x")
@@ -135,6 +149,50 @@ def _dsc_files(dsc: Path) -> list[tuple[str, str, int]]:
     if not files:
         raise BuildFailed(f"{dsc.name} has no Checksums-Sha256 field")
     return files
+
+
+#: A tarball's name in a .dsc, and its compression (none for a plain .tar).
+_TARBALL = re.compile(r"\.tar(?:\.([^./]+))?$")
+#: The tarfile mode for each compression dpkg-source reads (lzma-alone files open as xz).
+_TAR_MODES = {None: "r:", "gz": "r:gz", "bz2": "r:bz2", "xz": "r:xz", "lzma": "r:xz"}
+#: The .dsc fields that list its files (dpkg-source reads all of them).
+_FILE_FIELDS = ("Files", "Checksums-Sha1", "Checksums-Sha256")
+
+
+def check_source_tarballs(dsc: Path) -> list[str]:
+    """Check every tarball ``dsc`` lists (the upstream one, the debian one, components), in
+    the .dsc's folder, member by member as `common.tarballs.safe_extract` would, before
+    dpkg-source unpacks them; the names checked. `BuildFailed` naming the tarball and the
+    member for one refused, for one missing, and for a compression the worker cannot read."""
+    control = Deb822(dsc.read_text(errors="replace"))
+    names: list[str] = []
+    for key in _FILE_FIELDS:
+        for line in field_text(control, key).strip().splitlines():
+            words = line.split()
+            if words and words[-1] not in names:
+                names.append(words[-1])
+    checked = []
+    for name in names:
+        match = _TARBALL.search(name)
+        if match is None:
+            continue
+        if "/" in name or name.startswith("."):
+            raise BuildFailed(f"{dsc.name} lists a file outside its folder: {name!r}")
+        mode = _TAR_MODES.get(match.group(1))
+        if mode is None:
+            raise BuildFailed(
+                f"{dsc.name} lists {name}, compressed with {match.group(1)!r}, which the worker "
+                f"cannot check before unpacking; refused (known: gz, bz2, xz, lzma)")
+        path = dsc.parent / name
+        if not path.is_file():
+            raise BuildFailed(f"{dsc.name} lists {name}, which is not beside it")
+        try:
+            check_tarball(path, mode)
+        except UnsafeArchive as exc:
+            raise BuildFailed(f"{name} is refused before dpkg-source unpacks it: "
+                              f"{exc.message}") from None
+        checked.append(name)
+    return checked
 
 
 def _copy_local(src: DebianSource, dest: Path, local_files: Path) -> Path:
