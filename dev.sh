@@ -46,10 +46,23 @@ install_debs() {
     fi
 }
 
+# The interpreter a Python runs on, as a real path: a virtualenv's base interpreter, with every
+# link resolved (Debian's /usr/bin/python3 is a link to python3.11, and a virtualenv records
+# the name it was made with or the one it points to).
+INTERPRETER='import os, sys; print(os.path.realpath(sys._base_executable))'
+
+# Whether .venv was made from $PYTHON; false too when its interpreter no longer runs.
+venv_is_from_python() {
+    local made wanted
+    made="$(.venv/bin/python -c "$INTERPRETER" 2>/dev/null)" || return 1
+    wanted="$("$PYTHON" -c "$INTERPRETER")"
+    [ -n "$made" ] && [ "$made" = "$wanted" ]
+}
+
 setup_python() {
     local stamp=".venv/.pkgfarm-installed"
     # A virtualenv made from another interpreter than the one asked for is made again.
-    if [ -x .venv/bin/python ] && [ "$(.venv/bin/python -c 'import sys; print(sys._base_executable)' 2>/dev/null)" != "$("$PYTHON" -c 'import sys; print(sys.executable)')" ]; then
+    if [ -x .venv/bin/python ] && ! venv_is_from_python; then
         echo "==> .venv was made from another Python; making it again from $PYTHON"
         rm -rf .venv
     fi
