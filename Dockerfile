@@ -32,9 +32,14 @@ COPY docker/ca-certificates/ /tmp/build-ca/
 # The package lists are kept on purpose: workers install build dependencies with apt-get at
 # build time without an `apt-get update` of their own. Rebuild the image now and then so they
 # stay fresh.
+# Acquire::https::CAInfo replaces apt's trust instead of adding to it, so apt gets one bundle:
+# the base image's own CAs, where it has them (bookworm-slim has none before ca-certificates
+# is installed below), and the extra ones.
 RUN set -eu; \
     if ls /tmp/build-ca/*.crt >/dev/null 2>&1; then \
-        cat /tmp/build-ca/*.crt > /tmp/build-ca.pem; \
+        { if [ -f /etc/ssl/certs/ca-certificates.crt ]; then \
+              cat /etc/ssl/certs/ca-certificates.crt; fi; \
+          cat /tmp/build-ca/*.crt; } > /tmp/build-ca.pem; \
         echo 'Acquire::https::CAInfo "/tmp/build-ca.pem";' > /etc/apt/apt.conf.d/99build-ca; \
     fi; \
     apt-get update; \
