@@ -3,11 +3,15 @@
 A worker that trusts that CA builds a set in clean roots: the second package build-depends on
 the first, so its root installs the first from the farm's repository over HTTPS, trusting the
 farm's CA and nothing else for it. A worker given another CA is refused, and so is a client
-without the CA; a stock apt with the CA reads the repository.
+without the CA; a stock apt with the CA reads the repository; the ``master`` command's client
+commands reach the master with the CA in ``client.ca_file`` and stop with a clear error with
+another. A master started on every address without TLS warns of it (in a network namespace of
+its own, so that "every address" is only its own loopback).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -20,6 +24,7 @@ import yaml
 from common.arch import host_arch
 from tests.integration.farm import (
     BIN,
+    PASSWORD,
     AptClient,
     Master,
     RedisServer,
@@ -27,6 +32,8 @@ from tests.integration.farm import (
     free_port,
     make_ca,
     running,
+    stop_process,
+    wait_for,
     write_config,
 )
 
@@ -136,3 +143,90 @@ def test_worker_with_another_ca_is_refused(tls_farm, tmp_path):
     assert "certificate verify failed" in result.stderr, result.stderr
     names = {w["name"] for w in master.api("GET", "/api/v1/workers").json()["workers"]}
     assert names == {"w-tls"}
+
+
+def _client_command(master: Master, config: Path, tmp_path: Path, ca_file: Path | None,
+                    *args: str) -> subprocess.CompletedProcess[str]:
+    """``master ARGS`` with the farm's config, its client section pointed at the HTTPS
+    master with ``ca_file`` (none: the system's CAs only)."""
+    data = yaml.safe_load(config.read_text())
+    data["client"] = {"url": master.url, "user": "admin", "password": PASSWORD}
+    if ca_file is not None:
+        data["client"]["ca_file"] = str(ca_file)
+    path = tmp_path / f"client-{ca_file.parent.name if ca_file else 'system'}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    path.chmod(0o600)
+    return subprocess.run([str(BIN / "master"), *args, "--config", str(path)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_client_commands_over_https(tls_farm, tmp_path):
+    master, ca, config = tls_farm
+    status = _client_command(master, config, tmp_path, ca, "status")
+    assert status.returncode == 0, status.stderr
+    assert f"master:      {master.url} (" in status.stdout, status.stdout
+    assert f"repository:  {master.url}/repo" in status.stdout, status.stdout
+    builds = _client_command(master, config, tmp_path, ca, "builds", "--json")
+    assert builds.returncode == 0, builds.stderr
+    assert isinstance(json.loads(builds.stdout)["builds"], list)
+
+    other_ca, _, _ = make_ca(tmp_path / "other", name="some other CA")
+    for wrong in (other_ca, None):
+        result = _client_command(master, config, tmp_path, wrong, "status")
+        assert result.returncode == 1, (result.stdout, result.stderr)
+        assert result.stderr.startswith(
+            f"master: error: cannot verify the TLS certificate of the master at {master.url} "
+            "(client.ca_file): "), result.stderr
+        assert "certificate verify failed" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_master_in_clear_beyond_loopback_warns_at_start(tmp_path):
+    """``master serve`` bound to 0.0.0.0 without TLS, run as a user runs it: it starts, and
+    its log says that passwords would cross the network in clear. It runs in a network
+    namespace of its own, where the only interface is a loopback nobody else reaches."""
+    if os.geteuid() != 0:
+        pytest.skip("a network namespace of the test's own needs root")
+    probe = subprocess.run(["unshare", "--net", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"unshare --net cannot make a network namespace here: {probe.stderr}")
+    port = free_port()
+    packages = tmp_path / "packages"
+    packages.mkdir()
+    config = write_config(tmp_path / "config.yaml", data_dir=tmp_path / "data", port=port,
+                          broker_url=None, package_paths=[packages],
+                          extra_master={"bind": f"0.0.0.0:{port}"})
+    log = tmp_path / "master.log"
+    with open(log, "ab") as out:
+        # unshare runs the shell in the new namespace, which raises its loopback and becomes
+        # the master: the process the test stops is the master's arbiter.
+        proc = subprocess.Popen(
+            ["unshare", "--net", "--", "sh", "-c",
+             'ip link set lo up && exec "$0" serve --config "$1"', str(BIN / "master"),
+             str(config)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        def started() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the master exited with {proc.returncode}:\n"
+                                   + log.read_text()[-3000:])
+            return f"Listening at: http://0.0.0.0:{port}" in log.read_text()
+
+        wait_for(started, 60, f"the master in its own network namespace (log: {log})")
+        # Inside its namespace it answers; from the test's namespace nothing is there.
+        health = subprocess.run(
+            ["nsenter", f"--net=/proc/{proc.pid}/ns/net", "--", str(BIN / "python"), "-c",
+             f"import requests; print(requests.get('http://127.0.0.1:{port}/api/v1/health', "
+             "timeout=10).status_code)"], capture_output=True, text=True, timeout=60)
+        assert health.stdout.strip() == "200", health.stderr
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=5)
+    finally:
+        stop_process(proc)
+    text = log.read_text()
+    warnings = [line for line in text.splitlines()
+                if " WARNING " in line and "without TLS" in line]
+    assert len(warnings) == 1, text[-3000:]
+    assert f"the master listens on 0.0.0.0:{port} without TLS: passwords and tokens cross the " \
+           "network in clear" in warnings[0]
+    assert "master.tls_cert" in warnings[0]
