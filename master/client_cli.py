@@ -295,15 +295,15 @@ def register(cli: click.Group, config_option: Any) -> None:
                          ["build", "version", "arch", "format", "state", "worker", "attempt",
                           "finished", "took"]))
 
-    @cli.command()
+    @cli.command("package-promote")
     @click.argument("name")
     @click.argument("version")
     @click.option("--from", "source", required=True, help="The suite that publishes it.")
     @click.option("--to", "target", required=True, help="The suite to publish it in too.")
     @json_option
     @config_option
-    def promote(name: str, version: str, source: str, target: str, as_json: bool,
-                config_path: str | None) -> None:
+    def package_promote(name: str, version: str, source: str, target: str,
+                        as_json: bool, config_path: str | None) -> None:
         """Publish NAME VERSION of suite --from in suite --to as well (admin)."""
         data = _client(config_path).post(f"/api/v1/packages/{name}/promote",
                                          {"version": version, "from": source, "to": target})
@@ -314,14 +314,14 @@ def register(cli: click.Group, config_option: Any) -> None:
         for filename in data["promoted"]:
             click.echo(f"  {filename}")
 
-    @cli.command()
+    @cli.command("package-remove")
     @click.argument("name")
     @click.option("--version", "version", default=None, help="Only this version.")
     @click.option("--arch", default=None, help="Only this architecture.")
     @json_option
     @config_option
-    def remove(name: str, version: str | None, arch: str | None, as_json: bool,
-               config_path: str | None) -> None:
+    def package_remove(name: str, version: str | None, arch: str | None, as_json: bool,
+                       config_path: str | None) -> None:
         """Take package NAME out of the repository: every suite, version and architecture,
         or only --version and/or --arch (admin)."""
         data = _client(config_path).delete(f"/api/v1/packages/{name}", version=version,
