@@ -129,7 +129,13 @@ def farm(tmp_path_factory: pytest.TempPathFactory, receiver: _Receiver) -> Itera
                                    "component": "main", "architectures": ["amd64", "arm64"],
                                    "signing_key": str(key)}})
     try:
-        f.start({"w-web": ["amd64"]})
+        f.start({})
+        assert f.master is not None
+        # A job no worker takes (the one worker builds amd64), queued before the master's
+        # first sample of the queues (a few seconds after its start; then one a minute): it
+        # waits in build.arm64 all along, so the queue-length chart draws it.
+        f.master.submit(["itest-arm64"])
+        f.add_worker("w-web", ["amd64"])
         yield f
     finally:
         f.stop()
@@ -146,10 +152,6 @@ def master(farm: Farm) -> Master:
     resp = farm.master.api("POST", "/api/v1/users", json={
         "name": BUILDER, "password": BUILDER_PASSWORD, "roles": ["read", "build"]})
     assert resp.status_code == 201, resp.text
-    # A job no worker takes (the one worker builds amd64): it waits in build.arm64 from now
-    # on, so the queue-length chart has a sample above zero by the time it is looked at (the
-    # master samples each minute).
-    farm.master.submit(["itest-arm64"])
     return farm.master
 
 
