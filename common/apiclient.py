@@ -75,6 +75,10 @@ class ApiClient:
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self.request("POST", path, json=body if body is not None else {}).json()
 
+    def delete(self, path: str, **params: Any) -> Any:
+        clean = {k: v for k, v in params.items() if v is not None}
+        return self.request("DELETE", path, params=clean).json()
+
     def stream_bytes(self, path: str, **params: Any) -> Iterator[bytes]:
         """A streamed answer's body as it arrives (a followed log)."""
         with self.request("GET", path, stream=True, read_timeout=3600,
@@ -84,12 +88,21 @@ class ApiClient:
     def events(self, *, after: int | None, kinds: str | None, build: int | None
                ) -> Iterator[tuple[str, int | None, Any]]:
         """Follow the event stream: (kind, id, data) of each message, reconnecting after
-        the last id seen when the connection drops (the master restarts), for good."""
+        the last id seen when the connection drops (the master restarts), for good.
+
+        Without ``after`` it starts with what comes next: after the newest event at the time
+        of the first call, asked of the master first, so that a connection that drops before
+        any event came still resumes from there (not from whatever is newest when it is made
+        again)."""
         last = after
         while True:
-            headers = {"Accept": "text/event-stream"}
-            if last is not None:
-                headers["Last-Event-ID"] = str(last)
+            if last is None:
+                try:
+                    last = int(self.get("/api/v1/events/list", limit=1)["newest_id"])
+                except (requests.RequestException, Unavailable):
+                    time.sleep(1)  # the master is away: ask again
+                    continue
+            headers = {"Accept": "text/event-stream", "Last-Event-ID": str(last)}
             params = {k: v for k, v in (("kinds", kinds), ("build", build)) if v is not None}
             try:
                 with self.request("GET", "/api/v1/events", stream=True, read_timeout=60,

@@ -49,14 +49,27 @@ def _short(ts: str | None) -> str | None:
     return ts.replace("T", " ").split("+")[0] if ts else None
 
 
+def _seconds(seconds: float | None) -> str | None:
+    """A time span as '42s', '3m05s' or '2h07m'."""
+    if seconds is None:
+        return None
+    whole = max(0, int(seconds))
+    if whole >= 3600:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 60}m{whole % 60:02d}s" if whole >= 60 else f"{whole}s"
+
+
 def _duration(job: dict[str, Any]) -> str | None:
     if not job.get("started_at"):
         return None
     start = datetime.fromisoformat(job["started_at"])
     end = (datetime.fromisoformat(job["finished_at"]) if job.get("finished_at")
            else datetime.now(UTC))
-    seconds = int((end - start).total_seconds())
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+    return _seconds((end - start).total_seconds())
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.1f} MiB"
 
 
 def register(cli: click.Group, config_option: Any) -> None:
@@ -201,16 +214,18 @@ def register(cli: click.Group, config_option: Any) -> None:
     @json_option
     @config_option
     def workers(as_json: bool, config_path: str | None) -> None:
-        """The workers online and what each builds."""
+        """The workers online: their queues, what each builds and for how long, and the
+        jobs each finished in the last 24 hours."""
         data = _client(config_path).get("/api/v1/workers")
-        rows = [(w["name"], ",".join(w["architectures"]), w["concurrency"],
-                 "drained" if w.get("drained") else "active",
-                 ", ".join(f"{b['package']}/{b['arch']} (build {b['build_id']})"
-                           for b in w["building"]),
-                 f"{w['seconds_since_heartbeat']:.0f}s")
+        rows = [(w["name"], ",".join(w["architectures"]), ",".join(w["queues"]),
+                 w["concurrency"], "drained" if w.get("drained") else "active",
+                 ", ".join(f"{b['package']}/{b['arch']} (build {b['build_id']}, "
+                           f"{_seconds(b['seconds'])})" for b in w["building"]),
+                 f"{w['seconds_since_heartbeat']:.0f}s ago", w["last_24h"]["done"],
+                 w["last_24h"]["failed"])
                 for w in data["workers"]]
-        _print(data, as_json, rows, ["name", "arches", "slots", "state", "building",
-                                     "heartbeat"])
+        _print(data, as_json, rows, ["name", "arches", "queues", "slots", "state",
+                                     "building", "heartbeat", "done-24h", "failed-24h"])
 
     def _toggle(path: str, as_json: bool, config_path: str | None, what: str) -> None:
         data = _client(config_path).post(path)
@@ -234,6 +249,115 @@ def register(cli: click.Group, config_option: Any) -> None:
     def worker_resume(name: str, as_json: bool, config_path: str | None) -> None:
         """Give a drained worker jobs again (admin)."""
         _toggle(f"/api/v1/workers/{name}/resume", as_json, config_path, "active")
+
+    @cli.command()
+    @click.option("--name", default=None, help="Only this package.")
+    @json_option
+    @config_option
+    def packages(name: str | None, as_json: bool, config_path: str | None) -> None:
+        """Every archive the repository publishes: one row per suite, version and arch."""
+        data = _client(config_path).get("/api/v1/packages", name=name)
+        records = sorted(data["packages"], key=lambda r: (r["name"], r["suite"], r["format"],
+                                                           r["arch"], r["version"]))
+        _print(data, as_json, [(r["name"], r["version"], r["arch"], r["format"], r["suite"],
+                                _size(r["size"]), _short(r["uploaded_at"]),
+                                r["uploaded_by"], "yes" if r["in_index"] else "no")
+                               for r in records],
+               ["name", "version", "arch", "format", "suite", "size", "uploaded", "by",
+                "indexed"])
+
+    @cli.command()
+    @click.argument("name")
+    @json_option
+    @config_option
+    def package(name: str, as_json: bool, config_path: str | None) -> None:
+        """Package NAME: its versions per suite and architecture with the build that made
+        each, and its build history (durations, success rate)."""
+        data = _client(config_path).get(f"/api/v1/packages/{name}")
+        if as_json:
+            click.echo(json.dumps(data, indent=2))
+            return
+        rows = sorted(((suite, v["version"], v["arch"], v["format"], v["filename"],
+                        f"build {v['build_id']}" if v["build_id"] is not None
+                        else f"uploaded by {v['uploaded_by'] or '-'}")
+                       for v in data["versions"] for suite in v["suites"]),
+                      key=lambda r: r[0])  # stable: each suite's newest version first
+        click.echo(f"{data['name']}: published")
+        click.echo(table(rows, ["suite", "version", "arch", "format", "file", "made-by"])
+                   if rows else "(in no suite)")
+        click.echo("")
+        rate = data["success_rate"]
+        click.echo(f"build history: {data['finished']} finished"
+                   + (f", {rate * 100:.0f} % succeeded" if rate is not None else ""))
+        click.echo(table([(f"build {j['build_id']}", j["version"], j["arch"], j["format"],
+                           j["state"], j["worker"], j["attempt"], _short(j["finished_at"]),
+                           _seconds(j["seconds"])) for j in data["history"]],
+                         ["build", "version", "arch", "format", "state", "worker", "attempt",
+                          "finished", "took"]))
+
+    @cli.command("package-promote")
+    @click.argument("name")
+    @click.argument("version")
+    @click.option("--from", "source", required=True, help="The suite that publishes it.")
+    @click.option("--to", "target", required=True, help="The suite to publish it in too.")
+    @json_option
+    @config_option
+    def package_promote(name: str, version: str, source: str, target: str,
+                        as_json: bool, config_path: str | None) -> None:
+        """Publish NAME VERSION of suite --from in suite --to as well (admin)."""
+        data = _client(config_path).post(f"/api/v1/packages/{name}/promote",
+                                         {"version": version, "from": source, "to": target})
+        if as_json:
+            click.echo(json.dumps(data, indent=2))
+            return
+        click.echo(f"promoted {name} {version} from {source} to {data['suite']}:")
+        for filename in data["promoted"]:
+            click.echo(f"  {filename}")
+
+    @cli.command("package-remove")
+    @click.argument("name")
+    @click.option("--version", "version", default=None, help="Only this version.")
+    @click.option("--arch", default=None, help="Only this architecture.")
+    @json_option
+    @config_option
+    def package_remove(name: str, version: str | None, arch: str | None, as_json: bool,
+                       config_path: str | None) -> None:
+        """Take package NAME out of the repository: every suite, version and architecture,
+        or only --version and/or --arch (admin)."""
+        data = _client(config_path).delete(f"/api/v1/packages/{name}", version=version,
+                                           arch=arch)
+        if as_json:
+            click.echo(json.dumps(data, indent=2))
+            return
+        click.echo(f"removed {len(data['removed'])} archive(s) of {name}:")
+        for filename in data["removed"]:
+            click.echo(f"  {filename}")
+
+    @cli.command()
+    @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 500),
+                  help="The newest deliveries shown per hook.")
+    @json_option
+    @config_option
+    def webhooks(limit: int, as_json: bool, config_path: str | None) -> None:
+        """The configured webhooks and their newest deliveries (admin)."""
+        data = _client(config_path).get("/api/v1/webhooks", limit=limit)
+        if as_json:
+            click.echo(json.dumps(data, indent=2))
+            return
+        hooks = data["webhooks"]
+        if not hooks:
+            click.echo("no webhook is configured (master.webhooks)")
+            return
+        click.echo(table([(h["name"], h["url"], ",".join(h["events"]), h["counts"]["delivered"],
+                           h["counts"]["pending"], h["counts"]["failed"]) for h in hooks],
+                         ["hook", "url", "events", "delivered", "pending", "failed"]))
+        click.echo("")
+        click.echo(table([(h["name"], d["id"], d["event"], d["build_id"], d["state"],
+                           d["attempts"], _delivery_result(d), _short(d["last_try"]),
+                           _short(d["next_try"]))
+                          for h in hooks for d in h["deliveries"]],
+                         ["hook", "delivery", "event", "build", "state", "tries", "result",
+                          "last-try", "next-try"]))
 
     @cli.command()
     @json_option
@@ -267,19 +391,22 @@ def register(cli: click.Group, config_option: Any) -> None:
     @click.option("--build", "build_id", type=int, default=None,
                   help="Only this build's events.")
     @click.option("--after", type=click.IntRange(0), default=None,
-                  help="Start after this event id (default: the kept events; with "
-                       "--follow, only new ones).")
+                  help="Start after this event id (default: the newest --limit events; "
+                       "with --follow, only new ones).")
     @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000),
-                  help="Without --follow: the most events printed.")
+                  help="Without --follow: the most events printed (the newest, or the "
+                       "first after --after).")
     @json_option
     @config_option
     def events(follow: bool, kinds: str | None, build_id: int | None, after: int | None,
                limit: int, as_json: bool, config_path: str | None) -> None:
-        """The farm's events: one line each, or one JSON object per line with --json."""
+        """The farm's events, oldest first: one line each, or one JSON object per line with
+        --json. Without --after, the newest ones."""
         client = _client(config_path)
         if not follow:
             page = client.get("/api/v1/events/list", after=after or 0, limit=limit,
-                              kinds=kinds, build=build_id)
+                              kinds=kinds, build=build_id,
+                              newest="1" if after is None else None)
             if as_json:
                 for event in page["events"]:
                     click.echo(json.dumps(event))
@@ -312,3 +439,12 @@ def _compact(value: Any) -> str:
     if isinstance(value, str):
         return value.splitlines()[0][:80] if value else "''"
     return json.dumps(value, separators=(",", ":"))
+
+
+def _delivery_result(delivery: dict[str, Any]) -> str | None:
+    """What the receiver last answered: its HTTP status, or why there was no answer."""
+    if delivery["last_status"] is not None:
+        return f"HTTP {delivery['last_status']}"
+    if delivery["last_error"]:
+        return str(delivery["last_error"]).splitlines()[0][:60]
+    return None

@@ -38,7 +38,6 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from common import arch as archmod
 from common.config import Settings
 from common.errors import ConfigError
 from common.states import JobState
@@ -225,7 +224,7 @@ class StoreCollector(Collector):
                                    "queue of the broker", labels=["queue"])
         up = GaugeMetricFamily("pkgfarm_broker_up", "1 if the broker (Redis) answered this "
                                "scrape")
-        lengths = queue_lengths(self.services, self._arches())
+        lengths = self.services.scheduler.queue_lengths()
         if lengths is None:
             up.add_metric([], 0)
         else:
@@ -234,29 +233,6 @@ class StoreCollector(Collector):
                 length.add_metric([queue], n)
         yield length
         yield up
-
-
-def queue_lengths(services: Any, arches: list[str]) -> dict[str, int] | None:
-    """Each ``build.*`` queue's length in Redis (every served architecture's and ``all``'s,
-    also when empty); None when the broker cannot be read."""
-    lengths = {archmod.queue_for(a): 0 for a in arches}
-    try:
-        with services.celery.connection_for_read() as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0, timeout=2)
-            client = conn.default_channel.client
-            for key in client.scan_iter(match="build.*", count=1000):
-                name = key.decode() if isinstance(key, bytes) else str(key)
-                if client.type(key) not in (b"list", "list"):
-                    continue
-                # kombu keeps a queue's priority levels in keys "<queue>\x06\x16<level>"
-                queue = name.split("\x06\x16", 1)[0]
-                lengths[queue] = lengths.get(queue, 0) + int(client.llen(key))
-    except AttributeError:
-        return None  # not a Redis broker
-    except Exception as exc:
-        log.debug("queue lengths not read: %s", exc)
-        return None
-    return lengths
 
 
 def render(services: Any) -> bytes:

@@ -527,28 +527,42 @@ class Scheduler:
                         "will be sent again", lost)
         return True
 
+    def queue_lengths(self) -> dict[str, int] | None:
+        """Each build queue's length in the broker: every served architecture's and
+        ``build.all``'s (0 when empty), and every other ``build.*`` list Redis holds; None
+        when the broker cannot be read (it is away, or is not Redis).
+
+        The one reading of the queues' lengths: the API, the dashboard, its samples and the
+        metrics all come here."""
+        lengths = {archmod.queue_for(a): 0
+                   for a in [*self.settings.repository.architectures, archmod.ALL]}
+        try:
+            with self.celery.connection_for_read() as conn:
+                conn.ensure_connection(max_retries=1, interval_start=0, timeout=2)
+                client = conn.default_channel.client
+                for key in client.scan_iter(match="build.*", count=1000):
+                    if client.type(key) not in (b"list", "list"):
+                        continue
+                    name = key.decode() if isinstance(key, bytes) else str(key)
+                    # kombu keeps a queue's priority levels in keys "<queue>\x06\x16<level>"
+                    queue = name.split("\x06\x16", 1)[0]
+                    lengths[queue] = lengths.get(queue, 0) + int(client.llen(key))
+        except AttributeError:
+            return None  # not a Redis broker
+        except Exception as exc:  # the broker is away
+            log.debug("queue lengths not read: %s", exc)
+            return None
+        return lengths
+
     def queues(self) -> list[tuple[str, int | None, bool]]:
         """Every build queue: the served architectures' and ``build.all``, those the broker
         holds and those paused; with its length in the broker (None if it cannot be read) and
         whether it is paused."""
         paused = self.store.queues.paused()
+        lengths = self.queue_lengths()
         names = {archmod.queue_for(a) for a in self.settings.repository.architectures}
-        names |= {archmod.queue_for(archmod.ALL)} | paused
-        lengths: dict[str, int] = {}
-        readable = True
-        try:
-            with self.celery.connection_for_read() as conn:
-                client = conn.default_channel.client
-                for key in client.scan_iter(match="build.*", count=1000):
-                    name = key.decode() if isinstance(key, bytes) else str(key)
-                    if client.type(key) in (b"list", "list"):
-                        names.add(name)
-                for name in names:
-                    lengths[name] = int(client.llen(name))
-        except Exception as exc:  # the broker is away (or is not Redis)
-            log.debug("queue lengths not read: %s", exc)
-            readable = False
-        return [(name, lengths.get(name) if readable else None, name in paused)
+        names |= {archmod.queue_for(archmod.ALL)} | paused | set(lengths or {})
+        return [(name, lengths.get(name, 0) if lengths is not None else None, name in paused)
                 for name in sorted(names)]
 
     def _message_ids(self) -> set[str] | None:

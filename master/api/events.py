@@ -19,7 +19,7 @@ from flask import Blueprint, Response, request
 
 from common.errors import BadRequest
 from master import streams
-from master.api.helpers import int_arg, svc
+from master.api.helpers import flag_arg, int_arg, svc
 from master.auth import require
 from master.store import Event, Store
 from master.store.events import KINDS, MAX_LIMIT
@@ -231,18 +231,28 @@ def events_stream() -> Any:
 @bp.get("/events/list")
 @require("read")
 def events_list() -> Any:
+    """A page of events, oldest first: the oldest ``limit`` after ``after``, or with
+    ``newest`` the newest ``limit`` of them (what happened last)."""
     after = _position(request.args.get("after", "0"), "after")
     limit = int_arg("limit", 100, 1, MAX_LIMIT)
+    latest = flag_arg("newest")
     kinds, build_id = _kinds(), _build()
     store = svc().store
     newest = store.events.newest_id()
-    events = [e for e in store.events.after(after, kinds=kinds, build_id=build_id,
-                                            limit=limit) if e.id <= newest]
+    events = store.events.after(after, kinds=kinds, build_id=build_id, limit=limit,
+                                newest=latest)
+    if latest:
+        # The newest ones: nothing newer is left out (one committed since `newest` was read
+        # may be among them).
+        next_after = max(after, newest, events[-1].id if events else 0)
+    else:
+        events = [e for e in events if e.id <= newest]
+        next_after = events[-1].id if len(events) == limit else max(after, newest)
     return {
         "events": [e.to_json() for e in events],
         "newest_id": newest,
         "oldest_id": store.events.oldest_id(),
         # where the next page starts; a gap after `after` means events were pruned
-        "next_after": events[-1].id if len(events) == limit else max(after, newest),
+        "next_after": next_after,
         "complete": store.events.resumable(after),
     }

@@ -46,15 +46,22 @@ def heartbeat() -> Any:
     return {"ok": True, "ttl": services.settings.master.worker_ttl}
 
 
+#: The span of the workers' done and failed counts.
+DAY = 86400.0
+
+
 @bp.get("/workers")
 @require("read")
 def workers() -> Any:
+    """The live workers: what each serves, what it builds now and since when, and the jobs it
+    finished in the last 24 hours."""
     services = svc()
     building: dict[str, list[Job]] = {}
     for job in services.store.jobs.building():
         building.setdefault(job.worker or "", []).append(job)
     now = time.time()
     drained = services.store.workers.drained()
+    counts = services.store.stats.worker_counts(now - DAY)
     return {"workers": [
         {
             "name": w.name,
@@ -65,8 +72,12 @@ def workers() -> Any:
             "seconds_since_heartbeat": round(now - w.last_seen, 1),
             "drained": w.name in drained,
             "building": [{"build_id": j.build_id, "job_id": j.id, "package": j.package,
-                          "version": j.version, "arch": j.arch}
+                          "version": j.version, "arch": j.arch, "format": j.format,
+                          "started_at": iso(j.started_at),
+                          "seconds": round(max(0.0, now - (j.started_at or now)), 1)}
                          for j in building.get(w.name, [])],
+            "last_24h": {"done": counts.get(w.name, {}).get("done", 0),
+                         "failed": counts.get(w.name, {}).get("failed", 0)},
         }
         for w in services.store.workers.live(services.settings.master.worker_ttl)
     ]}

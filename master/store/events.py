@@ -87,8 +87,10 @@ class EventStore:
             return record(db, kind, build_id=build_id, job_id=job_id, **data)
 
     def after(self, last_id: int, *, kinds: Iterable[str] | None = None,
-              build_id: int | None = None, limit: int = MAX_LIMIT) -> list[Event]:
-        """The events after id ``last_id``, oldest first, at most ``limit``."""
+              build_id: int | None = None, limit: int = MAX_LIMIT,
+              newest: bool = False) -> list[Event]:
+        """The events after id ``last_id``, oldest first, at most ``limit``: the oldest of
+        them, or with ``newest`` the newest of them."""
         query = f"SELECT {_COLUMNS} FROM events WHERE id>?"
         args: list[Any] = [last_id]
         if kinds is not None:
@@ -100,11 +102,12 @@ class EventStore:
         if build_id is not None:
             query += " AND build_id=?"
             args.append(build_id)
-        query += " ORDER BY id LIMIT ?"
+        query += f" ORDER BY id{' DESC' if newest else ''} LIMIT ?"
         args.append(max(1, min(limit, MAX_LIMIT)))
         with self.db.read() as db:
             rows = db.execute(query, args).fetchall()
-        return [Event.from_row(r) for r in rows]
+        events = [Event.from_row(r) for r in rows]
+        return events[::-1] if newest else events
 
     def newest_id(self) -> int:
         """The id of the newest event ever written (kept or pruned); 0 if none was."""

@@ -56,9 +56,8 @@ class QueueSampler:
         if now - self._last < self.interval:
             return False
         self._last = now
-        lengths = {name: n for name, n, _paused in self.services.scheduler.queues()
-                   if n is not None}
-        if not lengths:
+        lengths = self.services.scheduler.queue_lengths()
+        if lengths is None:
             return False  # the broker cannot be read just now
         self.services.store.stats.add_samples(lengths, now)
         return True

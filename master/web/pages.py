@@ -14,6 +14,7 @@ from common.errors import ApiError, BadRequest, NotFound
 from common.states import FINAL_STATES, JobState, build_state
 from master import buildlogs, formats
 from master.api.helpers import repo_url, svc
+from master.api.packages import HISTORY, built_by, success_rate
 from master.auth import ADMIN, csrf_token
 from master.store import Build, Job
 from master.web import bp, charts
@@ -231,14 +232,10 @@ def packages() -> Any:
 def package(name: str) -> Any:
     services = svc()
     records = services.store.packages.all(name)
-    history = services.store.stats.package_jobs(name, 50)
+    history = services.store.stats.package_jobs(name, HISTORY)
     if not records and not history:
         raise NotFound(f"the farm knows no package {name}", package=name)
-    builds_of: dict[int, int] = {}
-    for job_id in {r.job_id for r in records if r.job_id is not None}:
-        job = services.store.jobs.get(job_id)
-        if job is not None:
-            builds_of[job_id] = job.build_id
+    builds_of = built_by(services.store, records)
     order: dict[str, Any] = {}
     for fmt_name in {r.format for r in records}:
         order[fmt_name] = formats.get(fmt_name).format.version_key
@@ -248,8 +245,7 @@ def package(name: str) -> Any:
         by_suite[r.suite].append(r)
     for suite_rows in by_suite.values():
         suite_rows.sort(key=lambda r: (r.format, order[r.format](r.version)), reverse=True)
-    finished = [j for j in history if j.state in (JobState.SUCCESS, JobState.FAILED)]
-    successes = sum(1 for j in finished if j.state == JobState.SUCCESS)
+    finished, rate = success_rate(history)
     timed = [j for j in reversed(history) if j.state.is_final and j.started_at and j.finished_at]
     chart = charts.bars("Build time of the last builds",
                         [(f"#{j.build_id}", job_duration(j) or 0.0, j.state.value)
@@ -259,8 +255,7 @@ def package(name: str) -> Any:
     return render_template(
         "package.html", name=name, by_suite=dict(sorted(by_suite.items())),
         builds_of=builds_of, history=history, job_duration=job_duration,
-        success_rate=(successes / len(finished)) if finished else None,
-        finished=len(finished), chart=chart, versions=versions,
+        success_rate=rate, finished=finished, chart=chart, versions=versions,
         suites=services.settings.repository.all_suites,
         arches=sorted({r.arch for r in records}), admin=can(ADMIN))
 

@@ -9,7 +9,9 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +19,69 @@ import pytest
 import yaml
 
 from tests.integration.conftest import Farm
-from tests.integration.farm import BIN, PASSWORD, stop_process, wait_for
+from tests.integration.farm import BIN, PASSWORD, TEST_PACKAGES, stop_process, wait_for
+
+#: A package only this module builds, promotes and removes.
+CLI_PACKAGE = """\
+package:
+  name: itest-clipkg
+  version: 1.0
+  release: 1
+  architecture: all
+  description: |
+    A package for the client commands' tests
+  maintainer: pkgfarm tests <tests@example.org>
+build: |
+  mkdir -p "$DESTDIR/usr/share/itest-clipkg"
+  echo made > "$DESTDIR/usr/share/itest-clipkg/marker"
+"""
+
+
+HOOK_SECRET = "client-cli-hook-secret-0123456789"
+
+
+class _Receiver:
+    """A webhook receiver on loopback that answers every delivery with 200."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
 
 @pytest.fixture(scope="module")
-def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
-    f = Farm(tmp_path_factory.mktemp("client-cli"))
+def receiver() -> Iterator[_Receiver]:
+    r = _Receiver()
+    r.thread.start()
+    try:
+        yield r
+    finally:
+        r.server.shutdown()
+        r.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory: pytest.TempPathFactory, receiver: _Receiver) -> Iterator[Farm]:
+    root = tmp_path_factory.mktemp("client-cli")
+    own = root / "packages"
+    own.mkdir()
+    (own / "itest-clipkg.yaml").write_text(CLI_PACKAGE)
+    hooks = [{"name": "cli-hook", "url": receiver.url, "events": ["build.finished"],
+              "secret": HOOK_SECRET, "timeout": 5, "backoff": 0.5}]
+    f = Farm(root, extra_master={"webhooks": hooks}, extra={
+        "package_paths": [str(TEST_PACKAGES), str(own)],
+        "repository": {"suite": "stable", "suites": ["testing"], "component": "main",
+                       "architectures": ["amd64", "arm64"]}})
     try:
         f.start({"cli-box": ["amd64"]})
         yield f
@@ -134,8 +193,10 @@ def test_restart_and_cancel(farm):
 
 def test_workers_drain_and_queues(farm, tmp_path):
     workers = ok(master(farm, "workers")).splitlines()
-    assert workers[0].split() == ["NAME", "ARCHES", "SLOTS", "STATE", "BUILDING", "HEARTBEAT"]
-    assert workers[1].split()[:4] == ["cli-box", "amd64", "1", "active"]
+    assert workers[0].split() == ["NAME", "ARCHES", "QUEUES", "SLOTS", "STATE", "BUILDING",
+                                  "HEARTBEAT", "DONE-24H", "FAILED-24H"]
+    assert workers[1].split()[:5] == ["cli-box", "amd64", "build.amd64,build.all", "1",
+                                      "active"]
 
     assert ok(master(farm, "worker-drain", "cli-box")).strip() == "cli-box: drained"
     assert ok(master(farm, "worker-drain", "cli-box")).strip() == "cli-box: drained (already)"
@@ -163,6 +224,155 @@ def test_workers_drain_and_queues(farm, tmp_path):
     refused = master(farm, "queue-pause", "build.all", config=reader)
     assert refused.returncode == 1
     assert "master: error: permission denied" in refused.stderr
+
+
+def finished_by(farm: Farm, worker: str) -> dict[str, int]:
+    """The jobs ``worker`` finished in the last 24 hours, by outcome, as the builds say."""
+    assert farm.master is not None
+    builds = farm.master.api("GET", "/api/v1/builds", params={"limit": 1000}).json()["builds"]
+    counts = {"done": 0, "failed": 0}
+    for job in (j for b in builds for j in b["jobs"]):
+        if job["worker"] == worker and job["status"] in ("success", "failed"):
+            counts["done" if job["status"] == "success" else "failed"] += 1
+    return counts
+
+
+def test_workers_show_what_they_build_since_when_and_their_day(farm):
+    bad = int(ok(master(farm, "package-add", "itest-fail")).strip())
+    assert farm.master.wait_build(bad)["status"] == "failed"
+    slow = int(ok(master(farm, "package-add", "itest-slow")).strip())
+    wait_for(lambda: farm.master.api("GET", f"/api/v1/builds/{slow}").json()["status"]
+             == "building", 60, "the slow build to start")
+    time.sleep(1.5)
+    before = finished_by(farm, "cli-box")
+    (box,) = json.loads(ok(master(farm, "workers", "--json")))["workers"]
+    assert box["queues"] == ["build.amd64", "build.all"]
+    (job,) = box["building"]
+    assert (job["build_id"], job["package"], job["arch"]) == (slow, "itest-slow", "all")
+    assert 1 <= job["seconds"] < 60 and job["started_at"]
+    assert box["last_24h"] == before
+    assert before["failed"] >= 1
+    lines = ok(master(farm, "workers")).splitlines()
+    assert f" itest-slow/all (build {slow}, " in lines[1]
+    assert lines[1].index("itest-slow") == lines[0].index("BUILDING")
+    assert lines[1].split()[-2:] == [str(before["done"]), str(before["failed"])]
+    assert farm.master.wait_build(slow)["status"] == "success"
+    (box,) = json.loads(ok(master(farm, "workers", "--json")))["workers"]
+    assert box["building"] == []
+    assert box["last_24h"] == {"done": before["done"] + 1, "failed": before["failed"]}
+
+
+def test_packages_package_promote_and_remove(farm, tmp_path):
+    build_id = int(ok(master(farm, "package-add", "itest-clipkg")).strip())
+    assert farm.master.wait_build(build_id)["status"] == "success"
+    filename = "itest-clipkg_1.0-1_all.deb"
+
+    listing = ok(master(farm, "packages")).splitlines()
+    assert listing[0].split() == ["NAME", "VERSION", "ARCH", "FORMAT", "SUITE", "SIZE",
+                                  "UPLOADED", "BY", "INDEXED"]
+    mine = [line.split() for line in listing[1:] if line.startswith("itest-clipkg ")]
+    assert [row[:5] for row in mine] == [["itest-clipkg", "1.0-1", "all", "deb", "stable"]]
+    assert mine[0][-1] == "yes"
+    only = json.loads(ok(master(farm, "packages", "--name", "itest-clipkg", "--json")))
+    assert [(p["filename"], p["suite"], p["in_index"]) for p in only["packages"]] == [
+        (filename, "stable", True)]
+
+    shown = ok(master(farm, "package", "itest-clipkg")).splitlines()
+    assert shown[0] == "itest-clipkg: published"
+    assert shown[1].split() == ["SUITE", "VERSION", "ARCH", "FORMAT", "FILE", "MADE-BY"]
+    assert shown[2].split() == ["stable", "1.0-1", "all", "deb", filename, "build",
+                                str(build_id)]
+    assert "build history: 1 finished, 100 % succeeded" in shown
+    at = shown.index("build history: 1 finished, 100 % succeeded")
+    assert shown[at + 1].split() == ["BUILD", "VERSION", "ARCH", "FORMAT", "STATE", "WORKER",
+                                     "ATTEMPT", "FINISHED", "TOOK"]
+    history = shown[at + 2].split()
+    assert history[:8] == ["build", str(build_id), "1.0-1", "all", "deb", "success",
+                           "cli-box", "1"]
+    assert history[-1].endswith("s")
+    data = json.loads(ok(master(farm, "package", "itest-clipkg", "--json")))
+    (version,) = data["versions"]
+    assert (version["build_id"], version["suites"]) == (build_id, ["stable"])
+    assert data["success_rate"] == 1.0 and data["finished"] == 1
+    assert [j["build_id"] for j in data["history"]] == [build_id]
+    assert data["history"][0]["seconds"] > 0
+
+    # A package that only ever failed: a history, a rate of 0, no versions.
+    bad = int(ok(master(farm, "package-add", "itest-fail")).strip())
+    farm.master.wait_build(bad)
+    failing = json.loads(ok(master(farm, "package", "itest-fail", "--json")))
+    assert failing["versions"] == [] and failing["success_rate"] == 0.0
+    assert failing["finished"] == len(failing["history"]) >= 1
+    assert bad in [j["build_id"] for j in failing["history"]]
+    text = ok(master(farm, "package", "itest-fail"))
+    assert "(in no suite)" in text and "% succeeded" in text and " 0 % succeeded" in text
+    unknown = master(farm, "package", "no-such-package")
+    assert unknown.returncode == 1 and "the farm knows no package" in unknown.stderr
+
+    # Promote to testing: the same archive is in testing's index too.
+    reader = client_config(farm, tmp_path, user="reader", password=PASSWORD)
+    refused = master(farm, "package-promote", "itest-clipkg", "1.0-1", "--from", "stable", "--to",
+                     "testing", config=reader)
+    assert refused.returncode == 1 and "permission denied" in refused.stderr
+    promoted = ok(master(farm, "package-promote", "itest-clipkg", "1.0-1", "--from", "stable",
+                         "--to", "testing")).splitlines()
+    assert promoted == ["promoted itest-clipkg 1.0-1 from stable to testing:",
+                        f"  {filename}"]
+    assert filename in farm.master.index("amd64", suite="testing")
+    data = json.loads(ok(master(farm, "package", "itest-clipkg", "--json")))
+    assert sorted(data["versions"][0]["suites"]) == ["stable", "testing"]
+    rows = [line.split() for line in ok(master(farm, "package", "itest-clipkg")).splitlines()
+            if line.split()[:1] in (["stable"], ["testing"])]
+    assert [row[0] for row in rows] == ["stable", "testing"]
+    nowhere = master(farm, "package-promote", "itest-clipkg", "1.0-1", "--from", "stable", "--to",
+                     "nowhere")
+    assert nowhere.returncode == 1 and "no suite 'nowhere'" in nowhere.stderr
+
+    # Remove it: gone from both indexes and from the package list; its history stays.
+    assert master(farm, "package-remove", "itest-clipkg", config=reader).returncode == 1
+    removed = json.loads(ok(master(farm, "package-remove", "itest-clipkg", "--version", "1.0-1",
+                                   "--json")))
+    assert removed == {"removed": [filename]}
+    for suite in ("stable", "testing"):
+        for arch in ("amd64", "arm64"):
+            assert "itest-clipkg" not in farm.master.index(arch, suite=suite)
+    assert json.loads(ok(master(farm, "packages", "--name", "itest-clipkg", "--json"))) \
+        == {"packages": []}
+    data = json.loads(ok(master(farm, "package", "itest-clipkg", "--json")))
+    assert data["versions"] == [] and [j["build_id"] for j in data["history"]] == [build_id]
+    again = master(farm, "package-remove", "itest-clipkg")
+    assert again.returncode == 1 and "the repository holds no itest-clipkg" in again.stderr
+
+
+def test_webhooks_and_their_deliveries(farm, receiver, tmp_path):
+    build_id = int(ok(master(farm, "package-add", "itest-all")).strip())
+    farm.master.wait_build(build_id)
+
+    def delivered() -> dict[str, Any] | None:
+        hooks = json.loads(ok(master(farm, "webhooks", "--json")))["webhooks"]
+        found = [d for d in hooks[0]["deliveries"] if d["build_id"] == build_id]
+        return found[0] if found and found[0]["state"] == "delivered" else None
+    delivery = wait_for(delivered, 60, f"build {build_id}'s notification delivered")
+    assert delivery["event"] == "build.finished" and delivery["last_status"] == 200
+
+    lines = ok(master(farm, "webhooks")).splitlines()
+    assert lines[0].split() == ["HOOK", "URL", "EVENTS", "DELIVERED", "PENDING", "FAILED"]
+    hook = lines[1].split()
+    assert hook[:3] == ["cli-hook", receiver.url, "build.finished"]
+    assert int(hook[3]) >= 1 and hook[5] == "0"
+    assert lines[2] == ""
+    assert lines[3].split() == ["HOOK", "DELIVERY", "EVENT", "BUILD", "STATE", "TRIES",
+                                "RESULT", "LAST-TRY", "NEXT-TRY"]
+    row = next(line for line in lines[4:] if f" {delivery['id']} " in line)
+    assert row.split()[:8] == ["cli-hook", delivery["id"], "build.finished", str(build_id),
+                               "delivered", "1", "HTTP", "200"]
+    assert row.split()[-1] == "-"  # nothing more to try
+    limited = json.loads(ok(master(farm, "webhooks", "--limit", "1", "--json")))
+    assert len(limited["webhooks"][0]["deliveries"]) == 1
+    assert HOOK_SECRET not in json.dumps(limited)
+    reader = client_config(farm, tmp_path, user="reader", password=PASSWORD)
+    refused = master(farm, "webhooks", config=reader)
+    assert refused.returncode == 1 and "permission denied" in refused.stderr
 
 
 def test_credentials_from_the_environment_or_missing(farm, tmp_path):

@@ -1,9 +1,10 @@
 """The dashboard in a real browser: headless Chromium (Debian's chromium and chromedriver,
 driven by Selenium) against the master under gunicorn, with a real worker and redis-server.
 
-One farm and one browser serve the whole module; the master sends webhooks to a receiver in
-the test (and to a port nobody listens on) for the webhooks page. Each page the tests visit
-is saved as a screenshot under test-artifacts/dashboard/ (or $PKGFARM_TEST_ARTIFACTS).
+One farm and one browser serve the whole module; its repository is signed, and the master
+sends webhooks to a receiver in the test (and to a port nobody listens on) for the webhooks
+page. Each page the tests visit is saved as a screenshot under test-artifacts/dashboard/ (or
+$PKGFARM_TEST_ARTIFACTS).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,11 +25,23 @@ import pytest
 import requests
 
 from tests.integration.conftest import Farm
-from tests.integration.farm import PASSWORD, REPO_ROOT, Master, free_port, wait_for
+from tests.integration.farm import (
+    CLIENT_FOLDERS,
+    PASSWORD,
+    REPO_ROOT,
+    Master,
+    free_port,
+    wait_for,
+)
+from tests.integration.test_repository import generate_key
 
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import NoSuchElementException  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
+try:
+    from selenium import webdriver
+    from selenium.common.exceptions import NoSuchElementException
+    from selenium.webdriver.common.by import By
+except ImportError:  # a missing browser driver fails the tests, as a missing browser does
+    pytest.fail("the dashboard tests need selenium (pip install -e '.[test]' installs it)",
+                pytrace=False)
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ARTIFACTS = Path(os.environ.get("PKGFARM_TEST_ARTIFACTS", REPO_ROOT / "test-artifacts")) \
@@ -106,13 +121,21 @@ def farm(tmp_path_factory: pytest.TempPathFactory, receiver: _Receiver) -> Itera
              {"name": "nobody-home", "url": f"http://127.0.0.1:{free_port()}/hook",
               "events": ["build.finished"], "secret": HOOK_SECRET, "timeout": 2,
               "max_attempts": 1}]
+    key = root / "farm.asc"
+    generate_key(key)
     f = Farm(root, extra_master={"webhooks": hooks},
              extra={"package_paths": [str(TEST_PACKAGES), str(own)],
-                          "repository": {"suite": "stable", "suites": ["testing"],
-                                         "component": "main",
-                                         "architectures": ["amd64", "arm64"]}})
+                    "repository": {"suite": "stable", "suites": ["testing"],
+                                   "component": "main", "architectures": ["amd64", "arm64"],
+                                   "signing_key": str(key)}})
     try:
-        f.start({"w-web": ["amd64"]})
+        f.start({})
+        assert f.master is not None
+        # A job no worker takes (the one worker builds amd64), queued before the master's
+        # first sample of the queues (a few seconds after its start; then one a minute): it
+        # waits in build.arm64 all along, so the queue-length chart draws it.
+        f.master.submit(["itest-arm64"])
+        f.add_worker("w-web", ["amd64"])
         yield f
     finally:
         f.stop()
@@ -496,8 +519,6 @@ def test_every_page_renders(browser: Any, master: Master) -> None:
     browser.get(master.url + "/workers")
     assert "w-web" in browser.find_element(By.ID, "workers").text
     browser.get(master.url + "/repository")
-    line = browser.find_element(By.CSS_SELECTOR, "pre.sources").text
-    assert line == f"deb [trusted=yes] {master.url}/repo stable main"
     assert "itest-chatty" in browser.find_element(
         By.CSS_SELECTOR, 'table[data-suite="testing"]').text
     # Logging out ends the session: the pages ask for a log-in again.
@@ -505,3 +526,119 @@ def test_every_page_renders(browser: Any, master: Master) -> None:
     wait_for(lambda: "/login" in browser.current_url, 15, "the log-in form")
     browser.get(master.url + "/")
     assert "/login" in browser.current_url
+
+
+def _svg_titles(driver: Any, selector: str) -> list[str]:
+    """The tooltips (SVG <title>s) of the chart elements ``selector`` finds."""
+    return [e.get_attribute("textContent")
+            for e in driver.find_elements(By.CSS_SELECTOR, f"{selector} > title")]
+
+
+def test_the_signed_repository_page(browser: Any, master: Master, tmp_path: Path) -> None:
+    health = master.api("GET", "/api/v1/health", user=None).json()
+    fingerprint = health["signing_key"]
+    assert re.fullmatch(r"[0-9A-F]{40}", fingerprint), fingerprint
+    deb = health["repository"]["formats"]["deb"]
+    login(browser, master, "reader", then="/repository")
+    assert browser.find_element(By.ID, "fingerprint").text == fingerprint
+    client = browser.find_element(By.ID, "client-deb")
+    key_url = client.find_element(By.CSS_SELECTOR, "a.key-url")
+    assert key_url.get_attribute("href") == deb["key_url"] == f"{master.url}/repo/key.gpg"
+    setup = client.find_element(By.CSS_SELECTOR, "pre.setup").text
+    assert f"curl -fsSL {deb['key_url']} | sudo tee /etc/apt/keyrings/pkgfarm.gpg" in setup
+    lines = {e.get_attribute("data-suite"): e.text
+             for e in client.find_elements(By.CSS_SELECTOR, "pre.sources")}
+    assert lines == {suite: f"deb [signed-by=/etc/apt/keyrings/pkgfarm.gpg] {master.url}/repo "
+                            f"{suite} main" for suite in ("stable", "testing")}
+    assert lines["stable"] == deb["snippet"]
+    # The key where the page says it is, is the key of that fingerprint.
+    key = tmp_path / "key.gpg"
+    key.write_bytes(requests.get(deb["key_url"], timeout=10).content)
+    CLIENT_FOLDERS.append(tmp_path)  # any agent gpg starts there goes with the test
+    shown = subprocess.run(["gpg", "--homedir", str(tmp_path), "--batch", "--with-colons",
+                            "--show-keys", str(key)], capture_output=True, text=True,
+                           timeout=60, check=True).stdout
+    # The primary key's fingerprint comes first.
+    assert next(f.split(":")[9] for f in shown.splitlines() if f.startswith("fpr:")) == \
+        fingerprint
+    # The overview names the same key.
+    browser.get(master.url + "/")
+    assert fingerprint in browser.find_element(By.CSS_SELECTOR, "code.fpr").text
+    browser.get(master.url + "/repository")
+    shot(browser, "repository-signed")
+
+
+def test_workers_page_counts_the_day_s_jobs(browser: Any, master: Master) -> None:
+    builds = master.api("GET", "/api/v1/builds", params={"limit": 1000}).json()["builds"]
+    jobs = [j for b in builds for j in b["jobs"] if j["worker"] == "w-web"]
+    done = sum(j["status"] == "success" for j in jobs)
+    failed = sum(j["status"] == "failed" for j in jobs)
+    assert done >= 2 and failed >= 1  # the builds of the tests before
+    (api,) = [w for w in master.api("GET", "/api/v1/workers").json()["workers"]
+              if w["name"] == "w-web"]
+    assert api["last_24h"] == {"done": done, "failed": failed}
+    login(browser, master, "reader", then="/workers")
+    row = browser.find_element(By.CSS_SELECTOR, 'tr[data-worker="w-web"]')
+    assert row.find_element(By.CSS_SELECTOR, '[data-field="done"]').text == str(done)
+    assert row.find_element(By.CSS_SELECTOR, '[data-field="failed"]').text == str(failed)
+    assert row.find_element(By.CSS_SELECTOR, '[data-field="building"]').text == "idle"
+    # The waiting arm64 job is in its queue.
+    queue = browser.find_element(By.CSS_SELECTOR, '#queues tr[data-queue="build.arm64"]')
+    assert queue.find_elements(By.TAG_NAME, "td")[1].text == "1"
+    shot(browser, "workers-counts")
+
+
+def test_charts_draw_the_queue_samples_and_each_build_s_time(browser: Any,
+                                                            master: Master) -> None:
+    login(browser, master, "reader", then="/")
+
+    def arm64_sampled() -> bool:
+        browser.get(master.url + "/")
+        return "build.arm64: 1" in _svg_titles(browser, "#queue-chart svg.chart circle")
+
+    # The master samples the queues each minute; the arm64 job has waited since the start.
+    wait_for(arm64_sampled, 75, "a sample of build.arm64 holding its job", interval=3)
+    chart = "#queue-chart svg.chart"
+    assert {"build.amd64", "build.arm64", "build.all"} <= set(
+        _svg_titles(browser, f"{chart} polyline"))
+    points = browser.find_elements(By.CSS_SELECTOR, f"{chart} circle")
+    height = {p.find_element(By.TAG_NAME, "title").get_attribute("textContent"):
+              float(p.get_attribute("cy")) for p in points}
+    # A point of 1 is drawn above the zero line (SVG's y grows downwards).
+    assert height["build.arm64: 1"] < height["build.amd64: 0"]
+    shot(browser, "overview-charts")
+
+    # One bar per build of the package that ran, in order, with its time and outcome: the
+    # builds of the tests before (one cancelled, maybe while it ran) and one more.
+    assert master.wait_build(master.submit(["itest-slow"]))["status"] == "success"
+    history = master.api("GET", "/api/v1/packages/itest-slow").json()["history"]
+    ran = [j for j in reversed(history) if j["seconds"] is not None]
+    assert len(ran) >= 2 and ran[-1]["state"] == "success"
+    browser.get(master.url + "/packages/itest-slow")
+    bars = _svg_titles(browser, "#build-time-chart svg.chart rect")
+    parsed = [re.fullmatch(r"#(\d+): ([\d.]+) s \(([a-z-]+)\)", t) for t in bars]
+    assert all(parsed), bars
+    assert [(int(m[1]), m[3]) for m in parsed if m] == [(j["build_id"], j["state"])
+                                                       for j in ran]
+    for m, job in zip(parsed, ran, strict=True):
+        assert m is not None and abs(float(m[2]) - job["seconds"]) <= 0.1
+    shot(browser, "package-build-times")
+
+
+def test_an_admin_removes_a_package_from_its_page(browser: Any, master: Master) -> None:
+    filename = "itest-slow_1.0-1_all.deb"
+    assert filename in master.index("amd64") and filename in master.index("arm64")
+    login(browser, master, "admin", then="/packages/itest-slow")
+    browser.find_element(By.ID, "remove").click()
+    wait_for(lambda: "Removed 1 file(s) of itest-slow." in browser.page_source, 15,
+             "the removal")
+    assert "Not published (yet)." in browser.find_element(By.TAG_NAME, "main").text
+    assert _has(browser, "history")  # its builds are still the farm's history
+    shot(browser, "package-removed")
+    for arch in ("amd64", "arm64"):
+        assert "itest-slow" not in master.index(arch)
+    assert master.api("GET", "/api/v1/packages", params={"name": "itest-slow"}).json() == \
+        {"packages": []}
+    browser.get(master.url + "/packages")
+    assert "itest-slow" not in browser.find_element(By.TAG_NAME, "main").text
+    assert "itest-chatty" in browser.find_element(By.TAG_NAME, "main").text

@@ -7,8 +7,12 @@ Every assertion is about what a client of GET /api/v1/events (an EventSource) wo
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import signal
 import sqlite3
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +22,7 @@ import pytest
 import requests
 
 from tests.integration.conftest import Farm
-from tests.integration.farm import PASSWORD, make_deb, wait_for
+from tests.integration.farm import BIN, PASSWORD, make_deb, stop_process, wait_for
 from tests.integration.sse import Message, Stream
 
 WINDOW = 3600
@@ -254,6 +258,91 @@ def test_reconnect_misses_nothing_across_a_master_restart(farm):
     kept = [e["id"] for e in all_events(farm, start) if e["id"] <= ids[-1]]
     assert ids == kept, "the reconnected client missed events or got them out of order"
     assert of_build(seen, first_build)[-1] == ("build.finished", "success")
+
+
+def established(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds an open TCP connection to ``port`` on loopback."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        cols = line.split()
+        if (int(cols[2].split(":")[1], 16) == port and cols[3] == "01"
+                and int(cols[9]) in inodes):
+            return True
+    return False
+
+
+def test_master_events_follow_resumes_from_its_start_across_a_restart(farm):
+    """`master events --follow` without --after: the connection drops before any event came
+    (the master restarts), and events happen before it is made again; the command still
+    prints every one of them, from the newest at its start on, once each."""
+    start = newest(farm)
+    proc = subprocess.Popen([str(BIN / "master"), "events", "--follow", "--json", "--config",
+                             str(farm.config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    printed: list[dict[str, Any]] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            printed.append(json.loads(line))
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: established(proc.pid, farm.master.port), 30,
+                 "`master events --follow` to connect")
+        time.sleep(1)  # its stream is open (its first look for the newest id came before)
+        # It waits, without a single event, while the master goes and comes back and a
+        # whole build runs; only then may it try to connect again.
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            farm.master.stop()
+            farm.master.start()
+            build_id = farm.master.submit(["itest-all"])
+            assert farm.master.wait_build(build_id)["status"] == "success"
+            assert not printed
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: any(e["kind"] == "build.finished" and e["build_id"] == build_id
+                             for e in printed), 60, "the build's end from `master events`")
+    finally:
+        stop_process(proc, signal.SIGTERM)
+        reader.join(timeout=10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    ids = [e["id"] for e in printed]
+    assert ids == [e["id"] for e in all_events(farm, start) if e["id"] <= ids[-1]]
+    assert [e["kind"] for e in printed if e.get("build_id") == build_id][:2] == \
+        ["build.created", "job.queued"]
+
+
+def test_master_events_prints_the_newest_by_default(farm):
+    build_id = farm.master.submit(["itest-all"])
+    farm.master.wait_build(build_id)
+    kept = all_events(farm)
+    assert len(kept) > 8
+
+    def master_events(*args: str) -> str:
+        result = subprocess.run([str(BIN / "master"), "events", *args, "--config",
+                                 str(farm.config)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    lines = [json.loads(line) for line in master_events("--json", "--limit", "4").splitlines()]
+    assert [e["id"] for e in lines] == [e["id"] for e in kept[-4:]]  # the newest, newest last
+    after = kept[2]["id"]
+    lines = [json.loads(line) for line in
+             master_events("--json", "--limit", "3", "--after", str(after)).splitlines()]
+    assert [e["id"] for e in lines] == [e["id"] for e in kept[3:6]]
+    table = master_events("--limit", "2", "--build", str(build_id)).splitlines()
+    assert table[0].split() == ["ID", "TIME", "KIND", "BUILD", "JOB", "DETAILS"]
+    assert [line.split()[3] for line in table[1:]] == ["job.finished", "build.finished"]
 
 
 def test_stop_is_prompt_with_streams_and_followed_logs_open(farm):

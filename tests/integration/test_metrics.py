@@ -104,6 +104,24 @@ def test_values_reach_prometheus(farm: Farm, prometheus: Prometheus) -> None:
     assert (prometheus.value("sum(pkgfarm_index_update_duration_seconds_count)") or 0) >= 2
 
 
+def test_a_waiting_job_is_a_queue_length(farm: Farm, prometheus: Prometheus) -> None:
+    """A job no worker takes (this farm builds amd64 only) waits in build.arm64: Prometheus
+    reads its queue's length from the master, as the API gives it."""
+    master = farm.master
+    assert master is not None
+    build_id = master.submit(["itest-arm64"])
+    try:
+        assert settle(prometheus, 'pkgfarm_queue_length{queue="build.arm64"}', 1) == 1
+        queues = {q["name"]: q["length"]
+                  for q in master.api("GET", "/api/v1/queues").json()["queues"]}
+        assert queues["build.arm64"] == 1
+        assert prometheus.value('pkgfarm_queue_length{queue="build.amd64"}') == 0
+        assert settle(prometheus, 'pkgfarm_jobs{state="queued"}', 1) == 1
+    finally:
+        cancelled = master.api("POST", f"/api/v1/builds/{build_id}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+
+
 def test_http_requests_of_every_process_add_up(farm: Farm, prometheus: Prometheus) -> None:
     """Requests answered by both gunicorn processes are counted once each, exactly."""
     master = farm.master

@@ -15,6 +15,7 @@ import pytest
 from common.config import ConfigError, settings_from_dict
 from common.states import JobState
 from master.metrics import StoreCollector, bearer_matches, scrape_token
+from master.scheduler import Scheduler
 from master.store import PlannedJob, Store
 from master.store.webhooks import NewDelivery
 from master.webhooks import Dispatcher, backoff, secrets_of, sign, verify
@@ -218,6 +219,9 @@ class _Services:
                 raise OSError("no broker in unit tests")
 
         self.celery = _NoBroker()
+        # The scheduler reads the queue lengths (a broker that cannot be read: none).
+        no_repository: Any = None
+        self.scheduler = Scheduler(settings, store, self.celery, no_repository)
 
 
 def test_the_collector_exposes_store_values(store: Store) -> None:

@@ -54,6 +54,21 @@ def test_a_build_s_events_in_order(store):
     assert [e.id for e in events] == sorted(e.id for e in events)
 
 
+def test_the_newest_events_oldest_first(store):
+    build_id, (a, b) = two_jobs(store)
+    run(store, a, JobState.SUCCESS)
+    run(store, b, JobState.SUCCESS)
+    every = store.events.after(0)
+    newest = store.events.after(0, limit=3, newest=True)
+    assert [e.id for e in newest] == [e.id for e in every[-3:]]
+    # Filters first, then the newest of what they leave, still oldest first.
+    started = store.events.after(0, kinds=["job.started"], limit=1, newest=True)
+    assert [(e.kind, e.job_id) for e in started] == [("job.started", b)]
+    assert [e.id for e in store.events.after(every[-2].id, limit=5, newest=True)] == \
+        [every[-1].id]
+    assert store.events.after(0, build_id=build_id + 1, newest=True) == []
+
+
 def test_one_build_finished_per_end_and_restart(store):
     build_id, (a, _b) = two_jobs(store)
     run(store, a, JobState.FAILED)  # b is dep-failed in the same transaction

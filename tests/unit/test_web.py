@@ -297,3 +297,53 @@ def test_admins_drain_workers_and_pause_queues_from_the_workers_page(app: Any) -
     page = reader.get("/workers").text
     assert "box-1" in page and "data-action" not in page
     assert reader.post("/workers/box-1/drain", data={"csrf_token": token}).status_code == 403
+
+
+def test_one_reading_of_the_queue_lengths(app: Any) -> None:
+    """The API, the dashboard's samples and chart, and the metrics all read the broker's
+    queues through the scheduler: the same lengths, a queue's priority levels added up."""
+    import redis
+
+    from master.metrics import StoreCollector
+    from master.web.data import QueueSampler
+
+    services = app.extensions["pkgfarm"]
+    broker = redis.Redis.from_url(os.environ["PKGFARM_BROKER_URL"])
+    before = services.scheduler.queue_lengths()
+    assert before is not None and {"build.amd64", "build.all"} <= set(before)
+    broker.rpush("build.all", b"m1", b"m2")
+    broker.rpush("build.all\x06\x163", b"m3")  # kombu's key of a priority level of build.all
+    broker.set("build.not-a-list", b"x")
+    try:
+        lengths = services.scheduler.queue_lengths()
+        assert lengths["build.all"] == before["build.all"] + 3
+        assert not any(name.startswith("build.not") or "\x06" in name for name in lengths)
+        assert {name: n for name, n, _paused in services.scheduler.queues()} == lengths
+        client = app.test_client()
+        api = client.get("/api/v1/queues", auth=("reader", PASSWORD)).json
+        assert {q["name"]: q["length"] for q in api["queues"]} == lengths
+        families = {f.name: f for f in StoreCollector(services).collect()}
+        assert {s.labels["queue"]: s.value for s in families["pkgfarm_queue_length"].samples
+                } == lengths
+        # The dashboard's sample of them, drawn on the overview's chart.
+        assert QueueSampler(services, interval=0).tick()
+        assert {q: pts[-1][1] for q, pts in services.store.stats.samples(0).items()} == lengths
+        login(client, "reader")
+        page = client.get("/").text
+        chart = page[page.index('id="queue-chart"'):]
+        chart = chart[:chart.index("</svg>")]
+        assert f"build.all: {lengths['build.all']}</title></circle>" in chart
+        assert chart.count("<polyline") == len(lengths)
+    finally:
+        broker.delete("build.all", "build.all\x06\x163", "build.not-a-list")
+
+
+def test_the_build_page_links_its_event_stream_under_a_prefix(tmp_path: Path) -> None:
+    """Behind a proxy that serves the master under a path, the page's script asks for the
+    event stream under that path too."""
+    app = make_app(tmp_path, public_pages=True)
+    build_id, _jobs = app.extensions["pkgfarm"].store.jobs.create_build(
+        ["pkg"], None, "ann", [PlannedJob("pkg", "1.0", "all", b"")])
+    page = app.test_client().get(f"/builds/{build_id}", base_url="http://localhost/farm")
+    assert page.status_code == 200
+    assert f'data-events-url="/farm/api/v1/events?build={build_id}"' in page.text
