@@ -315,3 +315,24 @@ def test_a_worker_that_is_not_root_refuses_to_build_without_a_sandbox(
     for worker in ({"environment": "host", "sandbox": "bwrap"}, {"environment": "clean"}):
         write(config, {"worker": worker}, 0o600)
         worker_cli.check_builds_cannot_read_secrets(load_settings(config))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="bubblewrap as root, like a root worker")
+def test_hidden_folders_inside_each_other_and_around_the_area(tmp_path: Path) -> None:
+    # The worker's config folder holds its data folder and config; its work folder holds the
+    # area: every one is covered, and the area still hangs where it is.
+    config_dir, work = tmp_path / "etc", tmp_path / "work"
+    (config_dir / "data").mkdir(parents=True)
+    (config_dir / "config.yaml").write_text("secret")
+    area = work / "job1" / "area"
+    area.mkdir(parents=True)
+    hidden = [config_dir / "data", work, config_dir / "config.yaml", config_dir]
+    script = (f"ls -A {config_dir}; cat {config_dir}/config.yaml; touch {config_dir}/x; "
+              f"touch {work}/x; echo made > {area}/made")
+    out = io.StringIO()
+    run_process(sandboxed(["sh", "-c", script], area, area, "bwrap", hidden=hidden),
+                cwd=area, env=ENV, timeout=30, out=out)
+    assert "secret" not in out.getvalue()
+    assert out.getvalue().count("Read-only file system") == 2, out.getvalue()
+    assert (area / "made").read_text() == "made\n"
+    assert not (config_dir / "x").exists() and not (work / "x").exists()

@@ -111,15 +111,20 @@ def sandboxed(argv: Sequence[str], area: Path, cwd: Path, sandbox: str, *,
     args += ["--dev", "/dev", "--proc", "/proc"]
     for folder in SANDBOX_TMP:
         args += limits.tmpfs(folder)
+    covers: list[str] = []
+    folders = [path for path in hidden if path.is_dir()]
     for path in hidden:
+        if any(folder in path.parents for folder in folders):
+            continue  # inside a folder that is covered already
         if path.is_dir():
-            # Covered by an empty folder nobody may write (a worker that is not root owns
-            # what its sandbox mounts).
-            args += ["--tmpfs", str(path), "--remount-ro", str(path)]
+            args += ["--tmpfs", str(path)]
+            # ... made read-only once the area hangs in it (a worker that is not root owns
+            # what its sandbox mounts, and could write there otherwise).
+            covers += ["--remount-ro", str(path)]
         elif path.exists():
             args += ["--ro-bind", "/dev/null", str(path)]
     # The area's folders are made after the masks, which may cover the place they hang in.
-    args += [*mount_parents(area), "--bind", str(area), str(area),
+    args += [*mount_parents(area), "--bind", str(area), str(area), *covers,
              # The sandbox's own root (where the binds hang) is read-only too.
              "--remount-ro", "/",
              "--unshare-pid", "--unshare-ipc", "--unshare-uts",

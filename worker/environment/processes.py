@@ -25,7 +25,12 @@ from typing import IO
 
 from common.errors import BuildCancelled, BuildFailed
 from common.locks import LockBusy, file_lock
-from worker.environment.limits import LIMIT_CHECK_INTERVAL, Watch, remove_shared_files
+from worker.environment.limits import (
+    LIMIT_CHECK_INTERVAL,
+    Watch,
+    remove_shared_files,
+    user_processes,
+)
 
 Log = Callable[[str], None]
 
@@ -150,10 +155,17 @@ def drop_privileges(uid: int) -> list[str]:
             "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
 
 
-def kill_user_processes(uid: int) -> None:
-    """Kill every process of ``uid`` (whatever a build left running outside a sandbox)."""
-    subprocess.run([*drop_privileges(uid), "kill", "-KILL", "-1"], capture_output=True,
-                   check=False)
+def kill_user_processes(uid: int, wait: float = 5.0) -> None:
+    """Kill every process of ``uid`` (whatever a build left running outside a sandbox), and
+    wait up to ``wait`` seconds until none is left, not even one dead and not yet collected by
+    the machine's init (each counts toward the build user's process limit)."""
+    deadline = time.monotonic() + wait
+    while True:
+        subprocess.run([*drop_privileges(uid), "kill", "-KILL", "-1"], capture_output=True,
+                       check=False)
+        if user_processes(uid) == 0 or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
 
 
 def take_tree(made: Path, dest: Path, owner: int | None) -> Path:
