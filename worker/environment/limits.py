@@ -28,6 +28,7 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -248,7 +249,8 @@ def sandbox_tmp_usage(pids: Sequence[int]) -> int:
 
 #: The cgroup, at the top of the machine's cgroup v2 hierarchy, that holds the builds' own.
 BUILDS_GROUP = "pkgfarm-builds"
-_ENTER = 'echo 0 > "$1" || exit 125; shift; exec "$@"'
+_ENTER = ('echo 0 > "$1" || { echo "pkgfarm: the build step could not enter its cgroup $1" '
+          '>&2; exit 125; }; shift; exec "$@"')
 _UNSET = object()
 _parent: object | Path | None = _UNSET
 
@@ -275,10 +277,28 @@ def builds_parent() -> Path | None:
     global _parent
     if _parent is _UNSET:
         _parent = find_builds_parent(cgroup2_mounts()) if os.geteuid() == 0 else None
+        if _parent is not None and not _can_enter(_parent):
+            _parent = None
         if _parent is None:
             log.info("no cgroup with the memory controller can be made here: a build's "
                      "memory is measured every %.0f s instead", LIMIT_CHECK_INTERVAL)
     return _parent if isinstance(_parent, Path) else None
+
+
+def _can_enter(parent: Path) -> bool:
+    """Whether a command can be moved into a build's cgroup under ``parent`` (tried once with
+    a group of its own: a cgroup namespace or a delegation rule may refuse it)."""
+    group = MemoryGroup.make(f"probe-{os.getpid()}", 2**30, parent)
+    if group is None:
+        return False
+    try:
+        result = subprocess.run([*group.enter(), "true"], capture_output=True, text=True,
+                                check=False)
+    finally:
+        group.close()
+    if result.returncode != 0:
+        log.info("build cgroups cannot be entered here: %s", result.stderr.strip())
+    return result.returncode == 0
 
 
 def find_builds_parent(mounts: Sequence[Path]) -> Path | None:
