@@ -358,12 +358,14 @@ class StorageSettings:
 class LimitSettings:
     """What one build step may use; past a limit the build fails, the worker goes on."""
 
-    #: address space of each process of the build (RLIMIT_AS), e.g. "8G"; "0": no limit.
+    #: memory of the build's processes together (a cgroup's memory.max where the worker can
+    #: make one, else measured every second), and the address space of each (RLIMIT_AS),
+    #: e.g. "8G"; "0": no limit.
     memory: str = "8G"
     #: processes and threads the build user may run at once (RLIMIT_NPROC); 0: no limit.
     processes: int = 4096
-    #: what the build's folder may hold, and the largest single file (RLIMIT_FSIZE); "0": no
-    #: limit. The folder is measured every few seconds while the build runs.
+    #: what the build's folder and its in-memory /tmp, /var/tmp and /dev/shm may hold, and the
+    #: largest single file (RLIMIT_FSIZE); "0": no limit. Measured every second.
     disk: str = "50G"
 
     def __post_init__(self) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import stat
 import threading
 import time
@@ -18,7 +19,7 @@ import yaml
 from common import arch as archmod
 from common import cli as clitools
 from common import formats as common_formats
-from common.config import Sandbox, Settings, load_settings
+from common.config import Environment, Sandbox, Settings, load_settings
 from common.definition import find_definition, snapshot
 from common.errors import BuildFailed, ConfigError, NotFound, PkgfarmError
 from common.logs import setup_logging
@@ -96,7 +97,7 @@ def run(config_path: str | None, arches: tuple[str, ...], concurrency: int | Non
 
     settings = _with_overrides(load_settings(config_path), arches, concurrency, name)
     setup_logging(loglevel)
-    check_config_private(settings)
+    check_builds_cannot_read_secrets(settings)
     ws = settings.worker
     worker_name = ws.display_name
     queues = archmod.queues_for_worker(ws.architectures)
@@ -123,22 +124,62 @@ def run(config_path: str | None, arches: tuple[str, ...], concurrency: int | Non
         heartbeat.leave()
 
 
-def check_config_private(settings: Settings) -> None:
-    """With ``sandbox: none`` build scripts see this machine's files as the build user: the
-    worker refuses to start if its password sits in a config file anyone may read."""
+#: Keys whose values are secrets wherever they sit in a config file (``*_env`` keys name an
+#: environment variable instead, and ``password_hash`` is a hash a stranger could still attack).
+SECRET_KEYS = ("password", "password_hash", "secret", "secret_access_key", "token")
+#: A URL that carries a password (``redis://:PASSWORD@host``, ``https://user:PASSWORD@host``).
+_URL_WITH_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:[^/@\s]+@")
+
+
+def config_secrets(data: object, where: str = "") -> list[str]:
+    """The keys of a config file's data that hold a secret: a password, secret, token or
+    private key, or a URL with a password in it (a broker URL, a mirror, a deb-src line)."""
+    found: list[str] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            name = f"{where}.{key}" if where else str(key)
+            if key in SECRET_KEYS and value:
+                found.append(name)
+            else:
+                found += config_secrets(value, name)
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            found += config_secrets(value, f"{where}[{index}]")
+    elif isinstance(data, str) and (_URL_WITH_PASSWORD.search(data)
+                                    or "PRIVATE KEY" in data):
+        found.append(where)
+    return found
+
+
+def check_builds_cannot_read_secrets(settings: Settings) -> None:
+    """Refuse to build where a build script could read this worker's secrets.
+
+    With ``sandbox: none`` in host mode a script runs without a sandbox: as the build user
+    when the worker is root (so it reads whatever anyone may read: the worker refuses a config
+    file anyone may read that holds a secret), and as the worker's own user otherwise (it could
+    read the config, the environment and the password: that combination is refused)."""
+    ws = settings.worker
+    if ws.environment != Environment.HOST or ws.sandbox != Sandbox.NONE:
+        return
+    if os.geteuid() != 0:
+        raise ConfigError("worker.sandbox is none and this worker does not run as root: build "
+                          "scripts would run as this worker's own user and could read its "
+                          "config, environment and password. Run the worker as root (scripts "
+                          "then run as worker.build_uid), or use sandbox: bwrap or "
+                          "environment: clean", key="worker.sandbox")
     path = settings.config_file
-    if settings.worker.sandbox != Sandbox.NONE or os.geteuid() != 0 or not path:
+    if not path or not os.stat(path).st_mode & stat.S_IROTH:
         return
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError):
         return
-    holds_password = isinstance(data, dict) and isinstance(data.get("worker"), dict) and \
-        "password" in data["worker"]
-    if holds_password and os.stat(path).st_mode & stat.S_IROTH:
-        raise ConfigError(f"{path} holds worker.password and anyone may read it, build "
-                          "scripts included (worker.sandbox is none): chmod o-r it, or give "
-                          "the password in PKGFARM_WORKER_PASSWORD", key="worker.password")
+    secrets = config_secrets(data)
+    if secrets:
+        raise ConfigError(f"{path} holds secrets ({', '.join(secrets)}) and anyone may read "
+                          "it, build scripts included (worker.sandbox is none): chmod o-r it, "
+                          "or give them in the environment (PKGFARM_WORKER_PASSWORD, …)",
+                          key=secrets[0])
 
 
 def _local_arch(settings: Settings, definition_arch: tuple[str, ...] | str,
@@ -180,6 +221,8 @@ def package_add(name: str, now: bool, arch: str | None, formats_wanted: tuple[st
                                "(a queued build makes every format the repository serves)")
     for wanted in formats_wanted:
         common_formats.get(wanted)  # the error for an unknown name
+    if now:
+        check_builds_cannot_read_secrets(settings)
     if not now:
         build = client.queue_build([name], arch)
         click.echo(f"queued {name} as build {build['id']}", err=True)

@@ -33,7 +33,7 @@ from worker import formats
 from worker.build import build_definition
 from worker.client import MasterClient
 from worker.environment import environment_for
-from worker.environment.processes import remove_tree
+from worker.environment.processes import BuildLog, remove_tree
 from worker.formats import BuildResult
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def execute_attempt(settings: Settings, client: MasterClient, assignment: JobAss
     streamer = LogStreamer(client, assignment, log_file)
     streamer.start()
     try:
-        with open(log_file, "w", encoding="utf-8", errors="replace") as out:
+        with BuildLog(log_file) as out:
             status, error, files = _build_and_upload(settings, client, assignment, snapshot,
                                                      workdir, out, keeper.lost, say)
         lost = Outcome("lost", "the master took this attempt back", [])

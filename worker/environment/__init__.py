@@ -8,7 +8,10 @@ Build environments are Debian systems whatever package format a build makes (bui
 dependencies are Debian packages), so this package, like the deb format's own modules, runs
 Debian's tools: apt-get, dpkg-query and mmdebstrap.
 
-- `processes`: a command as a process tree of its own, with a limit and a stop;
+- `processes`: a command as a process tree of its own, with a time limit and a stop, its
+  output copied into a bounded log;
+- `limits`: what a build step may use (memory, processes, disk) and the measurements that
+  hold it to that;
 - `host`: builds on this machine, confined by bubblewrap;
 - `bases`: the cached base tarball of clean roots and its unpacked lower layer;
 - `clean`: a fresh root per build, deleted when it ends (the default).
@@ -28,7 +31,8 @@ from common.errors import BuildFailed
 from worker.environment.bases import can_run, foreign_message
 from worker.environment.clean import ROOT_NAME, CleanEnvironment
 from worker.environment.host import HostEnvironment
-from worker.environment.processes import Log, StepLimits
+from worker.environment.limits import StepLimits
+from worker.environment.processes import Log
 
 __all__ = ["ROOT_NAME", "BuildEnvironment", "CleanEnvironment", "HostEnvironment", "Log",
            "environment_for"]

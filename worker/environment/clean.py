@@ -28,14 +28,13 @@ from worker.environment.bases import (
     hold_tree,
     unpack,
 )
+from worker.environment.limits import SANDBOX_TMP, MemoryGroup, StepLimits, Watch
 from worker.environment.processes import (
     AREA,
     BUILD_USER,
     PATH,
     BuildUser,
     Log,
-    StepLimits,
-    Watch,
     drop_privileges,
     mount_parents,
     note,
@@ -316,15 +315,17 @@ class CleanEnvironment:
     def wrap(self, argv: Sequence[str], cwd: Path, *, network: bool = True,
              uid: int | None = None) -> list[str]:
         """The command line that runs ``argv`` in ``cwd`` inside the root: as root with a
-        reduced set of capabilities, or as ``uid`` with none; offline unless ``network``."""
+        reduced set of capabilities, or as ``uid`` with none; offline unless ``network``.
+
+        /tmp and /dev/shm are in memory, of the size the limits give. A build step (``uid``)
+        sees the root read-only: it writes only its area and an in-memory /tmp, /var/tmp and
+        /dev/shm, so nothing it does lands in the root's files on the worker's disk."""
         if not self.root.is_dir():
             raise BuildFailed("the clean environment is used outside its `with` block")
         caps: list[str] = ["--cap-drop", "ALL"]
         for cap in KEPT_CAPABILITIES:
             caps += ["--cap-add", cap]
         area = str(self.area)
-        private_tmp = "/tmp"  # noqa: S108 (a fresh tmpfs inside the root)
-        private_shm = "/dev/shm"  # noqa: S108 (the same)
         prefix: list[str] = []
         top = self.tree
         if self.lower is not None:
@@ -332,11 +333,15 @@ class CleanEnvironment:
             prefix = ["unshare", "--mount", "--propagation", "private", "--",
                       "/bin/sh", "-c", _OVERLAY_SCRIPT, "pkgfarm-mount",
                       str(self.lower), str(self.upper), str(self.root / "work"), str(top)]
+        in_memory = SANDBOX_TMP if uid is not None else ("/tmp", "/dev/shm")  # noqa: S108
+        memory: list[str] = []
+        for folder in in_memory:
+            memory += self.limits.tmpfs(folder)
+        # The area's folders are made after the in-memory ones, which may cover its place.
         return [*prefix, "bwrap", "--bind", str(top), "/",
                 "--dev", "/dev", "--proc", "/proc", "--ro-bind", "/sys", "/sys",
-                "--perms", "1777", "--tmpfs", private_tmp,
-                "--perms", "1777", "--tmpfs", private_shm,
-                *mount_parents(self.area), "--bind", area, area,
+                *memory, *mount_parents(self.area), "--bind", area, area,
+                *(["--remount-ro", "/"] if uid is not None else []),
                 "--unshare-pid", "--unshare-ipc", "--unshare-uts",
                 *([] if network else ["--unshare-net"]),
                 "--die-with-parent", "--new-session",
@@ -353,8 +358,15 @@ class CleanEnvironment:
             out: IO[str], cancel: threading.Event | None = None, *,
             what: str = "the build script", network: bool = False) -> None:
         wrapped = self.wrap(argv, Path(cwd).resolve(), network=network, uid=self.build_uid)
-        run_process([*self.limits.prefix(), *wrapped], cwd=self.private,
-                    env=step_environment(env, self.build_uid), timeout=timeout, out=out,
-                    cancel=cancel or self.cancel, what=what,
-                    watch=Watch(self.area, self.limits, self.build_uid))
-
+        group = None
+        if self.build_uid is not None:
+            group = MemoryGroup.make(f"build-{self.build_uid}", self.limits.memory)
+        try:
+            run_process([*(group.enter() if group else []), *self.limits.prefix(), *wrapped],
+                        cwd=self.private, env=step_environment(env, self.build_uid),
+                        timeout=timeout, out=out, cancel=cancel or self.cancel, what=what,
+                        watch=Watch(self.area, self.limits, self.build_uid, sandboxed=True,
+                                    group=group))
+        finally:
+            if group is not None:
+                group.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import os
 import shutil
+import stat
 import subprocess
 import threading
 from collections.abc import Sequence
@@ -18,13 +19,17 @@ from common.arch import host_arch
 from common.errors import BuildCancelled, BuildFailed
 from common.formats.deb.policy import first_alternatives
 from worker.environment.aptconfig import apt_problems, ca_settings
-from worker.environment.processes import (
-    AREA,
+from worker.environment.limits import (
     NO_LIMITS,
-    BuildUser,
-    Log,
+    SANDBOX_TMP,
+    MemoryGroup,
     StepLimits,
     Watch,
+)
+from worker.environment.processes import (
+    AREA,
+    BuildUser,
+    Log,
     check_reachable,
     drop_privileges,
     kill_user_processes,
@@ -41,17 +46,52 @@ SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", 
                 "/opt", "/var/lib/dpkg")
 
 
+def listening_sockets(unix: Path = Path("/proc/net/unix")) -> list[Path]:
+    """The unix sockets of this machine's network namespace bound to a path (as the kernel
+    lists them: where they were bound)."""
+    try:
+        lines = unix.read_text(errors="replace").splitlines()[1:]
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        fields = line.split(None, 7)
+        if len(fields) == 8 and fields[7].startswith("/"):
+            found.append(Path(fields[7]))
+    return list(dict.fromkeys(found))
+
+
+def exposed_sockets(mounted: Sequence[Path], sockets: Sequence[Path]) -> list[Path]:
+    """Which ``sockets`` a sandbox that binds the folders ``mounted`` would show: each where it
+    really is (links resolved), if it is a socket there. A read-only bind does not stop a
+    connection to a socket, so these are covered."""
+    roots = [os.path.realpath(m) for m in mounted]
+    shown = []
+    for sock in sockets:
+        real = os.path.realpath(sock)
+        try:
+            if not stat.S_ISSOCK(os.lstat(real).st_mode):
+                continue
+        except OSError:
+            continue
+        if any(real.startswith(root.rstrip("/") + "/") for root in roots):
+            shown.append(Path(real))
+    return list(dict.fromkeys(shown))
+
+
 def sandboxed(argv: Sequence[str], area: Path, cwd: Path, sandbox: str, *,
               network: bool = False, hidden: Sequence[Path] = (),
-              uid: int | None = None) -> list[str]:
+              uid: int | None = None, limits: StepLimits = NO_LIMITS) -> list[str]:
     """Wrap ``argv`` (to run in ``cwd``) so that it can write only inside ``area``.
 
     With bubblewrap the command sees only the system's programs and settings, read-only
-    (`SYSTEM_PATHS`: no /home, /root, /srv, /var, /run, nor their sockets), with the
-    ``hidden`` paths among them (the worker's config and keys) covered, private /tmp and /dev,
-    and ``area``, the one writable place; the network is the sandbox's own loopback unless
-    ``network``; and it runs in its own PID namespace that dies with bwrap, so killing bwrap
-    stops everything it started. With ``uid`` the command runs as that unprivileged user.
+    (`SYSTEM_PATHS`: no /home, /root, /srv, /var, /run, nor their sockets; a socket bound
+    inside them is covered), with the ``hidden`` paths among them (the worker's config and
+    keys) covered, private /dev, an in-memory /tmp, /var/tmp and /dev/shm of the size
+    ``limits`` give, and ``area``, the one writable place on disk; the network is the
+    sandbox's own loopback unless ``network``; and it runs in its own PID namespace that dies
+    with bwrap, so killing bwrap stops everything it started. With ``uid`` the command runs as
+    that unprivileged user.
     """
     drop = drop_privileges(uid) if uid is not None else []
     if sandbox == "none":
@@ -59,22 +99,32 @@ def sandboxed(argv: Sequence[str], area: Path, cwd: Path, sandbox: str, *,
     if shutil.which("bwrap") is None:
         raise BuildFailed("worker.sandbox is bwrap but bubblewrap is not installed "
                           "(apt-get install bubblewrap, or set worker.sandbox: none)")
-    private_tmp = "/tmp"  # noqa: S108 (a fresh tmpfs inside the sandbox, not the host's /tmp)
     mounted = [Path(p) for p in SYSTEM_PATHS if os.path.isdir(p) and not os.path.islink(p)]
-    args = ["bwrap", *mount_parents(*mounted, *hidden)]
+    args = ["bwrap", *mount_parents(*mounted, Path("/var/tmp"), *hidden)]  # noqa: S108
     for system in SYSTEM_PATHS:
         if os.path.islink(system):
             args += ["--symlink", os.readlink(system), system]
         elif os.path.isdir(system):
             args += ["--ro-bind", system, system]
-    args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", private_tmp]
+    for sock in exposed_sockets(mounted, listening_sockets()):
+        args += ["--ro-bind", "/dev/null", str(sock)]
+    args += ["--dev", "/dev", "--proc", "/proc"]
+    for folder in SANDBOX_TMP:
+        args += limits.tmpfs(folder)
+    covers: list[str] = []
+    folders = [path for path in hidden if path.is_dir()]
     for path in hidden:
+        if any(folder in path.parents for folder in folders):
+            continue  # inside a folder that is covered already
         if path.is_dir():
             args += ["--tmpfs", str(path)]
+            # ... made read-only once the area hangs in it (a worker that is not root owns
+            # what its sandbox mounts, and could write there otherwise).
+            covers += ["--remount-ro", str(path)]
         elif path.exists():
             args += ["--ro-bind", "/dev/null", str(path)]
     # The area's folders are made after the masks, which may cover the place they hang in.
-    args += [*mount_parents(area), "--bind", str(area), str(area),
+    args += [*mount_parents(area), "--bind", str(area), str(area), *covers,
              # The sandbox's own root (where the binds hang) is read-only too.
              "--remount-ro", "/",
              "--unshare-pid", "--unshare-ipc", "--unshare-uts",
@@ -244,13 +294,19 @@ class HostEnvironment:
         if self.sandbox != "none":
             hint = " (it may write only inside its own folder and $DESTDIR, offline)"
         wrapped = sandboxed(argv, self.area, cwd, self.sandbox, network=network,
-                            hidden=self.hidden, uid=self.build_uid)
+                            hidden=self.hidden, uid=self.build_uid, limits=self.limits)
+        group = None
+        if self.build_uid is not None:
+            group = MemoryGroup.make(f"build-{self.build_uid}", self.limits.memory)
+        watch = Watch(self.area, self.limits, self.build_uid, sandboxed=self.sandbox != "none",
+                      group=group)
         try:
-            run_process([*self.limits.prefix(), *wrapped], cwd=cwd,
-                        env=step_environment(env, self.build_uid), timeout=timeout, out=out,
-                        cancel=cancel or self.cancel, what=what, hint=hint,
-                        watch=Watch(self.area, self.limits, self.build_uid))
+            run_process([*(group.enter() if group else []), *self.limits.prefix(), *wrapped],
+                        cwd=cwd, env=step_environment(env, self.build_uid), timeout=timeout,
+                        out=out, cancel=cancel or self.cancel, what=what, hint=hint,
+                        watch=watch)
         finally:
+            if group is not None:
+                group.close()
             if self.build_uid is not None and self.sandbox == "none":
                 kill_user_processes(self.build_uid)  # nothing the step started outlives it
-

@@ -1,14 +1,17 @@
 """Running a build's commands as a process tree of their own, with a time limit and a stop.
 
 Every command a build runs (the build script, apt-get, dpkg-buildpackage, mmdebstrap) goes
-through `run_process`: a session of its own, its output copied to the build log as it comes,
-and on the time limit or a cancel the whole process group killed.
+through `run_process`: a session of its own, its output copied to the build log as it comes
+(up to the log's limit, `BuildLog`), and on the time limit, a cancel or a limit of the build
+(`worker.environment.limits`) the whole process group killed.
 """
 
 from __future__ import annotations
 
+import codecs
 import collections
 import contextlib
+import io
 import os
 import shutil
 import signal
@@ -17,22 +20,34 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from common.errors import BuildCancelled, BuildFailed
 from common.locks import LockBusy, file_lock
+from worker.environment.limits import (
+    LIMIT_CHECK_INTERVAL,
+    Watch,
+    remove_shared_files,
+    user_processes,
+)
 
 Log = Callable[[str], None]
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-#: How often a running build step is measured against its limits (seconds).
-LIMIT_CHECK_INTERVAL = 1.0
 #: The name the build user has inside clean roots (where pkgfarm writes its passwd entry).
 BUILD_USER = "pkgfarm-build"
 #: The sub-folder of a build's folder that its steps may write; the rest is the worker's.
 AREA = "area"
+#: The most of its commands' output a build's log keeps: half what the master keeps of an
+#: attempt's log, so that the worker's own lines after a cut still reach it.
+LOG_OUTPUT_LIMIT = 32 * 2**20
+#: The line that marks where a build's log was cut.
+LOG_CUT = ("\n[pkgfarm: the build's output reached the log's limit of {mib} MiB; the rest is "
+           "dropped, and the build goes on]\n")
+#: How much of the output a step reads at once, and the longest line kept for messages.
+_CHUNK = 64 * 1024
+_LINE_MAX = 4096
 
 
 def prepare_area(area: Path, uid: int | None) -> None:
@@ -92,29 +107,6 @@ def step_environment(env: dict[str, str], uid: int | None) -> dict[str, str]:
     return {**env, "USER": BUILD_USER, "LOGNAME": BUILD_USER}
 
 
-@dataclass(frozen=True)
-class StepLimits:
-    """What a build step may use (see common.config.LimitSettings); 0: no limit."""
-
-    memory: int = 0
-    processes: int = 0
-    disk: int = 0
-
-    def prefix(self) -> list[str]:
-        """A `prlimit` command line that sets the limits for what it runs (limits survive
-        the change of user, so the build user's processes keep them)."""
-        options = ["--core=0"]
-        if self.memory:
-            options.append(f"--as={self.memory}")
-        if self.processes:
-            options.append(f"--nproc={self.processes}")
-        if self.disk:
-            options.append(f"--fsize={self.disk}")
-        return ["prlimit", *options, "--"]
-
-
-NO_LIMITS = StepLimits()
-
 #: How many build users a machine has: ids ``build_uid`` … ``build_uid + BUILD_USERS - 1``,
 #: one per build running at once, so that limits, clean-ups and areas are a build's own.
 BUILD_USERS = 64
@@ -140,7 +132,8 @@ class BuildUser:
             except LockBusy:
                 continue
             self.uid, self._held = uid, held
-            kill_user_processes(uid)  # nothing of a build before may still run as it
+            kill_user_processes(uid)  # nothing of a build before may still run as it,
+            remove_shared_files(uid)  # nor find what it left in the machine's /tmp
             return uid
         raise BuildFailed(f"all {self.count} build users ({self.first}…"
                           f"{self.first + self.count - 1}) are in use on this machine")
@@ -148,6 +141,7 @@ class BuildUser:
     def __exit__(self, *exc: object) -> None:
         if self.uid is not None:
             kill_user_processes(self.uid)
+            remove_shared_files(self.uid)
         if self._held is not None:
             self._held.close()
         self.uid, self._held = None, None
@@ -161,68 +155,17 @@ def drop_privileges(uid: int) -> list[str]:
             "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
 
 
-def kill_user_processes(uid: int) -> None:
-    """Kill every process of ``uid`` (whatever a build left running outside a sandbox)."""
-    subprocess.run([*drop_privileges(uid), "kill", "-KILL", "-1"], capture_output=True,
-                   check=False)
-
-
-def user_processes(uid: int) -> int:
-    """How many processes ``uid`` runs on this machine (its build user's, for a build)."""
-    count = 0
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                if entry.stat(follow_symlinks=False).st_uid == uid:
-                    count += 1
-            except OSError:
-                continue
-    return count
-
-
-@dataclass(frozen=True)
-class Watch:
-    """What a running build step is measured against every few seconds: the bytes its area
-    holds, and the processes its build user runs (reaching the limit is a failed build, not
-    only a refused fork)."""
-
-    area: Path
-    limits: StepLimits
-    uid: int | None = None
-
-    def problem(self, what: str) -> str | None:
-        if self.limits.disk:
-            used = folder_usage(self.area)
-            if used > self.limits.disk:
-                return (f"{what} used {used // 2**20} MiB of disk, more than its limit of "
-                        f"{self.limits.disk // 2**20} MiB, and was stopped")
-        if self.uid is not None and self.limits.processes:
-            running = user_processes(self.uid)
-            if running >= self.limits.processes * 9 // 10:
-                return (f"{what} ran {running} processes, at its limit of "
-                        f"{self.limits.processes}, and was stopped")
-        return None
-
-
-def folder_usage(path: Path) -> int:
-    """Bytes ``path`` holds on disk, counted without following links."""
-    total = 0
-    todo = [path]
-    while todo:
-        folder = todo.pop()
-        try:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    total += st.st_blocks * 512
-                    if entry.is_dir(follow_symlinks=False):
-                        todo.append(Path(entry.path))
-        except OSError:
-            continue
-    return total
+def kill_user_processes(uid: int, wait: float = 5.0) -> None:
+    """Kill every process of ``uid`` (whatever a build left running outside a sandbox), and
+    wait up to ``wait`` seconds until none is left, not even one dead and not yet collected by
+    the machine's init (each counts toward the build user's process limit)."""
+    deadline = time.monotonic() + wait
+    while True:
+        subprocess.run([*drop_privileges(uid), "kill", "-KILL", "-1"], capture_output=True,
+                       check=False)
+        if user_processes(uid) == 0 or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
 
 
 def take_tree(made: Path, dest: Path, owner: int | None) -> Path:
@@ -260,17 +203,46 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
+class BuildLog(io.TextIOWrapper):
+    """A build's log file (text), which keeps at most ``limit`` bytes of its commands' output:
+    past it one marker line, and the rest is read and dropped (the commands never wait on a
+    full pipe) while the build goes on. The worker's own lines are always written."""
+
+    def __init__(self, path: Path, limit: int = LOG_OUTPUT_LIMIT) -> None:
+        super().__init__(open(path, "wb"), encoding="utf-8", errors="replace")  # noqa: SIM115
+        self.limit = limit
+        self.kept = 0
+        self.cut = False
+
+    def admit(self, chunk: bytes) -> tuple[bytes, bool]:
+        """The part of ``chunk`` (a command's output) the log keeps, and whether the log is
+        cut here (its marker then follows that part)."""
+        if self.cut:
+            return b"", False
+        room = self.limit - self.kept
+        if len(chunk) <= room:
+            self.kept += len(chunk)
+            return chunk, False
+        self.kept, self.cut = self.limit, True
+        return chunk[:room], True
+
+    def marker(self) -> str:
+        return LOG_CUT.format(mib=self.limit // 2**20)
+
+
 def run_process(argv: Sequence[str], *, cwd: Path, env: dict[str, str], timeout: float,
                 out: IO[str], cancel: threading.Event | None = None,
                 what: str = "the build script", hint: str = "",
                 tail: collections.deque[str] | None = None,
                 watch: Watch | None = None) -> None:
-    """Run ``argv`` in a session of its own, its output copied to ``out`` as it comes.
+    """Run ``argv`` in a session of its own, its output copied to ``out`` as it comes (within
+    the limit of a `BuildLog`).
 
     The last lines are kept in ``tail`` (for error messages). On the time limit, ``cancel``,
     or a limit that ``watch`` finds reached, the whole process group is killed and
     BuildFailed or BuildCancelled raised; a non-zero exit raises BuildFailed naming ``what``
-    and the status, followed by ``hint``.
+    and the status, followed by ``hint`` and, with a ``watch``, the limit the output or the
+    status points to.
     """
     out.flush()
     try:
@@ -280,20 +252,54 @@ def run_process(argv: Sequence[str], *, cwd: Path, env: dict[str, str], timeout:
     except OSError as exc:
         raise BuildFailed(f"{what} could not be started: {exc.strerror or exc}") from exc
     assert proc.stdout is not None
+    if watch is not None:
+        watch.attach(proc.pid)
     lock = threading.Lock()
+    recent: collections.deque[str] = collections.deque(maxlen=20)
+    keep = max(recent.maxlen or 0, (tail.maxlen or 10_000) if tail is not None else 0)
 
     def copy() -> None:
+        """Copy the output in chunks (a line may be endless), as text, into the log, and its
+        last lines into ``recent`` and ``tail``."""
         assert proc.stdout is not None
-        try:
-            for raw in iter(proc.stdout.readline, b""):
-                text = raw.decode("utf-8", "replace")
+        fd = proc.stdout.fileno()
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = b""
+        while True:
+            try:
+                chunk = os.read(fd, _CHUNK)
+            except (OSError, ValueError):
+                return  # the pipe was closed under it: a process outside the group kept it
+            if not chunk:
+                break
+            kept, cut = out.admit(chunk) if isinstance(out, BuildLog) else (chunk, False)
+            if kept or cut:
+                text = decoder.decode(kept, final=cut)
+                with lock:
+                    out.write(text + (out.marker() if isinstance(out, BuildLog) and cut
+                                      else ""))
+                    out.flush()
+            # Only the last lines matter: split off at most ``keep`` of them.
+            parts = (pending + chunk).rsplit(b"\n", keep + 1)
+            pending = parts.pop()[-_LINE_MAX:]
+            if len(parts) > keep:
+                del parts[0]  # the lines before the last ``keep``: none of them is kept
+            for raw in parts:
+                line = raw[-_LINE_MAX:].decode("utf-8", "replace")
+                recent.append(line)
+                if tail is not None:
+                    tail.append(line)
+        if pending:
+            line = pending.decode("utf-8", "replace")
+            recent.append(line)
+            if tail is not None:
+                tail.append(line)
+        if not (isinstance(out, BuildLog) and out.cut):
+            text = decoder.decode(b"", final=True)
+            if text:
                 with lock:
                     out.write(text)
                     out.flush()
-                if tail is not None:
-                    tail.append(text.rstrip("\n"))
-        except (OSError, ValueError):
-            return  # the pipe was closed under it: a process outside the group kept it open
 
     copier = threading.Thread(target=copy, name="output-copy", daemon=True)
     copier.start()
@@ -325,8 +331,12 @@ def run_process(argv: Sequence[str], *, cwd: Path, env: dict[str, str], timeout:
     finally:
         copier.join(timeout=10)
         proc.stdout.close()
+    problem = watch.ended(what) if watch is not None else None
+    if problem:
+        raise BuildFailed(problem)
     if code != 0:
-        raise BuildFailed(f"{what} failed with exit status {code}{hint}")
+        why = watch.explain(code, list(recent)) if watch is not None else ""
+        raise BuildFailed(f"{what} failed with exit status {code}{hint}{why}")
 
 
 def note(out: IO[str], log: Log | None, message: str) -> None:
