@@ -151,3 +151,70 @@ def test_log_pieces_are_streamed_and_bounded(tmp_path: Path) -> None:
     # Past the limit, more pieces are read and dropped: one marker, the log unchanged.
     assert buildlogs.append(tmp_path, job, 1, io.BytesIO(b"c" * 5000), limit) == len(text)
     assert buildlogs.log_path(tmp_path, job).read_bytes() == text
+
+
+class _SlowPiece:
+    """A log piece that arrives in small parts, pausing between them, as from a network."""
+
+    def __init__(self, data: bytes, part: int = 37) -> None:
+        self.data, self.part, self.at = data, part, 0
+
+    def read(self, size: int = -1) -> bytes:
+        import time
+
+        time.sleep(0.001)
+        chunk = self.data[self.at:self.at + self.part]
+        self.at += len(chunk)
+        return chunk
+
+
+def _pieces_sent_together(tmp_path: Path, pieces: list[bytes], limit: int) -> bytes:
+    """The log after every piece was appended at once, each from a thread of its own."""
+    import threading
+
+    from master import buildlogs
+
+    store = Store(tmp_path / "state.db")
+    job = store.jobs.get(job_in(store, JobState.BUILDING))
+    assert job is not None
+    buildlogs.start(tmp_path, job)
+    start = threading.Barrier(len(pieces))
+    sizes: list[int] = []
+
+    def send(piece: bytes) -> None:
+        start.wait()
+        sizes.append(buildlogs.append(tmp_path, job, 1, _SlowPiece(piece), limit))
+
+    threads = [threading.Thread(target=send, args=(p,)) for p in pieces]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(sizes) == len(pieces)
+    text = buildlogs.log_path(tmp_path, job).read_bytes()
+    assert max(sizes) == len(text)  # each answer is the size its piece left the log at
+    return text
+
+
+def test_pieces_sent_together_are_kept_whole_and_bounded_exactly(tmp_path: Path) -> None:
+    from master import buildlogs
+
+    letters = b"abcdefghijkl"
+    pieces = [bytes([c]) * 300 for c in letters]
+    text = _pieces_sent_together(tmp_path, pieces, limit=1000)
+    # Exactly the limit, then one marker: three whole pieces and the start of a fourth.
+    assert len(text) == 1000 + len(buildlogs.MARKER)
+    assert text.count(buildlogs.MARKER) == 1 and text.endswith(buildlogs.MARKER)
+    kept = text[:1000]
+    runs = [(m.group()[0], len(m.group())) for m in re.finditer(rb"(.)\1*", kept)]
+    assert [n for _, n in runs] == [300, 300, 300, 100], runs
+    assert len({c for c, _ in runs}) == 4  # each piece added once, never interleaved
+
+
+def test_pieces_that_fit_are_all_kept_whole(tmp_path: Path) -> None:
+    from master import buildlogs
+
+    pieces = [bytes([c]) * 100 for c in b"abcdefgh"]
+    text = _pieces_sent_together(tmp_path, pieces, limit=1000)
+    assert buildlogs.MARKER not in text
+    assert sorted(text[i:i + 100] for i in range(0, 800, 100)) == pieces
