@@ -218,3 +218,73 @@ def test_pieces_that_fit_are_all_kept_whole(tmp_path: Path) -> None:
     text = _pieces_sent_together(tmp_path, pieces, limit=1000)
     assert buildlogs.MARKER not in text
     assert sorted(text[i:i + 100] for i in range(0, 800, 100)) == pieces
+
+
+# -- worker names ------------------------------------------------------------------------------
+
+
+def _beat(store: Store, name: str, user: str, *, leaving: bool = False,
+          max_live: int | None = 64) -> str | None:
+    from master.store import WorkerInfo
+
+    return store.workers.use_name(name, WorkerInfo(("amd64",), 1, user=user), leaving=leaving,
+                                  ttl=30, max_live=max_live)
+
+
+def _live_names(store: Store) -> set[str]:
+    return {w.name for w in store.workers.live(30)}
+
+
+def test_a_worker_name_belongs_to_the_user_that_recorded_it(store: Store) -> None:
+    assert _beat(store, "box", "alice") is None
+    for leaving in (False, True):
+        refused = _beat(store, "box", "mallory", leaving=leaving)
+        assert refused is not None and "belongs to another user" in refused
+    assert _live_names(store) == {"box"}
+    assert store.workers.get("box").info.user == "alice"  # type: ignore[union-attr]
+    # Still hers once it left: leaving does not free a name.
+    assert _beat(store, "box", "alice", leaving=True) is None
+    assert _live_names(store) == set()
+    assert _beat(store, "box", "mallory") is not None
+    assert _beat(store, "box", "alice") is None
+    # An admin (no limit given) may use any name.
+    assert _beat(store, "box", "root", leaving=True, max_live=None) is None
+    assert _live_names(store) == set()
+
+
+def test_a_user_has_at_most_so_many_live_names(store: Store) -> None:
+    for i in range(3):
+        assert _beat(store, f"n{i}", "alice", max_live=3) is None
+    refused = _beat(store, "n3", "alice", max_live=3)
+    assert refused is not None and "3 live worker names" in refused
+    assert store.workers.get("n3") is None
+    assert _beat(store, "n0", "alice", max_live=3) is None  # a live name of hers goes on
+    assert _beat(store, "other", "bob", max_live=3) is None  # the limit is per user
+    assert _beat(store, "n1", "alice", leaving=True, max_live=3) is None
+    assert _beat(store, "n3", "alice", max_live=3) is None
+    # A leaving name that was never recorded records nothing.
+    assert _beat(store, "ghost", "alice", leaving=True, max_live=3) is None
+    assert store.workers.get("ghost") is None
+
+
+def test_a_name_recorded_without_a_user_goes_to_who_built_under_it(store: Store) -> None:
+    import time
+
+    from master.store import WorkerInfo
+
+    job_id = job_in(store, JobState.QUEUED)
+    assert store.jobs.claim(job_id, 1, "old-box", "alice", "hash", 60)
+    with store.db.write() as db:
+        for name in ("old-box", "old-idle"):
+            db.execute("INSERT INTO workers(name, info, last_seen) VALUES (?,?,?)",
+                       (name, WorkerInfo(("amd64",), 1).to_json(), time.time()))
+    assert _beat(store, "old-box", "mallory") is not None
+    assert _beat(store, "old-box", "alice") is None
+    assert store.workers.get("old-box").info.user == "alice"  # type: ignore[union-attr]
+    # Never built anything: nobody's while live, free once its heartbeats stopped.
+    refused = _beat(store, "old-idle", "mallory")
+    assert refused is not None and "without a user" in refused
+    with store.db.write() as db:
+        db.execute("UPDATE workers SET last_seen=? WHERE name='old-idle'", (time.time() - 31,))
+    assert _beat(store, "old-idle", "bob") is None
+    assert _beat(store, "old-idle", "mallory") is not None
