@@ -1,13 +1,22 @@
 """Build logs on the master's disk: one file per attempt, appended to as the worker sends it.
 
-A piece of log is streamed to the file as it arrives (never held whole in memory), and each
+A piece of log is streamed to disk as it arrives (never held whole in memory), and each
 attempt's log is bounded: past `MAX_LOG_BYTES` the rest is dropped after one marker line, and
-the build goes on. Both the API (``GET …/log?follow=1``) and ``master logs --follow`` read the
-logs through here.
+the build goes on. Pieces sent at the same time (by threads, greenlets or master processes)
+are each spooled to a nameless file beside the log (at most what still fits, plus one byte),
+then added whole, one at a time, under an exclusive lock on the log (`flock`): a piece is
+never interleaved with another, and the bound and its one marker hold however many arrive
+together. The lock is waited for by polling, so a greenlet that waits lets the others run.
+
+Both the API (``GET …/log?follow=1``) and ``master logs --follow`` read the logs through here.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +29,8 @@ from master.store import Job, Store
 MAX_LOG_BYTES = 64 * 1024 * 1024
 MARKER = b"\n[pkgfarm: the log reached its limit; the rest is dropped]\n"
 CHUNK = 64 * 1024
+#: How often a piece waiting for the log's lock tries again.
+LOCK_POLL = 0.005
 
 
 def log_path(data_dir: str | Path, job: Job, attempt: int | None = None) -> Path:
@@ -33,24 +44,54 @@ def start(data_dir: str | Path, job: Job) -> None:
     path.write_bytes(b"")
 
 
+@contextlib.contextmanager
+def _locked(fd: int) -> Iterator[None]:
+    """Hold an exclusive flock on ``fd``, waiting for it without blocking the process."""
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            time.sleep(LOCK_POLL)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
 def append(data_dir: str | Path, job: Job, attempt: int, stream: IO[bytes],
            limit: int = MAX_LOG_BYTES) -> int:
-    """Add what ``stream`` holds to an attempt's log, up to the limit; the log's new size."""
+    """Add what ``stream`` holds to an attempt's log, up to the limit (see the module's
+    text); the log's new size."""
     path = log_path(data_dir, job, attempt)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab") as out:
-        size = out.tell()
-        while chunk := stream.read(CHUNK):
-            room = limit - size
-            if room < 0:
-                continue  # past the limit and marked: read the rest, keep none of it
-            if room == 0 or len(chunk) > room:
-                out.write(chunk[:room] + MARKER)
-                size = limit + len(MARKER)
-                continue
-            out.write(chunk)
-            size += len(chunk)
-        return out.tell()
+        fd = out.fileno()
+        # The log only grows, so what fits now is the most that can fit once the lock is
+        # held: keep that much, and one byte more to know the piece is cut.
+        keep = limit - os.fstat(fd).st_size + 1
+        with tempfile.TemporaryFile(dir=path.parent) as spool:
+            kept = 0
+            while chunk := stream.read(CHUNK):
+                if kept < keep:
+                    part = chunk[:keep - kept]
+                    spool.write(part)
+                    kept += len(part)
+            spool.seek(0)
+            with _locked(fd):
+                size = os.fstat(fd).st_size
+                room = limit - size
+                if kept == 0 or room < 0:
+                    return size  # nothing sent, or the log is full and marked
+                left = min(kept, room)
+                while left > 0:
+                    part = spool.read(min(CHUNK, left))
+                    out.write(part)
+                    left -= len(part)
+                if kept > room:
+                    out.write(MARKER)
+                out.flush()
+                return os.fstat(fd).st_size
 
 
 class _JobLooks:

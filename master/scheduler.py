@@ -17,6 +17,9 @@ them, when it has neither).
   refused from then on;
 - if the broker lost its data (a marker key the master keeps there is gone), every queued job
   gets a new attempt number and is sent again, so its old message, should it exist, is stale;
+- a queued job whose message left the broker without a claim (a worker consumed it and
+  never claimed, or the broker lost it) is sent again as a new attempt, at most
+  `lost_message_bound` seconds (34 s) after the message left;
 - whatever has not reached the broker is sent (but for the jobs of a paused queue);
 - workers whose heartbeats stopped are recorded offline, and events older than
   ``master.events_window`` are forgotten.
@@ -77,11 +80,24 @@ BROKER_MARKER = "pkgfarm:broker-marker"
 #: The longest error text kept with a failed job.
 MAX_ERROR = 4000
 #: How often, and how long after it was sent, the master looks for a job's message in the
-#: broker; a message missing at two looks in a row is taken for lost and sent again. So a
-#: message a worker consumed without claiming its job (or that the broker lost) is noticed
-#: within about GRACE + 2 * INTERVAL seconds (30 s) of being sent, or of being consumed.
+#: broker; a message missing at two looks in a row is taken for lost and its job sent again
+#: (`find_lost_messages`; the bound is `lost_message_bound`).
 LOST_CHECK_INTERVAL = 10.0
 LOST_GRACE = 10.0
+
+
+def lost_message_bound(tick: float) -> float:
+    """The longest time, from the moment a message leaves the broker without a claim (a
+    worker consumed it and never claimed, or the broker lost it), until the master sends its
+    job again, when `Scheduler.tick` runs every ``tick`` seconds (`master serve`: every
+    ``master.cli.HOUSEKEEPING_INTERVAL`` seconds after the previous tick ended).
+
+    The looks come at the first tick at least LOST_CHECK_INTERVAL after the one before, so
+    one look follows another within INTERVAL + tick. The first look that can see the message
+    missing comes within that of the later of the message's leaving and GRACE after its
+    sending; the second confirms it one spacing later, and the same tick sends the job again.
+    So: GRACE + 2 * (INTERVAL + tick), 34 s with the defaults, plus what those ticks take."""
+    return LOST_GRACE + 2 * (LOST_CHECK_INTERVAL + tick)
 
 
 def task_id(job_id: int, attempt: int) -> str:

@@ -13,6 +13,10 @@ from master.auth import caller_has, current_user, require
 
 bp = Blueprint("uploads", __name__, url_prefix="/api/v1")
 
+#: The longest file name an upload may give, in bytes: file systems keep names of up to 255
+#: bytes, and the master writes a file under a slightly longer temporary name first.
+MAX_FILENAME = 240
+
 
 @bp.route("/upload", methods=["PUT", "POST"])
 @require("upload")
@@ -31,6 +35,8 @@ def upload() -> Any:
         filename = filename or file.filename or ""
         sha256 = sha256 or request.form.get("sha256", "")
         stream = file.stream
+    if len(filename.encode("utf-8", "surrogatepass")) > MAX_FILENAME:
+        raise BadRequest(f"filename is longer than {MAX_FILENAME} bytes", field="filename")
     services = svc()
     if "job" in request.args:
         # A worker's file is staged; the attempt's report publishes the whole set.

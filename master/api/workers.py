@@ -17,6 +17,9 @@ from master.store import Job, WorkerInfo
 
 bp = Blueprint("workers", __name__, url_prefix="/api/v1")
 
+#: The most worker names one user (not an admin) may have live at once.
+MAX_LIVE_NAMES = 64
+
 
 @bp.post("/workers/heartbeat")
 @require("upload")
@@ -31,19 +34,16 @@ def heartbeat() -> Any:
         if not archmod.is_known(a):
             raise BadRequest(f"unknown architecture {a!r}", field="architectures")
     services = svc()
-    known = services.store.workers.get(beat.name)
-    if known is not None and known.info.user not in (None, current_user()) and \
-            not caller_has("admin"):
-        # A worker's name belongs to the user that registered it.
-        raise Forbidden(f"the worker name {beat.name!r} belongs to another user",
-                        field="name")
-    if beat.leaving:
-        services.store.workers.forget(beat.name)
-    else:
-        services.store.workers.heartbeat(beat.name, WorkerInfo(
-            architectures=beat.architectures, concurrency=beat.concurrency,
-            queues=beat.queues, user=current_user()))
-    return {"ok": True, "ttl": services.settings.master.worker_ttl}
+    ttl = services.settings.master.worker_ttl
+    # A worker's name belongs to the user that registered it, and a user has at most
+    # MAX_LIVE_NAMES live ones (admins: any name, no limit); see master.store.workers.
+    refused = services.store.workers.use_name(
+        beat.name, WorkerInfo(architectures=beat.architectures, concurrency=beat.concurrency,
+                              queues=beat.queues, user=current_user()),
+        leaving=beat.leaving, ttl=ttl, max_live=None if caller_has("admin") else MAX_LIVE_NAMES)
+    if refused is not None:
+        raise Forbidden(refused, field="name")
+    return {"ok": True, "ttl": ttl}
 
 
 #: The span of the workers' done and failed counts.

@@ -4,6 +4,15 @@ or not): one aggregate of the store.
 A worker's first heartbeat (or its first after it went away) records ``worker.online``; its
 leaving, or `expire` noticing its heartbeats stopped, records ``worker.offline``: each in the
 transaction that changes what the store knows of it.
+
+A worker's name belongs to the user whose heartbeat first recorded it (`use_name`): another
+user's heartbeat under it, leaving or not, is refused, and a user has at most a given number
+of live names at once, so that an ``upload`` credential can neither evict another user's
+workers nor fill the list with names of its own making. A record written before names had
+owners (no user in it) belongs to the user that claimed the newest job built under that
+name; one that never built is taken by nobody while it is live, and is free once its
+heartbeats have stopped for the worker TTL (its own worker, refused meanwhile, takes it
+back then).
 """
 
 from __future__ import annotations
@@ -38,6 +47,52 @@ class WorkerStore:
                 "ON CONFLICT(name) DO UPDATE SET info=excluded.info, last_seen=excluded.last_seen",
                 (name, info.to_json(), time.time()))
             _set_online(db, name, info, True)
+
+    def use_name(self, name: str, info: WorkerInfo, *, leaving: bool, ttl: float,
+                 max_live: int | None) -> str | None:
+        """A heartbeat of ``info.user`` under ``name`` (the worker leaves when ``leaving``),
+        recorded only if the name is that user's to use (see the module's text; ``max_live``
+        None: an admin, who may use any name, without a limit); else why not, and nothing
+        changed. One transaction, so that two users naming a new name at once cannot both
+        have it."""
+        user = info.user
+        now = time.time()
+        with self.db.write() as db:
+            row = db.execute("SELECT info, last_seen FROM workers WHERE name=?",
+                             (name,)).fetchone()
+            live = row is not None and row["last_seen"] >= now - ttl
+            if row is not None and max_live is not None:
+                owner = WorkerInfo.from_json(row["info"]).user
+                if owner is None:
+                    claimed = db.execute(
+                        "SELECT claimed_by FROM jobs WHERE worker=? AND claimed_by IS NOT NULL "
+                        "ORDER BY started_at DESC, id DESC LIMIT 1", (name,)).fetchone()
+                    owner = claimed["claimed_by"] if claimed else None
+                    if owner is None and live:
+                        return (f"the worker name {name!r} was recorded without a user and "
+                                "is live; it is free once its heartbeats have stopped for "
+                                f"{ttl:g} s")
+                if owner is not None and owner != user:
+                    return f"the worker name {name!r} belongs to another user"
+            if leaving:
+                if row is not None:  # out of the live list; the name stays its owner's
+                    db.execute("UPDATE workers SET last_seen=0 WHERE name=?", (name,))
+                    _set_online(db, name, WorkerInfo.from_json(row["info"]), False)
+                return None
+            if not live and max_live is not None:
+                rows = db.execute("SELECT info FROM workers WHERE last_seen>=? AND name!=?",
+                                  (now - ttl, name)).fetchall()
+                mine = sum(WorkerInfo.from_json(r["info"]).user == user for r in rows)
+                if mine >= max_live:
+                    return (f"{user} already has {mine} live worker names, the most a user "
+                            "may have at once: a new one is accepted when one of them leaves "
+                            "or stops sending heartbeats")
+            db.execute(
+                "INSERT INTO workers(name, info, last_seen) VALUES (?,?,?) "
+                "ON CONFLICT(name) DO UPDATE SET info=excluded.info, last_seen=excluded.last_seen",
+                (name, info.to_json(), now))
+            _set_online(db, name, info, True)
+            return None
 
     def get(self, name: str) -> WorkerRecord | None:
         with self.db.read() as db:

@@ -151,3 +151,140 @@ def test_log_pieces_are_streamed_and_bounded(tmp_path: Path) -> None:
     # Past the limit, more pieces are read and dropped: one marker, the log unchanged.
     assert buildlogs.append(tmp_path, job, 1, io.BytesIO(b"c" * 5000), limit) == len(text)
     assert buildlogs.log_path(tmp_path, job).read_bytes() == text
+
+
+class _SlowPiece:
+    """A log piece that arrives in small parts, pausing between them, as from a network."""
+
+    def __init__(self, data: bytes, part: int = 37) -> None:
+        self.data, self.part, self.at = data, part, 0
+
+    def read(self, size: int = -1) -> bytes:
+        import time
+
+        time.sleep(0.001)
+        chunk = self.data[self.at:self.at + self.part]
+        self.at += len(chunk)
+        return chunk
+
+
+def _pieces_sent_together(tmp_path: Path, pieces: list[bytes], limit: int) -> bytes:
+    """The log after every piece was appended at once, each from a thread of its own."""
+    import threading
+
+    from master import buildlogs
+
+    store = Store(tmp_path / "state.db")
+    job = store.jobs.get(job_in(store, JobState.BUILDING))
+    assert job is not None
+    buildlogs.start(tmp_path, job)
+    start = threading.Barrier(len(pieces))
+    sizes: list[int] = []
+
+    def send(piece: bytes) -> None:
+        start.wait()
+        sizes.append(buildlogs.append(tmp_path, job, 1, _SlowPiece(piece), limit))
+
+    threads = [threading.Thread(target=send, args=(p,)) for p in pieces]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(sizes) == len(pieces)
+    text = buildlogs.log_path(tmp_path, job).read_bytes()
+    assert max(sizes) == len(text)  # each answer is the size its piece left the log at
+    return text
+
+
+def test_pieces_sent_together_are_kept_whole_and_bounded_exactly(tmp_path: Path) -> None:
+    from master import buildlogs
+
+    letters = b"abcdefghijkl"
+    pieces = [bytes([c]) * 300 for c in letters]
+    text = _pieces_sent_together(tmp_path, pieces, limit=1000)
+    # Exactly the limit, then one marker: three whole pieces and the start of a fourth.
+    assert len(text) == 1000 + len(buildlogs.MARKER)
+    assert text.count(buildlogs.MARKER) == 1 and text.endswith(buildlogs.MARKER)
+    kept = text[:1000]
+    runs = [(m.group()[0], len(m.group())) for m in re.finditer(rb"(.)\1*", kept)]
+    assert [n for _, n in runs] == [300, 300, 300, 100], runs
+    assert len({c for c, _ in runs}) == 4  # each piece added once, never interleaved
+
+
+def test_pieces_that_fit_are_all_kept_whole(tmp_path: Path) -> None:
+    from master import buildlogs
+
+    pieces = [bytes([c]) * 100 for c in b"abcdefgh"]
+    text = _pieces_sent_together(tmp_path, pieces, limit=1000)
+    assert buildlogs.MARKER not in text
+    assert sorted(text[i:i + 100] for i in range(0, 800, 100)) == pieces
+
+
+# -- worker names ------------------------------------------------------------------------------
+
+
+def _beat(store: Store, name: str, user: str, *, leaving: bool = False,
+          max_live: int | None = 64) -> str | None:
+    from master.store import WorkerInfo
+
+    return store.workers.use_name(name, WorkerInfo(("amd64",), 1, user=user), leaving=leaving,
+                                  ttl=30, max_live=max_live)
+
+
+def _live_names(store: Store) -> set[str]:
+    return {w.name for w in store.workers.live(30)}
+
+
+def test_a_worker_name_belongs_to_the_user_that_recorded_it(store: Store) -> None:
+    assert _beat(store, "box", "alice") is None
+    for leaving in (False, True):
+        refused = _beat(store, "box", "mallory", leaving=leaving)
+        assert refused is not None and "belongs to another user" in refused
+    assert _live_names(store) == {"box"}
+    assert store.workers.get("box").info.user == "alice"  # type: ignore[union-attr]
+    # Still hers once it left: leaving does not free a name.
+    assert _beat(store, "box", "alice", leaving=True) is None
+    assert _live_names(store) == set()
+    assert _beat(store, "box", "mallory") is not None
+    assert _beat(store, "box", "alice") is None
+    # An admin (no limit given) may use any name.
+    assert _beat(store, "box", "root", leaving=True, max_live=None) is None
+    assert _live_names(store) == set()
+
+
+def test_a_user_has_at_most_so_many_live_names(store: Store) -> None:
+    for i in range(3):
+        assert _beat(store, f"n{i}", "alice", max_live=3) is None
+    refused = _beat(store, "n3", "alice", max_live=3)
+    assert refused is not None and "3 live worker names" in refused
+    assert store.workers.get("n3") is None
+    assert _beat(store, "n0", "alice", max_live=3) is None  # a live name of hers goes on
+    assert _beat(store, "other", "bob", max_live=3) is None  # the limit is per user
+    assert _beat(store, "n1", "alice", leaving=True, max_live=3) is None
+    assert _beat(store, "n3", "alice", max_live=3) is None
+    # A leaving name that was never recorded records nothing.
+    assert _beat(store, "ghost", "alice", leaving=True, max_live=3) is None
+    assert store.workers.get("ghost") is None
+
+
+def test_a_name_recorded_without_a_user_goes_to_who_built_under_it(store: Store) -> None:
+    import time
+
+    from master.store import WorkerInfo
+
+    job_id = job_in(store, JobState.QUEUED)
+    assert store.jobs.claim(job_id, 1, "old-box", "alice", "hash", 60)
+    with store.db.write() as db:
+        for name in ("old-box", "old-idle"):
+            db.execute("INSERT INTO workers(name, info, last_seen) VALUES (?,?,?)",
+                       (name, WorkerInfo(("amd64",), 1).to_json(), time.time()))
+    assert _beat(store, "old-box", "mallory") is not None
+    assert _beat(store, "old-box", "alice") is None
+    assert store.workers.get("old-box").info.user == "alice"  # type: ignore[union-attr]
+    # Never built anything: nobody's while live, free once its heartbeats stopped.
+    refused = _beat(store, "old-idle", "mallory")
+    assert refused is not None and "without a user" in refused
+    with store.db.write() as db:
+        db.execute("UPDATE workers SET last_seen=? WHERE name='old-idle'", (time.time() - 31,))
+    assert _beat(store, "old-idle", "bob") is None
+    assert _beat(store, "old-idle", "mallory") is not None
