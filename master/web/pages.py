@@ -262,7 +262,9 @@ def package(name: str) -> Any:
         success_rate=(successes / len(finished)) if finished else None,
         finished=len(finished), chart=chart, versions=versions,
         suites=services.settings.repository.all_suites,
-        arches=sorted({r.arch for r in records}), admin=can(ADMIN))
+        arches=sorted({r.arch for r in records}),
+        formats=[f for f in services.settings.repository.formats
+                 if any(r.format == f for r in records)], admin=can(ADMIN))
 
 
 # -- workers ---------------------------------------------------------------------------------
