@@ -262,11 +262,14 @@ class Repository:
         return removed
 
     def _delete_unused(self, records: list[PackageRecord]) -> list[str]:
-        """Delete from the pool each file no record uses any more; their names."""
+        """Delete from the pool each file no record uses any more, with what its format
+        keeps beside it; their names."""
         gone = []
         for rec in records:
             if not self.store.packages.pool_path_in_use(rec.pool_path):
                 self.storage.delete(rec.pool_path)
+                for key in formats.get(rec.format).companions(rec.pool_path):
+                    self.storage.delete(key)
                 gone.append(rec.filename)
         return gone
 
