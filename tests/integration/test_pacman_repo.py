@@ -30,6 +30,7 @@ from tests.integration.farm import (
     standalone_master,
 )
 from tests.integration.test_repository import generate_key
+from tests.integration.test_upload import check_archives_against_jobs
 from worker.formats import get as get_builder
 
 SOURCE_DATE_EPOCH = "1700000000"
@@ -96,7 +97,8 @@ def keys(tmp_path_factory) -> dict[str, Path]:
 def master(tmp_path_factory, keys) -> Master:
     with standalone_master(tmp_path_factory.mktemp("pacman-repo"), repository={
             "formats": ["pacman"], "signing_key": str(keys["farm"]),
-            "architectures": ["amd64", "arm64"]}) as m:
+            "architectures": ["amd64", "arm64"], "suites": ["testing"],
+            "keep_versions": 2}) as m:
         yield m
 
 
@@ -403,3 +405,96 @@ def test_archives_are_served_through_the_repository_root(master, health, package
     assert resp.status_code == 200 and resp.content == packages["lib"].read_bytes()
     assert requests.get(root + "pm-nothing-1.0-1-any.pkg.tar.zst",
                         timeout=10).status_code == 404
+
+
+def test_a_pacman_package_must_be_its_jobs(master, packages, tmp_path):
+    """A worker's package is checked against the job it is uploaded for: name, version,
+    pkgrel, epoch and architecture."""
+    check_archives_against_jobs(master, "pacman", packages["lib"], ("pm-lib", "1.0-1", "all"), {
+        "another name": ("pm-other", "1.0-1", "all"),
+        "another version": ("pm-lib", "1.1-1", "all"),
+        "another pkgrel": ("pm-lib", "1.0-2", "all"),
+        "an epoch the archive lacks": ("pm-lib", "1:1.0-1", "all"),
+        "another architecture": ("pm-lib", "1.0-1", "amd64"),
+    })
+    check_archives_against_jobs(master, "pacman", packages["app"], ("pm-app", "2.0-1", "amd64"),
+                                {"arm64 for x86_64": ("pm-app", "2.0-1", "arm64")})
+    with_epoch = build(definition(tmp_path / "epoch", "pm-lib", "1:1.0", arch="all"))
+    assert with_epoch.name == "pm-lib-1:1.0-1-any.pkg.tar.zst"
+    check_archives_against_jobs(master, "pacman", with_epoch, ("pm-lib", "1:1.0-1", "all"), {
+        "no epoch": ("pm-lib", "1.0-1", "all"), "another epoch": ("pm-lib", "2:1.0-1", "all")})
+
+
+def db_folders(master: Master, suite: str = "stable", arch: str = "x86_64") -> set[str]:
+    """The entries (name-version) of a suite's database for one architecture."""
+    data = (master.data_dir / "repo" / "pacman" / suite / "main" / arch /
+            f"pkgfarm-{suite}.db").read_bytes()
+    return set(db_entries(data))
+
+
+def pool_packages(master: Master, name: str) -> list[str]:
+    return sorted(p.name for p in (master.data_dir / "repo/pacman/pool").rglob(f"{name}-*")
+                  if not p.name.endswith(".sig"))
+
+
+def test_retention_promotion_and_removal(master, health, tmp_path):
+    """keep_versions (2) versions stay in the pool; a version promoted to testing is kept
+    while testing serves it and a stock pacman syncs it from there; DELETE takes versions out
+    of the pool, the databases and the package signatures beside them."""
+    built = {v: build(definition(tmp_path / "defs" / v, "pm-kept", v, arch="all"))
+             for v in ("1.0", "1.1", "1.2", "1.3")}
+    for version in ("1.0", "1.1"):
+        assert upload(master, built[version]).status_code == 201
+    resp = master.api("POST", "/api/v1/packages/pm-kept/promote",
+                      json={"version": "1.0-1", "from": "stable", "to": "testing",
+                            "format": "pacman"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["promoted"] == [built["1.0"].name]
+    assert "pm-kept-1.0-1" in db_folders(master, "testing")
+    assert "pm-kept-1.1-1" in db_folders(master, "stable")
+    # The testing database is signed and its package too: pacman syncs it with
+    # SigLevel = Required and installs the promoted version.
+    snippet = health["repository"]["formats"]["pacman"]["snippet"].replace(
+        "pkgfarm-stable", "pkgfarm-testing").replace("/pacman/stable/", "/pacman/testing/")
+    key = tmp_path / "farm-key.gpg"
+    key.write_bytes(requests.get(master.url + "/repo/key.gpg", timeout=10).content)
+    pacman = PacmanClient(tmp_path / "pacman", snippet, key, health["signing_key"])
+    pacman.run("-Sy", "pm-kept")
+    assert pacman.run("-Q", "pm-kept").stdout.strip() == "pm-kept 1.0-1"
+
+    # Two newer versions in stable: 1.1 leaves the pool (keep_versions 2), 1.0 stays, since
+    # testing serves it.
+    for version in ("1.2", "1.3"):
+        assert upload(master, built[version]).status_code == 201
+    assert pool_packages(master, "pm-kept") == [built[v].name for v in ("1.0", "1.2", "1.3")]
+    listed = master.api("GET", "/api/v1/packages/pm-kept").json()["versions"]
+    assert [(v["version"], v["suites"]) for v in listed] == [
+        ("1.3-1", ["stable"]), ("1.2-1", ["stable"]), ("1.0-1", ["testing"])]
+    assert {f for f in db_folders(master) if f.startswith("pm-kept-")} == {"pm-kept-1.3-1"}
+    # Each archive in the pool has its signature beside it; 1.1's left with it.
+    pool = master.data_dir / "repo/pacman/pool/main/pm-kept"
+    assert sorted(p.name for p in pool.glob("*.sig")) == [
+        f"{built[v].name}.sig" for v in ("1.0", "1.2", "1.3")]
+
+    # Removal of one version: the next newest takes its place in the database.
+    wrong = master.api("DELETE", "/api/v1/packages/pm-kept",
+                       params={"version": "1.3-1", "format": "rpm"})
+    assert wrong.status_code == 400 and wrong.json()["field"] == "format"
+    gone = master.api("DELETE", "/api/v1/packages/pm-kept",
+                      params={"version": "1.3-1", "format": "pacman"})
+    assert gone.status_code == 200 and gone.json()["removed"] == [built["1.3"].name]
+    assert pool_packages(master, "pm-kept") == [built[v].name for v in ("1.0", "1.2")]
+    assert {f for f in db_folders(master) if f.startswith("pm-kept-")} == {"pm-kept-1.2-1"}
+    assert sorted(p.name for p in pool.glob("*.sig")) == [
+        f"{built[v].name}.sig" for v in ("1.0", "1.2")]
+    # And the rest, from every suite: nothing of it is left, and pacman sees it gone.
+    gone = master.api("DELETE", "/api/v1/packages/pm-kept")
+    assert sorted(gone.json()["removed"]) == [built[v].name for v in ("1.0", "1.2")]
+    assert pool_packages(master, "pm-kept") == []
+    assert not any(f.startswith("pm-kept-") for suite in ("stable", "testing")
+                   for f in db_folders(master, suite))
+    assert not list(pool.glob("*.sig"))
+    assert master.api("DELETE", "/api/v1/packages/pm-kept").status_code == 404
+    pacman.run("-Sy")
+    assert pacman.run("-Ss", "pm-kept", check=False).stdout == ""
+
