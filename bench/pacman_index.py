@@ -3,8 +3,16 @@
 Set-up (not timed): N synthetic records in a fresh Store, each with the database entry the
 pacman format's index_entry makes (from .PKGINFO-like fields and made-up digests; no archive
 behind them), and one full database write. That database (and its .files) is also repo-add's
-starting point, so both tools update the same 20,000 entries; a sample of it is checked with
-repo-add itself (it reads and rewrites it) and with bsdtar.
+starting point, so both tools update the same 20,000 entries.
+
+Checks (not timed): --sample records (default 20, spread over the N) are made again as real
+archives by the worker's packer, with the same name, version, fields and files, and added by
+repo-add to a scratch database; each synthetic record's desc must equal repo-add's entry of its
+real twin but for the fields made up or signed (%CSIZE%, %ISIZE%, %MD5SUM%, %SHA256SUM%: no
+archive stands behind the record; %PGPSIG%: the farm signs), and its files entry must equal
+repo-add's. Each run's new (real) package's desc and files in the farm's database must equal
+repo-add's entry of it in the copy repo-add updated (but %PGPSIG%). At the end repo-remove
+reads and rewrites the farm's database.
 
 Timed, each step --runs times, interleaved, medians reported (one new real package per run,
 made by the worker's packer):
@@ -96,6 +104,111 @@ build: "true"
     return pmpackage.pack(d, ARCH, tree, out, {"SOURCE_DATE_EPOCH": "1700000000"}, io.StringIO())
 
 
+def twin_definition(folder: Path, i: int) -> Path:
+    """A definition that makes the real archive of synthetic record ``i``."""
+    name = f"{PREFIXES[i % 26]}bench{i:05d}"
+    folder.mkdir(parents=True)
+    path = folder / "p.yaml"
+    path.write_text(f"""package:
+  name: {name}
+  version: "1.0"
+  release: "1"
+  architecture: any
+  description: synthetic package {i} for the benchmark
+  maintainer: bench <bench@example.org>
+  homepage: https://example.org
+  license: MIT
+  depends: ["glibc", "bash (>= 5)"]
+build: "true"
+""")
+    return path
+
+
+def real_twin(work: Path, i: int) -> Path:
+    """The archive of synthetic record ``i`` made for real: its files are the ones the
+    record lists (a 4000-byte program and a 96-byte README)."""
+    folder = work / f"twin{i}"
+    d = parse_definition(twin_definition(folder, i))
+    tree = folder / "tree"
+    (tree / "usr/bin").mkdir(parents=True)
+    (tree / f"usr/share/doc/{d.name}").mkdir(parents=True)
+    (tree / f"usr/bin/{d.name}").write_bytes(b"#" * 4000)
+    (tree / f"usr/share/doc/{d.name}/README").write_bytes(b"r" * 96)
+    out = folder / "out"
+    out.mkdir()
+    return pmpackage.pack(d, ARCH, tree, out, {"SOURCE_DATE_EPOCH": "1700000000"},
+                          io.StringIO())
+
+
+def db_entries(path: Path, only: set[str] | None = None) -> dict[str, dict[str, bytes]]:
+    """folder -> member (desc, files) -> bytes of a database, for the folders ``only``."""
+    entries: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for m in tar:
+            folder, _, member = m.name.partition("/")
+            if m.isfile() and (only is None or folder in only):
+                handle = tar.extractfile(m)
+                assert handle is not None
+                entries.setdefault(folder, {})[member] = handle.read()
+    return entries
+
+
+def desc_fields(text: bytes, leave_out: set[str]) -> dict[str, list[str]]:
+    """A desc entry's fields (%NAME% -> its lines), without ``leave_out``."""
+    fields: dict[str, list[str]] = {}
+    for block in text.decode().strip("\n").split("\n\n"):
+        key, *values = block.split("\n")
+        if key not in leave_out:
+            fields[key] = values
+    return fields
+
+
+#: Fields of a synthetic record that no real archive stands behind (made-up digests and
+#: sizes), and the signature the farm adds (repo-add adds one only from a .sig file).
+MADE_UP = {"%CSIZE%", "%ISIZE%", "%MD5SUM%", "%SHA256SUM%"}
+SIGNED = {"%PGPSIG%"}
+
+
+def compare_entries(ours: dict[str, dict[str, bytes]], theirs: dict[str, dict[str, bytes]],
+                    leave_out: set[str]) -> int:
+    """How many entries agree; exits naming the first that does not."""
+    for folder, members in theirs.items():
+        if set(ours.get(folder, {})) != set(members):
+            sys.exit(f"{folder}: the farm's database has {sorted(ours.get(folder, {}))}, "
+                     f"repo-add's {sorted(members)}")
+        if desc_fields(ours[folder]["desc"], leave_out) != desc_fields(members["desc"],
+                                                                       leave_out):
+            sys.exit(f"{folder}: the farm's desc differs from repo-add's")
+        if "files" in members and ours[folder]["files"] != members["files"]:
+            sys.exit(f"{folder}: the farm's files entry differs from repo-add's")
+    return len(theirs)
+
+
+def farm_entries(db: Path, files: Path, folders: set[str]) -> dict[str, dict[str, bytes]]:
+    """The farm's entries of ``folders``: desc from the .db, files from the .files."""
+    ours = db_entries(files, folders)
+    for folder, members in db_entries(db, folders).items():
+        ours.setdefault(folder, {})["desc"] = members["desc"]
+    return ours
+
+
+def check_synthetic_sample(work: Path, n: int, sample: int, db: Path, files: Path,
+                           env: dict[str, str]) -> int:
+    """Compare ``sample`` synthetic records with repo-add's entries of their real twins."""
+    chosen = sorted({round(k * (n - 1) / max(1, sample - 1)) for k in range(sample)})
+    scratch = work / "twins"
+    scratch.mkdir()
+    archives = [real_twin(work / "twin-defs", i) for i in chosen]
+    for archive in archives:
+        shutil.copy(archive, scratch / archive.name)
+    subprocess.run(["repo-add", "-q", str(scratch / "t.db.tar.gz"),
+                    *(str(scratch / a.name) for a in archives)],
+                   check=True, env=env, capture_output=True)
+    folders = {a.name.rsplit("-", 1)[0] for a in archives}
+    return compare_entries(farm_entries(db, files, folders),
+                           db_entries(scratch / "t.files.tar.gz"), MADE_UP | SIGNED)
+
+
 def count_entries(db: Path) -> int:
     with tarfile.open(db) as tar:
         return sum(1 for m in tar if m.name.endswith("/desc"))
@@ -106,6 +219,8 @@ def main() -> int:
     ap.add_argument("--packages", type=int, default=20000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--sign", action="store_true")
+    ap.add_argument("--sample", type=int, default=20,
+                    help="synthetic records checked against repo-add's entries of real twins")
     args = ap.parse_args()
     with bc.temporary_folder("pkgfarm-pacman-bench-") as work:
         return run(work, args)
@@ -144,6 +259,9 @@ def run(work: Path, args: argparse.Namespace) -> int:
     db, files = root / "pkgfarm-stable.db", root / "pkgfarm-stable.files"
     assert count_entries(db) == n, "the farm's database lacks entries"
     bc.log(f"  db {db.stat().st_size} bytes, files {files.stat().st_size} bytes")
+    checked = check_synthetic_sample(work, n, min(args.sample, n), db, files, env)
+    bc.log(f"  {checked} synthetic records equal repo-add's entries of their real twins "
+           "(but made-up digests and sizes, and the signature)")
 
     t_farm, t_repo_add = [], []
     for i in range(args.runs):
@@ -181,6 +299,9 @@ def run(work: Path, args: argparse.Namespace) -> int:
 
         t_farm.append(bc.timed(farm))
         assert count_entries(db) == n + 1 + i, "the farm's database lacks the new package"
+        folder = {pkg.name.rsplit("-", 1)[0]}
+        compare_entries(farm_entries(db, files, folder),
+                        db_entries(ra / "bench.files.tar.gz", folder), SIGNED)
         shutil.rmtree(ra)
     # the databases written stay readable by repo-add (a sample check of the writer)
     check = work / "check"
@@ -201,6 +322,8 @@ def run(work: Path, args: argparse.Namespace) -> int:
          " ".join(f"{x:.3f}" for x in t_repo_add)],
     ]))
     print(f"ratio repo-add / pkgfarm: {ra_m / farm_m:.1f}x")
+    print(f"checked: {checked} synthetic records against repo-add's entries of real twins, "
+          f"and each run's new package against repo-add's entry ({args.runs})")
     return 0
 
 

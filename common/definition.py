@@ -102,7 +102,7 @@ class PackageDefinition:
             mapped = any(k == kind for k, _, _ in self.per_format)
             field_name = f"package.{kind}" + (f".{fmt.name}" if mapped else "")
             for rel in self.relations_for(kind, fmt.name):
-                problem = fmt.check_relation(rel)
+                problem = fmt.check_relation(rel, kind)
                 if problem:
                     raise _fail(self.path, field_name, _naming(fmt, rel, problem))
 
@@ -166,9 +166,9 @@ def _string(path: Path, data: dict[str, Any], key: str, where: str, required: bo
 
 
 def _string_list(path: Path, data: dict[str, Any], key: str, where: str,
-                 syntax: Iterable[PackageFormat]) -> tuple[str, ...]:
-    """A list of relations, each checked with the relation syntax of every format in
-    ``syntax``."""
+                 syntax: Iterable[PackageFormat], kind: str = "depends") -> tuple[str, ...]:
+    """A list of relations of field ``kind`` (depends, provides, ...), each checked with the
+    relation syntax of every format in ``syntax``."""
     value = data.get(key, [])
     if value is None:
         return ()
@@ -180,7 +180,7 @@ def _string_list(path: Path, data: dict[str, Any], key: str, where: str,
         if "\n" in v or "," in v:
             raise _fail(path, f"{where}{key}", f"{v!r}: one relation per list item, no newlines")
         for fmt in syntax:
-            problem = fmt.check_relation(v.strip())
+            problem = fmt.check_relation(v.strip(), kind)
             if problem:
                 raise _fail(path, f"{where}{key}", f"{v!r}: {problem}")
     return tuple(v.strip() for v in value)
@@ -208,14 +208,14 @@ def _relations(path: Path, pkg: dict[str, Any], kind: str, syntax: list[PackageF
     of format names to lists (each checked with its own format)."""
     value = pkg.get(kind)
     if not isinstance(value, dict):
-        return _string_list(path, pkg, kind, "package.", syntax), []
+        return _string_list(path, pkg, kind, "package.", syntax, kind), []
     mapped = []
     for fmt_name in value:
         if not isinstance(fmt_name, str) or fmt_name not in formats.FORMATS:
             raise _fail(path, f"package.{kind}", f"unknown package format {fmt_name!r} (known: "
                         f"{', '.join(sorted(formats.FORMATS))})")
         mapped.append((kind, fmt_name, _string_list(path, value, fmt_name, f"package.{kind}.",
-                                                    [formats.FORMATS[fmt_name]])))
+                                                    [formats.FORMATS[fmt_name]], kind)))
     return (), mapped
 
 

@@ -61,11 +61,14 @@ HTTP_DURATION = Histogram(
     "response starts), by route", ["endpoint"], registry=None,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
 UPLOADS = Counter(
-    "pkgfarm_uploads", "Uploads received, by result (accepted, present: the same archive was "
-    "already published, refused)", ["result"], registry=None)
+    "pkgfarm_uploads", "Uploads received, by package format (unknown: the file name is no "
+    "served format's) and result (accepted, present: the same archive was already "
+    "published, refused)", ["format", "result"], registry=None)
 UPLOAD_BYTES = Counter(
-    "pkgfarm_upload_bytes", "Bytes of the uploads received, by result", ["result"],
-    registry=None)
+    "pkgfarm_upload_bytes", "Bytes of the uploads received, by package format and result",
+    ["format", "result"], registry=None)
+#: The format label of an upload whose file name no served format reads.
+UNKNOWN_FORMAT = "unknown"
 INDEX_UPDATE = Histogram(
     "pkgfarm_index_update_duration_seconds", "Time to write the repository index (every "
     "format, suite and architecture)", registry=None,
@@ -100,8 +103,9 @@ def instrument(app: Flask) -> None:
                 size = g.get("pkgfarm_upload_size")
                 if size is None:
                     size = request.content_length or 0
-                UPLOADS.labels(result).inc()
-                UPLOAD_BYTES.labels(result).inc(size)
+                fmt = g.get("pkgfarm_upload_format") or UNKNOWN_FORMAT
+                UPLOADS.labels(fmt, result).inc()
+                UPLOAD_BYTES.labels(fmt, result).inc(size)
         except Exception:  # a metric must never break an answer
             log.exception("counting a request failed")
         return response
@@ -134,7 +138,8 @@ def bearer_matches(header: str, token: str | None) -> bool:
 _OUTCOMES = (JobState.SUCCESS, JobState.FAILED, JobState.DEP_FAILED, JobState.CANCELLED)
 _FINAL_SPEC: dict[str, tuple[str, str, tuple[str, ...]]] = {
     counters.JOBS_FINISHED: ("pkgfarm_jobs_finished", "Jobs that reached a final state, by "
-                             "architecture and outcome", ("arch", "outcome")),
+                             "architecture, package format and outcome",
+                             ("arch", "format", "outcome")),
     counters.BUILDS_FINISHED: ("pkgfarm_builds_finished", "Builds whose last job reached a "
                                "final state, by outcome (a restarted build counts again when "
                                "it ends again)", ("outcome",)),
@@ -153,6 +158,11 @@ _HISTOGRAMS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
                           "queued until a worker took it, by architecture", ("arch",),
                           counters.WAIT_BUCKETS),
 }
+
+
+#: Labels that counters recorded before the label existed lack, and what they were then:
+#: every job was a deb before the farm made other formats.
+_LABELS_BEFORE = {"format": "deb"}
 
 
 class StoreCollector(Collector):
@@ -197,11 +207,14 @@ class StoreCollector(Collector):
             family = CounterMetricFamily(name, doc, labels=list(labels))
             seen: dict[tuple[str, ...], float] = {}
             if key == counters.JOBS_FINISHED:
-                seen = {(a, o.value): 0.0 for a in self._arches() for o in _OUTCOMES}
+                seen = {(a, f, o.value): 0.0 for a in self._arches()
+                        for f in self.services.settings.repository.formats for o in _OUTCOMES}
             elif key == counters.BUILDS_FINISHED:
                 seen = {(o.value,): 0.0 for o in _OUTCOMES}
             for label_map, value in values.get(key, []):
-                seen[tuple(label_map.get(n, "") for n in labels)] = value
+                label_values = tuple(label_map.get(n, _LABELS_BEFORE.get(n, ""))
+                                     for n in labels)
+                seen[label_values] = seen.get(label_values, 0.0) + value
             for label_values, value in sorted(seen.items()):
                 family.add_metric(list(label_values), value)
             yield family

@@ -200,9 +200,26 @@ class Repository:
         return NewPackage(format=fmt, suite=self.repo.suite, component=self.repo.component,
                           **fields)  # type: ignore[arg-type]
 
-    def promote(self, name: str, version: str, source: str, target: str) -> list[str]:
+    def format_name(self, filename: str) -> str | None:
+        """The served format whose archive names ``filename`` follows, or None."""
+        try:
+            return format_of(filename, self.formats)[0].format.name
+        except BadRequest:
+            return None
+
+    def check_format(self, fmt: str | None) -> str | None:
+        """``fmt`` when it is None or a format the repository serves; BadRequest else."""
+        if fmt is not None and fmt not in self.formats:
+            raise BadRequest(f"this repository serves no format {fmt!r} (it serves "
+                             f"{', '.join(self.formats)})", field="format")
+        return fmt
+
+    def promote(self, name: str, version: str, source: str, target: str,
+                fmt: str | None = None) -> list[str]:
         """Publish in suite ``target`` the archives of ``name`` ``version`` that ``source``
-        has, without building them again (the same pool files)."""
+        has (of format ``fmt`` only, when given; else of every format), without building them
+        again (the same pool files)."""
+        self.check_format(fmt)
         for suite in (source, target):
             if suite not in self.repo.all_suites:
                 raise NotFound(f"this repository has no suite {suite!r} (it has "
@@ -210,9 +227,11 @@ class Repository:
         if source == target:
             raise BadRequest("promote to another suite", field="to")
         records = [r for r in self.store.packages.all(name)
-                   if r.suite == source and r.version == version]
+                   if r.suite == source and r.version == version
+                   and (fmt is None or r.format == fmt)]
         if not records:
-            raise NotFound(f"{source} holds no {name} {version}", package=name)
+            raise NotFound(f"{source} holds no {name} {version}"
+                           + (f" as {fmt}" if fmt else ""), package=name)
         with self._index_lock():
             generation = self.store.packages.add([r.published_in(target) for r in records])
         self.rebuild_index(generation)
@@ -243,11 +262,14 @@ class Repository:
         return removed
 
     def _delete_unused(self, records: list[PackageRecord]) -> list[str]:
-        """Delete from the pool each file no record uses any more; their names."""
+        """Delete from the pool each file no record uses any more, with what its format
+        keeps beside it; their names."""
         gone = []
         for rec in records:
             if not self.store.packages.pool_path_in_use(rec.pool_path):
                 self.storage.delete(rec.pool_path)
+                for key in formats.get(rec.format).companions(rec.pool_path):
+                    self.storage.delete(key)
                 gone.append(rec.filename)
         return gone
 
@@ -257,14 +279,18 @@ class Repository:
         for folder in (self.incoming / "staged").glob(f"{job_id}.*"):
             shutil.rmtree(folder, ignore_errors=True)
 
-    def remove(self, name: str, version: str | None, arch: str | None) -> list[str]:
-        """Take archives out of the repository: the index first, then the pool."""
+    def remove(self, name: str, version: str | None, arch: str | None,
+               fmt: str | None = None) -> list[str]:
+        """Take archives out of the repository (of format ``fmt`` only, when given; else of
+        every format): the index first, then the pool."""
+        self.check_format(fmt)
         with self._index_lock():
-            generation, removed = self.store.packages.remove(name, version, arch)
+            generation, removed = self.store.packages.remove(name, version, arch, fmt)
             if not removed:
                 raise NotFound(f"the repository holds no {name}"
                                + (f" {version}" if version else "")
-                               + (f" for {arch}" if arch else ""), package=name)
+                               + (f" for {arch}" if arch else "")
+                               + (f" as {fmt}" if fmt else ""), package=name)
         self.rebuild_index(generation)
         self._delete_unused(removed)
         return sorted({rec.filename for rec in removed})

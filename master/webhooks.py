@@ -171,7 +171,17 @@ class Dispatcher:
             body["data"] = event.to_json()
             if event.build_id is not None:
                 body["build_url"] = f"{self.base}/builds/{event.build_id}"
+                data = event.data
+                if event.kind.startswith("job.") and "format" in data:
+                    body["log_url"] = self.log_url(event.build_id, data["package"],
+                                                   data["arch"], data["format"])
         return body
+
+    def log_url(self, build_id: int, package: str, arch: str, fmt: str) -> str:
+        """The API address of one job's build log: the architecture and the format name the
+        job, so the link answers whatever else the build made of that package."""
+        return (f"{self.base}/api/v1/builds/{build_id}/packages/{quote(package, safe='')}"
+                f"/log?arch={quote(arch, safe='')}&format={quote(fmt, safe='')}")
 
     def build_summary(self, event: Event) -> dict[str, Any]:
         build_id = event.build_id
@@ -191,20 +201,20 @@ class Dispatcher:
         summary["jobs"] = []
         summary["failed"] = []
         for job in jobs:
-            log_url = (f"{self.base}/api/v1/builds/{build_id}/packages/"
-                       f"{quote(job.package, safe='')}/log?arch={quote(job.arch, safe='')}")
+            log_url = self.log_url(build_id, job.package, job.arch, job.format)
             duration = (round(job.finished_at - job.started_at, 3)
                         if job.finished_at is not None and job.started_at is not None
                         else None)
             entry = {"id": job.id, "package": job.package, "version": job.version,
-                     "arch": job.arch, "state": job.state.value, "attempt": job.attempt,
+                     "arch": job.arch, "format": job.format, "state": job.state.value,
+                     "attempt": job.attempt,
                      "worker": job.worker, "error": job.error, "duration": duration,
                      "log_url": log_url}
             summary["jobs"].append(entry)
             if job.state.value != "success":
                 first = (job.error or "").strip().splitlines()
                 summary["failed"].append({"package": job.package, "arch": job.arch,
-                                          "state": job.state.value,
+                                          "format": job.format, "state": job.state.value,
                                           "error": first[0] if first else None,
                                           "log_url": log_url})
         return summary
@@ -217,7 +227,8 @@ class Dispatcher:
         if packages:
             text += f" ({', '.join(packages)})"
         for failed in build.get("failed", [])[:5]:
-            text += f"; {failed['package']} ({failed['arch']}) {failed['state']}"
+            text += (f"; {failed['package']} ({failed['arch']}, {failed['format']}) "
+                     f"{failed['state']}")
             if failed.get("error"):
                 text += f": {failed['error'][:200]}"
         return f"{text} {build['url']}"

@@ -76,8 +76,10 @@ class PackageFormat(Protocol):
     def version_key(self, version: str) -> Any:
         """A sort key that orders versions as the format's own tools do."""
 
-    def check_relation(self, relation: str) -> str | None:
-        """What is wrong with one relation (``name (>= 1) | other``), or None."""
+    def check_relation(self, relation: str, kind: str = "depends") -> str | None:
+        """What is wrong with one relation (``name (>= 1) | other``) of the relation field
+        ``kind`` (``depends``, ``recommends``, ``conflicts``, ``provides``, ``replaces``:
+        formats allow less in some of them, e.g. no alternatives in ``provides``), or None."""
 
     def relation_names(self, relations: Iterable[str]) -> list[str]:
         """Every package name the relations mention, in every alternative."""

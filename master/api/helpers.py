@@ -112,7 +112,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "error": job.error,
         "files": list(job.files),
         "log_url": url_for("builds.build_log", build_id=job.build_id, name=job.package,
-                           arch=job.arch, _external=True),
+                           arch=job.arch, format=job.format, _external=True),
     }
 
 

@@ -95,11 +95,14 @@ def package_versions(name: str) -> Any:
 @bp.post("/packages/<name>/promote")
 @require("admin")
 def promote(name: str) -> Any:
-    data = json_body({"version", "from", "to"})
+    data = json_body({"version", "from", "to", "format"})
     for key in ("version", "from", "to"):
         if not isinstance(data.get(key), str) or not data[key]:
             raise BadRequest(f"{key} is required and must be a string", field=key)
-    files = svc().repository.promote(name, data["version"], data["from"], data["to"])
+    fmt = data.get("format")
+    if fmt is not None and (not isinstance(fmt, str) or not fmt):
+        raise BadRequest("format must be the name of a package format", field="format")
+    files = svc().repository.promote(name, data["version"], data["from"], data["to"], fmt)
     return {"promoted": files, "suite": data["to"]}
 
 
@@ -107,5 +110,5 @@ def promote(name: str) -> Any:
 @require("admin")
 def remove_package(name: str) -> Any:
     removed = svc().repository.remove(name, request.args.get("version"),
-                                      request.args.get("arch"))
+                                      request.args.get("arch"), request.args.get("format"))
     return {"removed": removed}

@@ -43,6 +43,7 @@ def upload() -> Any:
         job = services.scheduler.live_attempt(int_arg("job", lo=1), int_arg("attempt", lo=1),
                                               request.headers.get(TOKEN_HEADER, ""),
                                               current_user())
+        g.pkgfarm_upload_format = job.format
         receipt = services.repository.stage_upload(stream, filename, sha256, job=job,
                                                    content_length=request.content_length)
         g.pkgfarm_upload_size = receipt.size
@@ -52,6 +53,7 @@ def upload() -> Any:
         # admin role may still publish an archive by hand.
         raise Forbidden("an upload must name its job and attempt and carry the attempt's "
                         f"token ({TOKEN_HEADER}); only admins upload without one")
+    g.pkgfarm_upload_format = services.repository.format_name(filename)
     receipt = services.repository.accept_upload(stream, filename, sha256,
                                                 uploader=current_user(),
                                                 content_length=request.content_length)

@@ -104,6 +104,10 @@ class RepositoryFormat(Protocol):
         format's client fetches archives beside its index): (suite, archive file name), which
         ``/repo/`` redirects to the archive's pool path; None for any other key."""
 
+    def companions(self, pool_path: str) -> tuple[str, ...]:
+        """The files the format keeps beside the archive at ``pool_path`` in the pool (a
+        detached signature), which leave the pool with it."""
+
     def changes_in_place(self, key: str) -> bool:
         """Whether the file at ``key`` is rewritten under the same name (an index), so that
         clients must always get it whole."""

@@ -59,15 +59,17 @@ def _bound(bound: float) -> str:
     return "+Inf" if math.isinf(bound) else repr(float(bound))
 
 
-def job_moved(db: sqlite3.Connection, build_id: int, arch: str, old: JobState, new: JobState,
-              queued_at: float | None, started_at: float | None) -> None:
+def job_moved(db: sqlite3.Connection, build_id: int, arch: str, fmt: str, old: JobState,
+              new: JobState, queued_at: float | None, started_at: float | None) -> None:
     """Count what one job's change of state means for the metrics (called by the job store
-    inside the transaction that makes the change, after it)."""
+    inside the transaction that makes the change, after it). Jobs finished are counted per
+    format too; durations and waits per architecture only (few series: a histogram is a dozen
+    of them per label set)."""
     now = time.time()
     if new == JobState.BUILDING and queued_at is not None:
         observe(db, QUEUE_WAIT, {"arch": arch}, now - queued_at, WAIT_BUCKETS)
     if new in FINAL_STATES and old not in FINAL_STATES:
-        bump(db, JOBS_FINISHED, {"arch": arch, "outcome": new.value})
+        bump(db, JOBS_FINISHED, {"arch": arch, "format": fmt, "outcome": new.value})
         if old == JobState.BUILDING and started_at is not None:
             observe(db, JOB_DURATION, {"arch": arch, "outcome": new.value}, now - started_at,
                     DURATION_BUCKETS)

@@ -38,7 +38,7 @@ def _move(db: sqlite3.Connection, job: Job, new: JobState, **changes: Any) -> No
                      (*columns.values(), job.id, job.state.value, job.attempt))
     if cur.rowcount != 1:  # cannot happen inside one write transaction; never silently
         raise RuntimeError(f"job {job.id} changed under a write transaction")
-    counters.job_moved(db, job.build_id, job.arch, job.state, new, job.queued_at,
+    counters.job_moved(db, job.build_id, job.arch, job.format, job.state, new, job.queued_at,
                        job.started_at)
     _job_event(db, job.id)
 
@@ -49,7 +49,7 @@ def _job_event(db: sqlite3.Connection, job_id: int) -> None:
     job = _job(db, job_id)
     assert job is not None
     common: dict[str, Any] = {"package": job.package, "version": job.version,
-                              "arch": job.arch, "attempt": job.attempt}
+                              "arch": job.arch, "format": job.format, "attempt": job.attempt}
     ids = {"job_id": job.id, "build_id": job.build_id}
     if job.state == JobState.QUEUED:
         record(db, "job.queued", **ids, **common)
@@ -113,11 +113,13 @@ class JobStore:
                 job_ids.append(cur.lastrowid)
             record(db, "build.created", build_id=build_id, packages=list(packages),
                    requested_by=requested_by,
-                   jobs=[{"id": i, "package": j.package, "version": j.version, "arch": j.arch}
+                   jobs=[{"id": i, "package": j.package, "version": j.version, "arch": j.arch,
+                          "format": j.format}
                          for i, j in zip(job_ids, jobs, strict=True)])
             for job_id, job in zip(job_ids, jobs, strict=True):
                 record(db, "job.queued", job_id=job_id, build_id=build_id,
-                       package=job.package, version=job.version, arch=job.arch, attempt=1)
+                       package=job.package, version=job.version, arch=job.arch,
+                       format=job.format, attempt=1)
         return build_id, job_ids
 
     def create_local_job(self, package: str, version: str, arch: str, fmt: str,
@@ -138,9 +140,10 @@ class JobStore:
             assert job is not None
             record(db, "build.created", build_id=build_id, packages=[package],
                    requested_by=user,
-                   jobs=[{"id": job.id, "package": package, "version": version, "arch": arch}])
+                   jobs=[{"id": job.id, "package": package, "version": version, "arch": arch,
+                          "format": fmt}])
             record(db, "job.queued", job_id=job.id, build_id=build_id, package=package,
-                   version=version, arch=arch, attempt=1)
+                   version=version, arch=arch, format=fmt, attempt=1)
             _move(db, job, JobState.BUILDING, worker=worker, claimed_by=user,
                   token_hash=token_hash, started_at=now, lease_expires=now + lease_seconds)
             started = _job(db, job.id)

@@ -111,7 +111,8 @@ def _to_package(name: str) -> str:
 @action(_to_package)
 def promote_package(name: str) -> str:
     version, source, target = _field("version"), _field("from"), _field("to")
-    files = svc().repository.promote(name, version, source, target)
+    fmt = _field("format", required=False) or None
+    files = svc().repository.promote(name, version, source, target, fmt)
     return f"Promoted {name} {version} from {source} to {target}: {len(files)} file(s)."
 
 
@@ -121,7 +122,8 @@ def promote_package(name: str) -> str:
 def remove_package(name: str) -> str:
     version = _field("version", required=False) or None
     arch = _field("arch", required=False) or None
-    removed = svc().repository.remove(name, version, arch)
+    fmt = _field("format", required=False) or None
+    removed = svc().repository.remove(name, version, arch, fmt)
     return f"Removed {len(removed)} file(s) of {name}."
 
 

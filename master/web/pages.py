@@ -257,7 +257,9 @@ def package(name: str) -> Any:
         builds_of=builds_of, history=history, job_duration=job_duration,
         success_rate=rate, finished=finished, chart=chart, versions=versions,
         suites=services.settings.repository.all_suites,
-        arches=sorted({r.arch for r in records}), admin=can(ADMIN))
+        arches=sorted({r.arch for r in records}),
+        formats=[f for f in services.settings.repository.formats
+                 if any(r.format == f for r in records)], admin=can(ADMIN))
 
 
 # -- workers ---------------------------------------------------------------------------------

@@ -350,6 +350,16 @@ class AptClient:
                                  f"{result.stderr}")
         return result
 
+    def cache(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """apt-cache with the same state (what the last update accepted)."""
+        env = {**os.environ, "APT_CONFIG": str(self.conf)}
+        result = subprocess.run(["apt-cache", *args], env=env, capture_output=True, text=True,
+                                timeout=60)
+        if check and result.returncode != 0:
+            raise AssertionError(f"apt-cache {' '.join(args)} failed:\n{result.stdout}\n"
+                                 f"{result.stderr}")
+        return result
+
     def update(self) -> subprocess.CompletedProcess[str]:
         result = self.run("update")
         # apt-get update exits 0 even when it could not use an index; a warning or error line

@@ -84,7 +84,10 @@ def test_one_build_in_order(farm):
     assert by_kind["build.created"].data["requested_by"] == "admin"
     job_id = by_kind["job.queued"].data["job_id"]
     assert by_kind["build.created"].data["jobs"] == [
-        {"id": job_id, "package": "itest-amd64", "version": "1.0-1", "arch": "amd64"}]
+        {"id": job_id, "package": "itest-amd64", "version": "1.0-1", "arch": "amd64",
+         "format": "deb"}]
+    for kind in ("job.queued", "job.started", "job.finished"):
+        assert by_kind[kind].data["format"] == "deb", kind
     assert by_kind["job.started"].data["worker"] in ("ev-a", "ev-b")
     done = by_kind["job.finished"].data
     assert done["worker"] == by_kind["job.started"].data["worker"]

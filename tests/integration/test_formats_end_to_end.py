@@ -21,10 +21,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import Farm
 from tests.integration.farm import (
     BIN,
+    PASSWORD,
     AptClient,
     DnfClient,
     PacmanClient,
@@ -32,6 +34,7 @@ from tests.integration.farm import (
     wait_for,
 )
 from tests.integration.test_repository import generate_key
+from tests.integration.test_webhooks import Receiver
 from tests.unit.native_source import make_dsc
 
 FORMATS = ["deb", "rpm", "pacman"]
@@ -108,13 +111,25 @@ build: |
 
 
 @pytest.fixture(scope="module")
-def farm(tmp_path_factory) -> Iterator[Farm]:
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    r.start()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory, receiver) -> Iterator[Farm]:
     root = tmp_path_factory.mktemp("formats")
     key = root / "farm.asc"
     generate_key(key)
     definitions = root / "definitions"
     write_definitions(definitions, "1.0")
-    f = Farm(root, extra_master={"public_pages": True}, extra={
+    hook = {"name": "formats", "url": receiver.url, "secret": "formats-hook-secret-0123456789",
+            "events": ["build.created", "job.finished", "build.finished"], "backoff": 0.2}
+    f = Farm(root, extra_master={"public_pages": True, "webhooks": [hook]}, extra={
         "package_paths": [str(definitions)],
         "repository": {"suite": "stable", "component": "main",
                        "architectures": ["amd64", "arm64"], "formats": FORMATS,
@@ -174,9 +189,71 @@ def test_one_job_per_package_arch_and_format(farm, first_build):
     log = farm.master.api("GET", f"/api/v1/builds/{first_build['id']}/packages/mf-data/log",
                           params={"format": "pacman"})
     assert log.status_code == 200 and "building mf-data 1.0-1 for all" in log.text
+    # Without ?format= the address names three jobs; the links the farm gives name one (see
+    # test_every_log_link_answers_with_its_jobs_log).
     ambiguous = farm.master.api("GET",
                                 f"/api/v1/builds/{first_build['id']}/packages/mf-data/log")
     assert ambiguous.status_code == 400 and "?format=" in ambiguous.json()["error"]
+
+
+def archive_of(job: dict) -> str:
+    (archive,) = [f for f in job["files"] if not f.endswith(".buildinfo")]
+    return archive
+
+
+def test_every_log_link_answers_with_its_jobs_log(farm, first_build, receiver):
+    """The build's API answer, its build.finished webhook and each job.finished webhook give
+    log links naming arch and format: each answers 200 with that job's own log (the one that
+    built its archive), though the build made each package in three formats."""
+    master = farm.master
+    build_id = first_build["id"]
+    expected = {(j["package"], j["arch"], j["format"]): archive_of(j)
+                for j in first_build["jobs"]}
+
+    def delivered() -> dict | None:
+        bodies = [e["json"] for e in receiver.accepted()]
+        finished = [b for b in bodies if b["event"] == "build.finished"
+                    and b["build"]["id"] == build_id]
+        jobs = [b for b in bodies if b["event"] == "job.finished"
+                and b["data"]["build_id"] == build_id]
+        done = {(b["data"]["package"], b["data"]["arch"], b["data"]["format"]) for b in jobs}
+        return {"finished": finished[0], "jobs": jobs} if finished and done == set(
+            expected) else None
+
+    bodies = wait_for(delivered, 60, "the build's webhook deliveries")
+    created = next(e["json"] for e in receiver.accepted()
+                   if e["json"]["event"] == "build.created"
+                   and e["json"]["data"]["build_id"] == build_id)
+    assert {(j["package"], j["arch"], j["format"]) for j in created["data"]["jobs"]} == set(
+        expected)
+    links = [(j["package"], j["arch"], j["format"], j["log_url"]) for j in first_build["jobs"]]
+    links += [(j["package"], j["arch"], j["format"], j["log_url"])
+              for j in bodies["finished"]["build"]["jobs"]]
+    links += [(b["data"]["package"], b["data"]["arch"], b["data"]["format"], b["log_url"])
+              for b in bodies["jobs"]]
+    assert len(links) >= 3 * len(expected)
+    for package, arch, fmt, url in links:
+        assert url.startswith(master.url) and f"format={fmt}" in url, url
+        answer = requests.get(url, auth=("reader", PASSWORD), timeout=30)
+        assert answer.status_code == 200, (url, answer.text)
+        assert f"building {package} " in answer.text
+        assert f"built {expected[(package, arch, fmt)]} " in answer.text, (url, answer.text)
+    # The events themselves name the format of each job.
+    events = master.api("GET", "/api/v1/events/list",
+                        params={"build": build_id, "kinds": "job.finished"}).json()["events"]
+    assert {(e["package"], e["arch"], e["format"]) for e in events} == set(expected)
+
+
+def test_metrics_count_jobs_and_uploads_per_format(farm, first_build):
+    text = farm.master.api("GET", "/metrics").text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    for fmt in FORMATS:
+        # mf-sh and mf-hello for amd64, in each format, at least (later builds add more)
+        assert samples[("pkgfarm_jobs_finished_total", (("arch", "amd64"), ("format", fmt),
+                                                        ("outcome", "success")))] >= 2
+        assert samples[("pkgfarm_uploads_total", (("format", fmt),
+                                                  ("result", "accepted")))] >= 4
 
 
 def test_arm64_packages_are_in_every_formats_index(farm, first_build):
@@ -318,6 +395,16 @@ build: "true"
     assert answer.status_code == 422, answer.text
     assert answer.json()["field"] == "package.formats"
     assert "snap" in answer.json()["error"]
+    # A relation each format can say as a dependency, but not in provides.
+    for provides, field, words in (
+            ("{rpm: ['mf-a | mf-b']}", "package.provides.rpm", "rpm allows no alternatives"),
+            ("{pacman: ['mf-a (>= 1.0)']}", "package.provides.pacman",
+             "makepkg refuses a provides")):
+        bad.write_text(bad.read_text().split("  formats:")[0].split("  provides:")[0]
+                       + f"  provides: {provides}\nbuild: \"true\"\n")
+        answer = farm.master.api("POST", "/api/v1/builds", json={"packages": ["mf-bad"]})
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["field"] == field and words in answer.json()["error"]
     bad.unlink()
 
 
@@ -343,3 +430,33 @@ def test_package_add_now_makes_every_format_or_those_asked_for(farm, first_build
         "mf-hello-1.0-1-x86_64.pkg.tar.zst"]
     unknown = worker_cli(farm, "package-add", "mf-sh", "--now", "--format", "snap")
     assert unknown.returncode != 0 and "unknown package format 'snap'" in unknown.stderr
+
+
+def test_removal_and_promotion_may_name_one_format(farm, first_build):
+    """A version names the deb, the rpm and the pacman package alike: ?format= removes only
+    one format's archive, from its pool and its index; the others stay."""
+    master = farm.master
+    before = {v["format"] for v in master.api("GET", "/api/v1/packages/mf-arm").json()[
+        "versions"]}
+    assert before == set(FORMATS)
+    unserved = master.api("POST", "/api/v1/packages/mf-arm/promote",
+                          json={"version": "1.0-1", "from": "stable", "to": "stable",
+                                "format": "snap"})
+    assert unserved.status_code == 400 and unserved.json()["field"] == "format"
+    gone = master.api("DELETE", "/api/v1/packages/mf-arm",
+                      params={"version": "1.0-1", "format": "rpm"})
+    assert gone.status_code == 200, gone.text
+    assert gone.json()["removed"] == ["mf-arm-1.0-1.aarch64.rpm"]
+    left = master.api("GET", "/api/v1/packages/mf-arm").json()["versions"]
+    assert {v["format"] for v in left} == {"deb", "pacman"}
+    assert not list((farm.data_dir / "repo/rpm/pool").rglob("mf-arm-*"))
+    config = health(farm)["repository"]["formats"]
+    repomd = requests.get(config["rpm"]["url"] + "repodata/repomd.xml", timeout=10).text
+    href = re.search(r'<location href="(repodata/[^"]+-primary\.xml\.gz)"', repomd)[1]
+    primary = gzip.decompress(requests.get(config["rpm"]["url"] + href, timeout=10).content)
+    assert b"<name>mf-arm</name>" not in primary
+    db = requests.get(config["pacman"]["db_url"].replace("$arch", "aarch64"), timeout=10)
+    with tarfile.open(fileobj=io.BytesIO(db.content)) as tar:
+        assert "mf-arm-1.0-1" in {m.name.split("/")[0] for m in tar.getmembers()}
+    assert "mf-arm" in {s["Package"] for s in parse_packages(master.index("arm64"))}
+

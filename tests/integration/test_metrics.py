@@ -74,8 +74,10 @@ def test_values_reach_prometheus(farm: Farm, prometheus: Prometheus) -> None:
     # Builds and jobs finished by outcome: counted by the store, whichever process answers.
     assert settle(prometheus, 'sum(pkgfarm_jobs_finished_total{outcome="success"})', 1) == 1
     assert settle(prometheus, 'sum(pkgfarm_jobs_finished_total{outcome="failed"})', 1) == 1
-    assert prometheus.value('pkgfarm_jobs_finished_total{arch="amd64",outcome="success"}') == 1
-    assert prometheus.value('pkgfarm_jobs_finished_total{arch="all",outcome="failed"}') == 1
+    assert prometheus.value('pkgfarm_jobs_finished_total{arch="amd64",format="deb",'
+                            'outcome="success"}') == 1
+    assert prometheus.value('pkgfarm_jobs_finished_total{arch="all",format="deb",'
+                            'outcome="failed"}') == 1
     assert prometheus.value('pkgfarm_builds_finished_total{outcome="success"}') == 1
     assert prometheus.value('pkgfarm_builds_finished_total{outcome="failed"}') == 1
     assert prometheus.value('pkgfarm_jobs{state="success"}') == 1
@@ -96,7 +98,8 @@ def test_values_reach_prometheus(farm: Farm, prometheus: Prometheus) -> None:
     assert prometheus.value('pkgfarm_workers_online{arch="arm64"}') == 0
     assert prometheus.value("sum(pkgfarm_lease_expiries_total)") in (None, 0)
     # The worker's upload of the successful build (per process, added up), the index it made.
-    assert (prometheus.value('sum(pkgfarm_uploads_total{result="accepted"})') or 0) >= 1
+    assert (prometheus.value('sum(pkgfarm_uploads_total{format="deb",result="accepted"})')
+            or 0) >= 1
     deb = [f for f in ok["jobs"][0]["files"] if f.endswith(".deb")]
     assert deb, ok
     uploaded = prometheus.value('sum(pkgfarm_upload_bytes_total{result="accepted"})') or 0

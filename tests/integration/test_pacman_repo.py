@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from tests.integration.farm import (
     standalone_master,
 )
 from tests.integration.test_repository import generate_key
+from tests.integration.test_upload import check_archives_against_jobs
 from worker.formats import get as get_builder
 
 SOURCE_DATE_EPOCH = "1700000000"
@@ -95,7 +97,8 @@ def keys(tmp_path_factory) -> dict[str, Path]:
 def master(tmp_path_factory, keys) -> Master:
     with standalone_master(tmp_path_factory.mktemp("pacman-repo"), repository={
             "formats": ["pacman"], "signing_key": str(keys["farm"]),
-            "architectures": ["amd64", "arm64"]}) as m:
+            "architectures": ["amd64", "arm64"], "suites": ["testing"],
+            "keep_versions": 2}) as m:
         yield m
 
 
@@ -150,6 +153,44 @@ def test_packages_satisfy_pacman_and_repo_add(packages, tmp_path):
                              *sorted(str(p) for p in repo.glob("*.zst"))],
                             capture_output=True, text=True)
     assert result.returncode == 0 and "ERROR" not in result.stderr, result.stderr
+
+
+def makepkg_buildinfo_keys() -> tuple[list[str], set[str]]:
+    """The keys makepkg's own write_buildinfo writes, in its order (read from the installed
+    makepkg), and those of them that are lists (written once per value, none when empty)."""
+    script = Path("/usr/bin/makepkg").read_text()
+    body = script[script.index("write_buildinfo() {"):]
+    body = body[:body.index("\n}\n")]
+    calls = re.findall(r'write_kv_pair "(\w+)"\s*(.*)', body)
+    assert calls, "makepkg's write_buildinfo was not found"
+    return [key for key, _ in calls], {key for key, value in calls if "[@]" in value}
+
+
+def test_buildinfo_is_format_2_as_makepkg_writes_it(packages):
+    app = packages["app"]
+    raw = subprocess.run(["bsdtar", "-xOf", str(app), ".BUILDINFO"], capture_output=True,
+                         check=True).stdout.decode()
+    pairs = []
+    for line in raw.splitlines():
+        key, eq, value = line.partition(" = ")
+        assert eq and key and "\n" not in value, f"not 'key = value': {line!r}"
+        pairs.append((key, value))
+    fields = dict(pairs)
+    assert len(fields) == len(pairs), "a single-valued key given twice"
+    keys, lists = makepkg_buildinfo_keys()
+    # Every single-valued key makepkg writes, in makepkg's order; the lists (buildenv,
+    # options, installed) are empty here, which makepkg writes as no line at all.
+    assert [k for k, _ in pairs] == [k for k in keys if k not in lists]
+    assert fields["format"] == "2"
+    assert (fields["pkgname"], fields["pkgbase"]) == ("pm-app", "pm-app")
+    assert (fields["pkgver"], fields["pkgarch"]) == ("2.0-1", "x86_64")
+    assert re.fullmatch(r"[0-9a-f]{64}", fields["pkgbuild_sha256sum"])
+    assert fields["builddate"] == SOURCE_DATE_EPOCH
+    assert fields["packager"] == "pkgfarm tests <tests@example.org>"
+    assert fields["buildtool"] == "pkgfarm" and fields["buildtoolver"]
+    pkginfo = subprocess.run(["bsdtar", "-xOf", str(app), ".PKGINFO"], capture_output=True,
+                             check=True, text=True).stdout
+    assert f"pkgver = {fields['pkgver']}\n" in pkginfo  # the same package as .PKGINFO's
 
 
 def test_packing_is_reproducible(tmp_path):
@@ -216,6 +257,80 @@ def test_tampered_database_is_refused(master, health, packages, tmp_path):
     pacman.run("-Sy")  # the genuine database passes the same check
 
 
+def db_entries(data: bytes) -> dict[str, dict[str, dict[str, list[str]]]]:
+    """A pacman database (gzip-compressed tar) as folder -> member (desc, files) -> field ->
+    values, read the way pacman reads an entry: %FIELD% lines, a value a line, a blank line
+    ends the field."""
+    entries: dict[str, dict[str, dict[str, list[str]]]] = {}
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(data))) as tar:
+        for m in tar:
+            if not m.isfile():
+                continue
+            folder, _, member = m.name.partition("/")
+            fields: dict[str, list[str]] = {}
+            key = None
+            for line in tar.extractfile(m).read().decode().split("\n"):
+                if key is None:
+                    if line:
+                        assert re.fullmatch(r"%[A-Z0-9]+%", line), (m.name, line)
+                        assert line not in fields, (m.name, line)
+                        key = line
+                        fields[key] = []
+                elif line:
+                    fields[key].append(line)
+                else:
+                    key = None
+            entries.setdefault(folder, {})[member] = fields
+    return entries
+
+
+#: What may differ between the farm's entry of an archive and repo-add's: the package's
+#: signature. The farm signs every package it lists (SigLevel = Required) and carries the
+#: signature in the entry; repo-add adds one only from a <package>.sig file beside the
+#: archive, which the scratch copy has none of. Nothing else is left out: no time is
+#: recorded in desc or files (BUILDDATE is the package's own, from .PKGINFO).
+IGNORED_FIELDS = {"%PGPSIG%"}
+
+
+def test_database_entries_equal_repo_adds(master, packages, tmp_path):
+    """The same real archives, published by the farm and added by repo-add to a scratch
+    database: every package's desc and files entries agree, field by field."""
+    for key in ("lib", "app-new", "app-arm"):
+        assert upload(master, packages[key]).status_code in (200, 201)
+    base = master.data_dir / "repo" / "pacman" / "stable" / "main"
+    for arch, keys in (("x86_64", ("lib", "app-new")), ("aarch64", ("lib", "app-arm"))):
+        scratch = tmp_path / arch
+        scratch.mkdir()
+        archives = {}
+        for key in keys:
+            shutil.copy(packages[key], scratch)
+            # the folder of an entry is name-version: the file name without -arch.pkg.tar.zst
+            archives[packages[key].name.rsplit("-", 1)[0]] = packages[key].name
+        result = subprocess.run(["repo-add", "-q", str(scratch / "t.db.tar.gz"),
+                                 *sorted(str(p) for p in scratch.glob("*.zst"))],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        for ours, theirs in (("pkgfarm-stable.db", "t.db.tar.gz"),
+                             ("pkgfarm-stable.files", "t.files.tar.gz")):
+            farm = db_entries((base / arch / ours).read_bytes())
+            added = db_entries((scratch / theirs).read_bytes())
+            assert set(added) == set(archives), (arch, set(added))
+            for folder, members in added.items():
+                assert set(farm[folder]) == set(members), (arch, folder)
+                for member, fields in members.items():
+                    mine = {k: v for k, v in farm[folder][member].items()
+                            if k not in IGNORED_FIELDS}
+                    assert mine == {k: v for k, v in fields.items()
+                                    if k not in IGNORED_FIELDS}, (arch, folder, member)
+                    if member == "desc":
+                        assert mine["%FILENAME%"] == [archives[folder]]
+                        # the only difference: the farm carries the package's signature
+                        assert "%PGPSIG%" in farm[folder][member]
+                        assert "%PGPSIG%" not in fields
+                    else:
+                        assert mine["%FILES%"], (arch, folder)
+
+
 def _repack(archive: Path, folder: Path, change) -> Path:
     """``archive`` unpacked, changed by ``change(tree)`` and packed again as it was (the
     metadata members kept as they are)."""
@@ -245,6 +360,14 @@ def test_refused_uploads_leave_the_repository_unchanged(master, packages, tmp_pa
     def pkginfo_arch(tree: Path) -> None:
         p = tree / ".PKGINFO"
         p.write_text(p.read_text().replace("arch = any", "arch = x86_64"))
+
+    def mtree(old: bytes, new: bytes):
+        def change(tree: Path) -> None:
+            p = tree / ".MTREE"
+            text = gzip.decompress(p.read_bytes())
+            assert old in text, text
+            p.write_bytes(gzip.compress(text.replace(old, new, 1), mtime=0))
+        return change
     cases = {
         "bad checksum": upload(master, lib, sha256="0" * 64),
         "not a pacman package": upload(master, garbage),
@@ -255,10 +378,22 @@ def test_refused_uploads_leave_the_repository_unchanged(master, packages, tmp_pa
         "payload against .MTREE": upload(master, _repack(lib, tmp_path / "p", payload)),
         ".PKGINFO against .MTREE": upload(master, _repack(lib, tmp_path / "i",
                                                           pkginfo_arch)),
+        # .MTREE's own text malformed: a mode that is no octal number, an escape that is no
+        # byte (each once an unhandled error: a 500)
+        "a mode that is no number": upload(master, _repack(
+            lib, tmp_path / "m", mtree(b" mode=777", b" mode=7z7"))),
+        "an escape that is no byte": upload(master, _repack(
+            lib, tmp_path / "e", mtree(b"./usr/bin/pm-lib ", b"./usr/bin/pm-lib\\777 "))),
     }
     for what, resp in cases.items():
         assert resp.status_code in (400, 422), (what, resp.status_code, resp.text)
     assert "MTREE" in cases["payload against .MTREE"].json()["error"]
+    assert cases["a mode that is no number"].status_code == 422
+    assert cases["a mode that is no number"].json()["error"] == (
+        "usr/bin/pm-lib-share: .MTREE gives the mode '7z7', which is not an octal number")
+    assert cases["an escape that is no byte"].status_code == 422
+    assert "escape '\\\\777', which is no byte" in cases["an escape that is no byte"].json()[
+        "error"]
     assert repo_files(master.data_dir) == before
 
 
@@ -270,3 +405,96 @@ def test_archives_are_served_through_the_repository_root(master, health, package
     assert resp.status_code == 200 and resp.content == packages["lib"].read_bytes()
     assert requests.get(root + "pm-nothing-1.0-1-any.pkg.tar.zst",
                         timeout=10).status_code == 404
+
+
+def test_a_pacman_package_must_be_its_jobs(master, packages, tmp_path):
+    """A worker's package is checked against the job it is uploaded for: name, version,
+    pkgrel, epoch and architecture."""
+    check_archives_against_jobs(master, "pacman", packages["lib"], ("pm-lib", "1.0-1", "all"), {
+        "another name": ("pm-other", "1.0-1", "all"),
+        "another version": ("pm-lib", "1.1-1", "all"),
+        "another pkgrel": ("pm-lib", "1.0-2", "all"),
+        "an epoch the archive lacks": ("pm-lib", "1:1.0-1", "all"),
+        "another architecture": ("pm-lib", "1.0-1", "amd64"),
+    })
+    check_archives_against_jobs(master, "pacman", packages["app"], ("pm-app", "2.0-1", "amd64"),
+                                {"arm64 for x86_64": ("pm-app", "2.0-1", "arm64")})
+    with_epoch = build(definition(tmp_path / "epoch", "pm-lib", "1:1.0", arch="all"))
+    assert with_epoch.name == "pm-lib-1:1.0-1-any.pkg.tar.zst"
+    check_archives_against_jobs(master, "pacman", with_epoch, ("pm-lib", "1:1.0-1", "all"), {
+        "no epoch": ("pm-lib", "1.0-1", "all"), "another epoch": ("pm-lib", "2:1.0-1", "all")})
+
+
+def db_folders(master: Master, suite: str = "stable", arch: str = "x86_64") -> set[str]:
+    """The entries (name-version) of a suite's database for one architecture."""
+    data = (master.data_dir / "repo" / "pacman" / suite / "main" / arch /
+            f"pkgfarm-{suite}.db").read_bytes()
+    return set(db_entries(data))
+
+
+def pool_packages(master: Master, name: str) -> list[str]:
+    return sorted(p.name for p in (master.data_dir / "repo/pacman/pool").rglob(f"{name}-*")
+                  if not p.name.endswith(".sig"))
+
+
+def test_retention_promotion_and_removal(master, health, tmp_path):
+    """keep_versions (2) versions stay in the pool; a version promoted to testing is kept
+    while testing serves it and a stock pacman syncs it from there; DELETE takes versions out
+    of the pool, the databases and the package signatures beside them."""
+    built = {v: build(definition(tmp_path / "defs" / v, "pm-kept", v, arch="all"))
+             for v in ("1.0", "1.1", "1.2", "1.3")}
+    for version in ("1.0", "1.1"):
+        assert upload(master, built[version]).status_code == 201
+    resp = master.api("POST", "/api/v1/packages/pm-kept/promote",
+                      json={"version": "1.0-1", "from": "stable", "to": "testing",
+                            "format": "pacman"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["promoted"] == [built["1.0"].name]
+    assert "pm-kept-1.0-1" in db_folders(master, "testing")
+    assert "pm-kept-1.1-1" in db_folders(master, "stable")
+    # The testing database is signed and its package too: pacman syncs it with
+    # SigLevel = Required and installs the promoted version.
+    snippet = health["repository"]["formats"]["pacman"]["snippet"].replace(
+        "pkgfarm-stable", "pkgfarm-testing").replace("/pacman/stable/", "/pacman/testing/")
+    key = tmp_path / "farm-key.gpg"
+    key.write_bytes(requests.get(master.url + "/repo/key.gpg", timeout=10).content)
+    pacman = PacmanClient(tmp_path / "pacman", snippet, key, health["signing_key"])
+    pacman.run("-Sy", "pm-kept")
+    assert pacman.run("-Q", "pm-kept").stdout.strip() == "pm-kept 1.0-1"
+
+    # Two newer versions in stable: 1.1 leaves the pool (keep_versions 2), 1.0 stays, since
+    # testing serves it.
+    for version in ("1.2", "1.3"):
+        assert upload(master, built[version]).status_code == 201
+    assert pool_packages(master, "pm-kept") == [built[v].name for v in ("1.0", "1.2", "1.3")]
+    listed = master.api("GET", "/api/v1/packages/pm-kept").json()["versions"]
+    assert [(v["version"], sorted(v["suites"])) for v in listed] == [
+        ("1.3-1", ["stable"]), ("1.2-1", ["stable"]), ("1.0-1", ["stable", "testing"])]
+    assert {f for f in db_folders(master) if f.startswith("pm-kept-")} == {"pm-kept-1.3-1"}
+    # Each archive in the pool has its signature beside it; 1.1's left with it.
+    pool = master.data_dir / "repo/pacman/pool/main/pm-kept"
+    assert sorted(p.name for p in pool.glob("*.sig")) == [
+        f"{built[v].name}.sig" for v in ("1.0", "1.2", "1.3")]
+
+    # Removal of one version: the next newest takes its place in the database.
+    wrong = master.api("DELETE", "/api/v1/packages/pm-kept",
+                       params={"version": "1.3-1", "format": "rpm"})
+    assert wrong.status_code == 400 and wrong.json()["field"] == "format"
+    gone = master.api("DELETE", "/api/v1/packages/pm-kept",
+                      params={"version": "1.3-1", "format": "pacman"})
+    assert gone.status_code == 200 and gone.json()["removed"] == [built["1.3"].name]
+    assert pool_packages(master, "pm-kept") == [built[v].name for v in ("1.0", "1.2")]
+    assert {f for f in db_folders(master) if f.startswith("pm-kept-")} == {"pm-kept-1.2-1"}
+    assert sorted(p.name for p in pool.glob("*.sig")) == [
+        f"{built[v].name}.sig" for v in ("1.0", "1.2")]
+    # And the rest, from every suite: nothing of it is left, and pacman sees it gone.
+    gone = master.api("DELETE", "/api/v1/packages/pm-kept")
+    assert sorted(gone.json()["removed"]) == [built[v].name for v in ("1.0", "1.2")]
+    assert pool_packages(master, "pm-kept") == []
+    assert not any(f.startswith("pm-kept-") for suite in ("stable", "testing")
+                   for f in db_folders(master, suite))
+    assert not list(pool.glob("*.sig"))
+    assert master.api("DELETE", "/api/v1/packages/pm-kept").status_code == 404
+    pacman.run("-Sy")
+    assert pacman.run("-Ss", "pm-kept", check=False).stdout == ""
+

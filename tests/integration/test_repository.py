@@ -4,7 +4,9 @@ entries apt-ftparchive writes for the same pool."""
 from __future__ import annotations
 
 import concurrent.futures
+import gzip
 import hashlib
+import lzma
 import shutil
 import subprocess
 import threading
@@ -109,10 +111,105 @@ def test_apt_refuses_a_tampered_packages_file(master, tmp_path):
         result = apt.run("update", check=False)
         output = result.stdout + result.stderr
         assert "Hash Sum mismatch" in output or "unexpected size" in output, output
-        assert "9.9-1" not in apt.run("show", "tamper-target", check=False).stdout
+        shown = apt.cache("show", "tamper-target", check=False)
+        assert shown.returncode != 0 and "9.9-1" not in shown.stdout, shown.stdout
     finally:
         shutil.rmtree(master.data_dir / "repo")
         shutil.copytree(copy, master.data_dir / "repo")
+
+
+#: Release's checksum sections and the hash each names.
+RELEASE_HASHES = {"MD5Sum": "md5", "SHA1": "sha1", "SHA256": "sha256"}
+
+
+def forge_suite(dists: Path, folder: str, forged_plain: bytes) -> None:
+    """Replace ``folder``'s Packages (and .gz, .xz, by-hash copies) with ``forged_plain`` and
+    make Release list their new checksums and sizes: consistent to the last byte, except
+    that the old signatures stay (Release.gpg as it was; InRelease's body rewritten under
+    its old signature block)."""
+    base = dists / folder
+    forged = {"Packages": forged_plain,
+              "Packages.gz": gzip.compress(forged_plain, mtime=0),
+              "Packages.xz": lzma.compress(forged_plain, check=lzma.CHECK_CRC32)}
+    for name, data in forged.items():
+        (base / name).write_bytes(data)
+        (base / "by-hash" / "SHA256" / hashlib.sha256(data).hexdigest()).write_bytes(data)
+    lines, section, changed = [], None, 0
+    for line in (dists / "Release").read_text().splitlines():
+        if not line.startswith(" "):
+            section = line.rstrip(":") if line.endswith(":") else None
+        elif section in RELEASE_HASHES:
+            _, _, path = line.split()
+            if path.startswith(f"{folder}/") and path[len(folder) + 1:] in forged:
+                data = forged[path[len(folder) + 1:]]
+                line = (f" {hashlib.new(RELEASE_HASHES[section], data).hexdigest()} "
+                        f"{len(data):>8} {path}")
+                changed += 1
+        lines.append(line)
+    assert changed == 3 * len(RELEASE_HASHES), changed
+    release = "\n".join(lines) + "\n"
+    (dists / "Release").write_text(release)
+    signed = (dists / "InRelease").read_text()
+    head, rest = signed.split("\n\n", 1)  # the armor header, then the signed text
+    signature = rest[rest.index("-----BEGIN PGP SIGNATURE-----"):]
+    (dists / "InRelease").write_text(f"{head}\n\n{release}{signature}")
+
+
+def test_apt_refuses_a_consistent_forgery_by_its_signature(master, tmp_path):
+    """Packages forged and Release's checksums and sizes made to match it: nothing but the
+    signature can tell. apt with the farm's key refuses it for the signature (BADSIG); the
+    same apt trusting the source without a signature check takes the forgery, so the
+    signature is what caught it."""
+    key = requests.get(master.url + "/repo/key.gpg", timeout=10).content
+    deb = make_deb(tmp_path, "forged-target", "1.0-1")
+    assert upload(master, deb).status_code == 201
+    repo = master.data_dir / "repo"
+    copy = tmp_path / "served"
+    shutil.copytree(repo, copy)
+    dists = repo / "dists" / "stable"
+    try:
+        plain = (dists / "main/binary-amd64/Packages").read_bytes()
+        forged = plain.replace(b"Package: forged-target\nVersion: 1.0-1",
+                               b"Package: forged-target\nVersion: 9.9-1")
+        assert forged != plain
+        forge_suite(dists, "main/binary-amd64", forged)
+        assert (dists / "InRelease").read_text() != (copy / "dists/stable/InRelease").read_text()
+        # Release.gpg (untouched) and InRelease both verify no more, for the signature only.
+        for signed in ("InRelease", "Release.gpg"):
+            args = [str(dists / signed)] + ([str(dists / "Release")]
+                                            if signed == "Release.gpg" else [])
+            keyring = tmp_path / "keyring.gpg"
+            keyring.write_bytes(key)
+            check = subprocess.run(["gpgv", "--keyring", str(keyring), *args],
+                                   capture_output=True, text=True)
+            assert check.returncode != 0 and "BAD signature" in check.stderr, check.stderr
+
+        apt = signed_apt(master, tmp_path / "apt", key)
+        result = apt.run("update", check=False)
+        output = result.stdout + result.stderr
+        assert "BADSIG" in output and "The following signatures were invalid" in output, output
+        assert "Hash Sum mismatch" not in output and "unexpected size" not in output, output
+        shown = apt.cache("show", "forged-target", check=False)
+        assert shown.returncode != 0 and "9.9-1" not in shown.stdout, shown.stdout
+
+        # The same apt and key with the signature's verdict set aside ([trusted=yes]): it
+        # still says the signature is bad, as a warning, and takes the forgery, which passes
+        # every other check (no hash or size complaint, no error).
+        keyring = tmp_path / "lax-key.gpg"
+        keyring.write_bytes(key)
+        lax = AptClient(tmp_path / "lax", f"deb [signed-by={keyring} trusted=yes] "
+                                          f"{master.url}/repo stable main")
+        result = lax.run("update")
+        complaints = [line for line in (result.stdout + result.stderr).splitlines()
+                      if line.startswith(("W:", "E:", "Err:"))]
+        assert complaints and all(line.startswith("W: GPG error") and "BADSIG" in line
+                                  for line in complaints), complaints
+        shown = lax.cache("show", "forged-target").stdout
+        assert "Version: 9.9-1" in shown, shown
+    finally:
+        shutil.rmtree(repo)
+        shutil.copytree(copy, repo)
+    signed_apt(master, tmp_path / "apt-again", key).update()  # the genuine files pass
 
 
 def _public_of(secret: Path, tmp_path: Path) -> bytes:

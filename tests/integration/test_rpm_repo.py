@@ -31,6 +31,7 @@ from tests.integration.farm import (
     standalone_master,
 )
 from tests.integration.test_repository import generate_key
+from tests.integration.test_upload import check_archives_against_jobs
 from worker.build import build_definition
 
 BUSYBOX = Path("/bin/busybox")
@@ -391,4 +392,76 @@ def test_the_worker_check_finds_the_archive_in_the_index(master, built):
     assert RPM_BUILDER.index_lists(Client(), repo, built["sh"].name)
     assert not RPM_BUILDER.index_lists(Client(), repo, "farm-nothing-1-1.noarch.rpm")
 
+
+
+
+def test_an_rpm_must_be_its_jobs_package(master, built, tmp_path):
+    """A worker's rpm is checked against the job it is uploaded for: name, version, release,
+    epoch (read from the header: the file name has none) and architecture."""
+    with_epoch = build_hello(tmp_path, "1.0", later={"version": "2:1.0"})
+    assert with_epoch.name == built["hello1"].name  # the same file name, another epoch
+    others = {
+        "another name": ("farm-other", "1.0-1", "all"),
+        "another version": ("farm-hello", "1.1-1", "all"),
+        "another release": ("farm-hello", "1.0-2", "all"),
+        "an epoch the archive lacks": ("farm-hello", "1:1.0-1", "all"),
+        "another architecture": ("farm-hello", "1.0-1", "amd64"),
+    }
+    check_archives_against_jobs(master, "rpm", built["hello1"], ("farm-hello", "1.0-1", "all"),
+                                others)
+    check_archives_against_jobs(master, "rpm", with_epoch, ("farm-hello", "2:1.0-1", "all"), {
+        "no epoch": ("farm-hello", "1.0-1", "all"),
+        "another epoch": ("farm-hello", "1:1.0-1", "all")})
+
+
+def primary_versions(master: Master, suite: str = "stable") -> set[tuple[str, str]]:
+    """(name, version-release) of every package the suite's primary.xml lists."""
+    repomd = (repodata(master, suite) / "repomd.xml").read_text()
+    href = re.search(r'<location href="(repodata/[0-9a-f]{64}-primary\.xml\.gz)"', repomd)[1]
+    primary = gzip.decompress((repodata(master, suite).parent / href).read_bytes()).decode()
+    found = re.findall(r'<name>([^<]+)</name>.*?<version epoch="\d+" ver="([^"]+)" '
+                       r'rel="([^"]+)"/>', primary, re.S)
+    return {(name, f"{ver}-{rel}") for name, ver, rel in found}
+
+
+def pool_rpms(master: Master, name: str) -> list[str]:
+    return sorted(p.name for p in (master.data_dir / "repo/rpm/pool").rglob(f"{name}-*.rpm"))
+
+
+def test_retention_and_removal(master, tmp_path):
+    """keep_versions (3) versions of an rpm stay in the pool, older ones go from the pool and
+    the metadata; DELETE takes a version, then the rest, out of both."""
+    script = b"#!/bin/sh\necho kept\n"
+    versions = ["1.0", "1.1", "1.2", "1.3"]
+    for version in versions:
+        path = build_rpm(tmp_path / version, 'install -D -m 0644 f "$DESTDIR/usr/share/k/f"\n',
+                         files={"f": script}, name="farm-kept", version=version)
+        assert upload(master, path).status_code == 201
+    assert pool_rpms(master, "farm-kept") == [f"farm-kept-{v}-1.noarch.rpm"
+                                              for v in versions[1:]]
+    listed = master.api("GET", "/api/v1/packages/farm-kept").json()["versions"]
+    assert [v["version"] for v in listed] == ["1.3-1", "1.2-1", "1.1-1"]
+    assert {v for n, v in primary_versions(master) if n == "farm-kept"} == {"1.3-1"}
+
+    # Removal: one version (the one the metadata lists: the next newest takes its place).
+    wrong = master.api("DELETE", "/api/v1/packages/farm-kept",
+                       params={"version": "1.3-1", "format": "deb"})
+    assert wrong.status_code == 400 and wrong.json()["field"] == "format"
+    gone = master.api("DELETE", "/api/v1/packages/farm-kept",
+                      params={"version": "1.3-1", "format": "rpm"})
+    assert gone.status_code == 200, gone.text
+    assert gone.json()["removed"] == ["farm-kept-1.3-1.noarch.rpm"]
+    assert pool_rpms(master, "farm-kept") == ["farm-kept-1.1-1.noarch.rpm",
+                                              "farm-kept-1.2-1.noarch.rpm"]
+    assert {v for n, v in primary_versions(master) if n == "farm-kept"} == {"1.2-1"}
+    # The rest: nothing of it is left in the pool or the metadata, and dnf agrees.
+    gone = master.api("DELETE", "/api/v1/packages/farm-kept")
+    assert sorted(gone.json()["removed"]) == ["farm-kept-1.1-1.noarch.rpm",
+                                              "farm-kept-1.2-1.noarch.rpm"]
+    assert pool_rpms(master, "farm-kept") == []
+    assert not any(n == "farm-kept" for n, _ in primary_versions(master))
+    assert master.api("DELETE", "/api/v1/packages/farm-kept").status_code == 404
+    dnf = DnfClient(tmp_path / "dnf", health_rpm(master)["snippet"])
+    dnf.run("makecache")
+    assert "farm-kept" not in dnf.run("repoquery", "--qf", "%{name}\n", check=False).stdout
 

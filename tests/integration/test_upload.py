@@ -48,10 +48,12 @@ def upload(master: Master, deb: Path, user: str | None = "admin", sha256: str | 
 
 
 def local_job(master: Master, package: str, version: str, arch: str = "all",
-              user: str = "worker") -> dict[str, Any]:
+              user: str = "worker", fmt: str = "deb") -> dict[str, Any]:
+    """A running attempt, recorded and given to ``user`` as `worker package-add --now`
+    does: its assignment (job id, attempt, token)."""
     resp = master.api("POST", "/api/v1/jobs", user=user, json={
         "package": package, "version": version, "arch": arch, "worker": f"{user}-box",
-        "protocol": PROTOCOL_VERSION})
+        "format": fmt, "protocol": PROTOCOL_VERSION})
     assert resp.status_code == 201, resp.text
     return resp.json()
 
@@ -210,3 +212,36 @@ def test_a_set_of_archives_is_published_whole_or_not_at_all(master, tmp_path):
     listed = {s["Package"] for s in parse_packages(master.index("amd64"))}
     assert {"up-set", "up-set-doc", "up-set-data"} <= listed
     assert not list((master.data_dir / "incoming").rglob("*.deb"))
+
+
+def end_attempt(master: Master, job: dict[str, Any]) -> None:
+    """Report a local attempt failed (what it staged is dropped, nothing is published)."""
+    resp = master.api("POST", f"/api/v1/jobs/{job['job_id']}/report", user="worker", json={
+        "attempt": job["attempt"], "token": job["token"], "status": "failed",
+        "error": "ended by the test"})
+    assert resp.status_code == 200, resp.text
+
+
+def check_archives_against_jobs(master: Master, fmt: str, archive: Path,
+                                matching: tuple[str, str, str],
+                                others: dict[str, tuple[str, str, str]]) -> None:
+    """``archive`` uploaded under a running ``fmt`` job of each of ``others`` (what: (package,
+    version, arch), each differing from the archive in one way) is refused with 422 and a
+    message naming the job and the archive, and the repository stays as it was; under a job of
+    ``matching`` it is taken (staged; the attempt then ends failed, publishing nothing)."""
+    before = repo_files(master.data_dir)
+    for what, (package, version, arch) in others.items():
+        job = local_job(master, package, version, arch, fmt=fmt)
+        resp = upload(master, archive, user="worker", job=job)
+        assert resp.status_code == 422, (what, resp.status_code, resp.text)
+        error = resp.json()["error"]
+        assert error.startswith(f"this build makes packages of {package} {version} for "
+                                f"{arch}, not "), (what, error)
+        assert resp.json()["field"] == "filename"
+        assert repo_files(master.data_dir) == before, what
+        assert not list((master.data_dir / "incoming" / "staged").glob(f"{job['job_id']}.*/*"))
+        end_attempt(master, job)
+    job = local_job(master, *matching, fmt=fmt)
+    assert upload(master, archive, user="worker", job=job).status_code == 201
+    end_attempt(master, job)
+    assert repo_files(master.data_dir) == before

@@ -212,7 +212,7 @@ def test_deliveries_are_retried_signed_ordered_and_one_per_build(farm: Farm,
     assert failed["package"] == "itest-fail" and failed["arch"] == "all"
     assert failed["error"]
     assert failed["log_url"] == (f"https://farm.example.org/api/v1/builds/{bad_id}/packages/"
-                                 "itest-fail/log?arch=all")
+                                 "itest-fail/log?arch=all&format=deb")
     # The link works on the master (with its own address instead of the public one).
     log = master.api("GET", failed["log_url"].replace("https://farm.example.org", ""),
                      user="reader")

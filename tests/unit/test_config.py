@@ -198,6 +198,31 @@ def test_unknown_repository_architecture_is_named() -> None:
     assert "'amd46'" in exc.message
 
 
+def test_repository_formats_default_to_deb_and_keep_their_order() -> None:
+    assert settings_from_dict({}).repository.formats == ("deb",)
+    chosen = settings_from_dict({"repository": {"formats": ["pacman", "deb", "rpm"]}})
+    assert chosen.repository.formats == ("pacman", "deb", "rpm")
+    assert settings_from_dict({"repository": {"formats": "rpm"}}).repository.formats == (
+        "rpm",)  # one format may be given without a list, as package_paths
+
+
+@pytest.mark.parametrize(("formats", "key", "message"), [
+    ([], "repository.formats", "repository.formats: must list at least one package format"),
+    (["deb", "rpm", "deb"], "repository.formats", "repository.formats: lists a format twice"),
+    (["deb", "snap"], "repository.formats",
+     "repository.formats: unknown package format 'snap' (known: deb, pacman, rpm)"),
+    (["RPM"], "repository.formats",
+     "repository.formats: unknown package format 'RPM' (known: deb, pacman, rpm)"),
+    (["deb", 3], "repository.formats[1]", "repository.formats[1]: must be a string"),
+    ({"deb": True}, "repository.formats", "repository.formats: must be a list"),
+])
+def test_bad_repository_formats_are_refused_naming_the_key(formats: Any, key: str,
+                                                            message: str) -> None:
+    exc = config_error({"repository": {"formats": formats}})
+    assert exc.details["key"] == key
+    assert exc.message.startswith(message), exc.message
+
+
 def test_unknown_worker_architecture_is_named() -> None:
     exc = config_error({"worker": {"architectures": ["x86"]}})
     assert exc.details["key"] == "worker.architectures"

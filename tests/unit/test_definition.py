@@ -511,3 +511,46 @@ def test_a_plain_list_a_served_format_cannot_express_is_refused_for_it(
     assert info.value.details["field"] == "package.depends"
     assert "pacman has no alternatives" in info.value.message
     assert info.value.message.count("'mta | exim4'") == 1
+
+
+@pytest.mark.parametrize(("package", "field", "words"), [
+    ({"provides": {"rpm": ["mta | postfix"]}}, "package.provides.rpm",
+     "rpm allows no alternatives (rich dependencies) in Provides"),
+    ({"replaces": {"rpm": ["mta | postfix"]}}, "package.replaces.rpm", "Obsoletes"),
+    ({"provides": {"pacman": ["virt (>= 1.0)"]}}, "package.provides.pacman",
+     "makepkg refuses a provides with '>='"),
+    ({"provides": ["mta | postfix"]}, "package.provides", "dpkg allows no alternatives"),
+    ({"conflicts": ["mta | postfix"]}, "package.conflicts", "dpkg allows no alternatives"),
+    ({"provides": ["virt (>= 1.0)"]}, "package.provides", "exact versions only"),
+])
+def test_relations_a_field_cannot_hold_are_refused_at_parse(
+        tmp_path: Path, write_definition: WriteDef, valid_definition: dict[str, Any],
+        package: dict[str, Any], field: str, words: str) -> None:
+    valid_definition["package"].update(package)
+    err = definition_error(write_definition(tmp_path / "hello.yaml", valid_definition))
+    assert err.details["field"] == field
+    assert words in err.message
+
+
+@pytest.mark.parametrize(("kind", "relation", "fmt", "words"), [
+    ("provides", "mta | postfix", "rpm", "rpm allows no alternatives"),
+    ("provides", "virt (>= 1.0)", "pacman", "makepkg refuses a provides"),
+    ("provides", "virt (<< 2)", "deb", "exact versions only"),
+    ("replaces", "mta | postfix", "rpm", "Obsoletes"),
+])
+def test_check_format_checks_each_relation_for_its_field(
+        tmp_path: Path, write_definition: WriteDef, valid_definition: dict[str, Any],
+        kind: str, relation: str, fmt: str, words: str) -> None:
+    """At submission each format checks each relation as what it is (a provides is not a
+    dependency), naming the field; the same relation as a dependency passes."""
+    import dataclasses
+
+    from common import formats
+
+    d = parse_definition(write_definition(tmp_path / "hello.yaml", valid_definition))
+    with pytest.raises(DefinitionError) as info:
+        dataclasses.replace(d, **{kind: (relation,)}).check_format(formats.get(fmt))
+    assert info.value.details["field"] == f"package.{kind}"
+    assert words in info.value.message and relation in info.value.message
+    dataclasses.replace(d, depends=(relation,)).check_format(
+        formats.get("rpm" if "|" in relation else fmt))

@@ -16,7 +16,7 @@ from common.config import ConfigError, settings_from_dict
 from common.states import JobState
 from master.metrics import StoreCollector, bearer_matches, scrape_token
 from master.scheduler import Scheduler
-from master.store import PlannedJob, Store
+from master.store import PlannedJob, Store, counters
 from master.store.webhooks import NewDelivery
 from master.webhooks import Dispatcher, backoff, secrets_of, sign, verify
 
@@ -169,7 +169,8 @@ def test_finished_jobs_and_builds_are_counted_once_in_their_transaction(store: S
     assert store.jobs.claim(b, 1, "w1", "worker", "h", 60)
     assert store.jobs.finish(b, 1, JobState.FAILED, "boom", [])
     assert counts(store, "jobs_finished") == {
-        '{"arch": "all", "outcome": "failed"}': 1, '{"arch": "amd64", "outcome": "success"}': 1}
+        '{"arch": "all", "format": "deb", "outcome": "failed"}': 1,
+        '{"arch": "amd64", "format": "deb", "outcome": "success"}': 1}
     assert counts(store, "builds_finished") == {'{"outcome": "failed"}': 1}
     assert counts(store, "job_duration_seconds_count") == {
         '{"arch": "all", "outcome": "failed"}': 1, '{"arch": "amd64", "outcome": "success"}': 1}
@@ -182,8 +183,9 @@ def test_finished_jobs_and_builds_are_counted_once_in_their_transaction(store: S
     assert store.jobs.finish(b, 2, JobState.SUCCESS, None, [])
     assert counts(store, "builds_finished") == {'{"outcome": "failed"}': 1,
                                                 '{"outcome": "success"}': 1}
-    assert counts(store, "jobs_finished")['{"arch": "all", "outcome": "failed"}'] == 1
-    assert counts(store, "jobs_finished")['{"arch": "all", "outcome": "success"}'] == 1
+    finished = counts(store, "jobs_finished")
+    assert finished['{"arch": "all", "format": "deb", "outcome": "failed"}'] == 1
+    assert finished['{"arch": "all", "format": "deb", "outcome": "success"}'] == 1
 
 
 def test_a_cancel_counts_the_build_once(store: Store) -> None:
@@ -191,7 +193,8 @@ def test_a_cancel_counts_the_build_once(store: Store) -> None:
         ["a", "b"], None, "tests", [PlannedJob("a", "1", "amd64", b"s"),
                                     PlannedJob("b", "1", "amd64", b"s")])
     store.jobs.cancel_build(build_id)
-    assert counts(store, "jobs_finished") == {'{"arch": "amd64", "outcome": "cancelled"}': 2}
+    assert counts(store, "jobs_finished") == {
+        '{"arch": "amd64", "format": "deb", "outcome": "cancelled"}': 2}
     assert counts(store, "builds_finished") == {'{"outcome": "cancelled"}': 1}
     assert counts(store, "job_duration_seconds_count") == {}  # never built
 
@@ -225,21 +228,34 @@ class _Services:
 
 
 def test_the_collector_exposes_store_values(store: Store) -> None:
-    build_id, (a,) = store.jobs.create_build(["a"], None, "t",
-                                             [PlannedJob("a", "1", "amd64", b"s")])
-    store.jobs.claim(a, 1, "w1", "worker", "h", 60)
-    store.jobs.finish(a, 1, JobState.SUCCESS, None, [])
-    settings = settings_from_dict({"repository": {"architectures": ["amd64", "arm64"]}})
+    build_id, (a, r) = store.jobs.create_build(["a"], None, "t",
+                                               [PlannedJob("a", "1", "amd64", b"s"),
+                                                PlannedJob("a", "1", "amd64", b"s",
+                                                           format="rpm")])
+    for job_id, state in ((a, JobState.SUCCESS), (r, JobState.FAILED)):
+        store.jobs.claim(job_id, 1, "w1", "worker", "h", 60)
+        store.jobs.finish(job_id, 1, state, None, [])
+    # A count kept before jobs had a format label: every job was a deb then.
+    with store.db.write() as db:
+        counters.bump(db, counters.JOBS_FINISHED, {"arch": "amd64", "outcome": "success"}, 2)
+    settings = settings_from_dict({"repository": {"architectures": ["amd64", "arm64"],
+                                                  "formats": ["deb", "rpm"]}})
     families = {f.name: f for f in StoreCollector(_Services(store, settings)).collect()}
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in families.values() for s in f.samples}
     assert samples[("pkgfarm_jobs", (("state", "success"),))] == 1
     assert samples[("pkgfarm_jobs", (("state", "queued"),))] == 0
     assert samples[("pkgfarm_jobs_finished_total",
-                    (("arch", "amd64"), ("outcome", "success")))] == 1
+                    (("arch", "amd64"), ("format", "deb"), ("outcome", "success")))] == 3
     assert samples[("pkgfarm_jobs_finished_total",
-                    (("arch", "arm64"), ("outcome", "failed")))] == 0
-    assert samples[("pkgfarm_builds_finished_total", (("outcome", "success"),))] == 1
+                    (("arch", "amd64"), ("format", "rpm"), ("outcome", "failed")))] == 1
+    assert samples[("pkgfarm_jobs_finished_total",
+                    (("arch", "amd64"), ("format", "rpm"), ("outcome", "success")))] == 0
+    assert samples[("pkgfarm_jobs_finished_total",
+                    (("arch", "arm64"), ("format", "deb"), ("outcome", "failed")))] == 0
+    assert not any(name == "pkgfarm_jobs_finished_total" and ("format", "pacman") in labels
+                   for name, labels in samples)  # only the formats the farm serves
+    assert samples[("pkgfarm_builds_finished_total", (("outcome", "failed"),))] == 1
     assert samples[("pkgfarm_job_duration_seconds_count",
                     (("arch", "amd64"), ("outcome", "success")))] == 1
     assert samples[("pkgfarm_job_duration_seconds_bucket",
@@ -314,10 +330,46 @@ def test_one_build_notification_with_links(store: Store) -> None:
     assert build["url"] == f"https://farm.example.org/builds/{build_id}"
     assert [j["state"] for j in build["jobs"]] == ["success", "failed"]
     assert build["failed"] == [{
-        "package": "bad", "arch": "all", "state": "failed", "error": "exit status 3",
+        "package": "bad", "arch": "all", "format": "deb", "state": "failed",
+        "error": "exit status 3",
         "log_url": f"https://farm.example.org/api/v1/builds/{build_id}/packages/bad/log"
-                   "?arch=all"}]
-    assert body["text"].startswith(f"pkgfarm build {build_id} failed (ok, bad); bad (all) "
-                                   "failed: exit status 3")
+                   "?arch=all&format=deb"}]
+    assert body["text"].startswith(f"pkgfarm build {build_id} failed (ok, bad); bad (all, "
+                                   "deb) failed: exit status 3")
     assert dispatcher.fan_out() == 0  # nothing new: nothing queued twice
     assert len(store.webhooks.recent("ci")) == 1
+
+
+def test_every_job_link_names_its_format(store: Store) -> None:
+    """One package made in three formats: each job's event, entry and log link say which
+    format it is, so no link is ambiguous."""
+    settings = settings_from_dict({"master": {
+        "public_url": "https://farm.example.org",
+        "webhooks": [{**HOOK, "events": ["build.created", "job.queued", "job.finished",
+                                         "build.finished"]}]},
+        "repository": {"formats": ["deb", "rpm", "pacman"]}})
+    dispatcher = Dispatcher(settings, store, env={})
+    dispatcher.start_cursor()
+    formats = ("deb", "rpm", "pacman")
+    build_id, ids = store.jobs.create_build(
+        ["multi"], None, "alice", [PlannedJob("multi", "1.0-1", "amd64", b"s", format=f)
+                                   for f in formats])
+    for job_id in ids:
+        store.jobs.claim(job_id, 1, "w1", "worker", "h", 60)
+        store.jobs.finish(job_id, 1, JobState.FAILED, "exit status 1", [])
+    dispatcher.fan_out()
+    bodies = [json.loads(d.body) for d in reversed(store.webhooks.recent("ci"))]
+    link = (f"https://farm.example.org/api/v1/builds/{build_id}/packages/multi/log"
+            "?arch=amd64&format={}")
+    created = next(b for b in bodies if b["event"] == "build.created")
+    assert [j["format"] for j in created["data"]["jobs"]] == list(formats)
+    for kind in ("job.queued", "job.finished"):
+        events = [b for b in bodies if b["event"] == kind]
+        assert [b["data"]["format"] for b in events] == list(formats)
+        assert [b["log_url"] for b in events] == [link.format(f) for f in formats]
+    (finished,) = [b for b in bodies if b["event"] == "build.finished"]
+    assert [j["log_url"] for j in finished["build"]["jobs"]] == [link.format(f)
+                                                                 for f in formats]
+    assert [(f["format"], f["log_url"]) for f in finished["build"]["failed"]] == [
+        (f, link.format(f)) for f in formats]
+    assert "multi (amd64, rpm) failed" in finished["text"]

@@ -128,3 +128,30 @@ def test_databases_change_in_place_and_archives_do_not():
     assert repo.copy_rank("pacman/stable/main/x86_64/pkgfarm-stable.files") == 1
     assert repo.copy_rank("pacman/stable/main/x86_64/pkgfarm-stable.db.sig") == 2
     assert repo.copy_rank("dists/stable/InRelease") is None
+
+
+def makepkg_accepts_provides(provide: str) -> bool:
+    """What makepkg's own lint of a PKGBUILD's provides says of one entry."""
+    result = subprocess.run(
+        ["bash", "-c", "shopt -s extglob; source /usr/share/makepkg/lint_pkgbuild/provides.sh"
+         ' && pkgname=t && provides=("$1") && lint_provides', "lint", provide],
+        capture_output=True, text=True)
+    return result.returncode == 0
+
+
+@pytest.mark.parametrize(("relation", "allowed"), [
+    ("virt", True), ("virt (= 1.0-1)", True), ("virt (>= 1.0)", False),
+    ("virt (<< 2)", False), ("virt (>> 1)", False), ("virt (<= 2)", False),
+])
+def test_provides_are_checked_as_makepkg_does(relation: str, allowed: bool) -> None:
+    """Only a provides makepkg accepts passes the check for the provides field; the same
+    relation stays fine as a dependency."""
+    from common.formats.pacman import to_pacman
+
+    assert makepkg_accepts_provides(to_pacman(relation)) is allowed
+    problem = PACMAN.check_relation(relation, "provides")
+    assert (problem is None) is allowed, problem
+    if not allowed:
+        assert "makepkg refuses a provides" in problem
+    for kind in ("depends", "recommends", "conflicts", "replaces"):
+        assert PACMAN.check_relation(relation, kind) is None

@@ -149,3 +149,27 @@ def test_relations_rpm_cannot_express(relation: str, says: str) -> None:
 
 def test_relation_names_cover_every_alternative() -> None:
     assert RPM.relation_names(["a | b (>= 1)", "c", "a"]) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(("kind", "tag", "allowed"), [
+    ("depends", "Requires", True), ("recommends", "Recommends", True),
+    ("conflicts", "Conflicts", True), ("provides", "Provides", False),
+    ("replaces", "Obsoletes", False),
+])
+def test_alternatives_only_where_rpm_takes_rich_dependencies(tmp_path, kind: str, tag: str,
+                                                             allowed: bool) -> None:
+    """Alternatives become a rich dependency, which rpm's spec parser takes in some tags
+    only: the check of each relation field says what rpm says of its tag."""
+    relation = "mta | postfix (>= 3)"
+    spec = tmp_path / "t.spec"
+    spec.write_text("Name: t\nVersion: 1\nRelease: 1\nSummary: t\nLicense: MIT\n"
+                    f"{tag}: {policy.to_rpm(relation)}\n%description\nt\n%files\n")
+    parsed = subprocess.run(["rpmspec", "-P", str(spec)], capture_output=True, text=True)
+    assert (parsed.returncode == 0) is allowed, parsed.stderr
+    problem = RPM.check_relation(relation, kind)
+    assert (problem is None) is allowed, problem
+    if not allowed:
+        assert "rpm allows no alternatives" in problem and tag in problem
+        assert "No rich dependencies allowed" in parsed.stderr
+    # one name is fine in every field
+    assert RPM.check_relation("postfix (>= 3)", kind) is None

@@ -203,3 +203,40 @@ def test_valid_relations(relation):
 ])
 def test_invalid_relations(relation):
     assert check_relation(relation)
+
+
+def dpkg_deb_refuses(tmp_path, field: str, value: str) -> str:
+    """What dpkg-deb --build says of a control file with ``field: value`` (its error or its
+    warning; empty when it has nothing to say)."""
+    root = tmp_path / "pkg"
+    (root / "DEBIAN").mkdir(parents=True, exist_ok=True)
+    (root / "DEBIAN/control").write_text(
+        "Package: t\nVersion: 1.0\nArchitecture: all\nMaintainer: T <t@example.org>\n"
+        f"Description: t\n{field}: {value}\n")
+    result = subprocess.run(["dpkg-deb", "--build", str(root), str(tmp_path / "t.deb")],
+                            capture_output=True, text=True)
+    return result.stderr if result.returncode != 0 or "warning" in result.stderr else ""
+
+
+@pytest.mark.parametrize(("kind", "field", "relation", "says"), [
+    ("depends", "Depends", "mta | postfix (>= 1)", None),
+    ("recommends", "Recommends", "mta | postfix", None),
+    ("conflicts", "Conflicts", "mta | postfix", "alternatives"),
+    ("replaces", "Replaces", "mta | postfix", "alternatives"),
+    ("provides", "Provides", "mta | postfix", "alternatives"),
+    ("provides", "Provides", "mta (= 1.0)", None),
+    ("provides", "Provides", "mta (>= 1.0)", "exact versions"),
+    ("provides", "Provides", "mta (<< 2)", "exact versions"),
+    ("conflicts", "Conflicts", "mta (<< 2)", None),
+])
+def test_relations_are_checked_per_field_as_dpkg_does(tmp_path, kind, field, relation,
+                                                      says) -> None:
+    """Where dpkg-deb refuses (or warns of) a relation in a field, the check of that field
+    refuses it, with dpkg's reason."""
+    complaint = dpkg_deb_refuses(tmp_path, field, relation)
+    problem = check_relation(relation, kind)
+    if says is None:
+        assert complaint == "" and problem is None, (complaint, problem)
+    else:
+        assert complaint and problem is not None, (complaint, problem)
+        assert says in complaint and says in problem

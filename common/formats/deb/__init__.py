@@ -56,8 +56,8 @@ class DebFormat:
     def version_key(self, version: str) -> Any:
         return policy.version_key(version)
 
-    def check_relation(self, relation: str) -> str | None:
-        return policy.check_relation(relation)
+    def check_relation(self, relation: str, kind: str = "depends") -> str | None:
+        return policy.check_relation(relation, kind)
 
     def relation_names(self, relations: Iterable[str]) -> list[str]:
         return policy.relation_names(relations)

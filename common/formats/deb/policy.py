@@ -77,9 +77,14 @@ def parse_relations(text: str) -> list[list[dict[str, Any]]]:
     return parsed
 
 
-def check_relation(relation: str) -> str | None:
-    """What is wrong with one item of Depends and friends (``name [(op version)]``, ``|``
-    between alternatives), or None."""
+#: The relation fields (the farm's kinds) where dpkg allows no alternatives (``a | b``).
+NO_ALTERNATIVES = {"conflicts": "Conflicts", "provides": "Provides", "replaces": "Replaces"}
+
+
+def check_relation(relation: str, kind: str = "depends") -> str | None:
+    """What is wrong with one item of relation field ``kind`` (depends, recommends,
+    conflicts, provides, replaces: ``name [(op version)]``, ``|`` between alternatives where
+    dpkg allows them), or None."""
     if not relation.strip():
         return "an empty relation"
     if "," in relation or "\n" in relation:
@@ -90,12 +95,16 @@ def check_relation(relation: str) -> str | None:
         return f"not a package relation: {exc}"
     if len(parsed) != 1 or not parsed[0]:
         return "not a package relation"
+    if len(parsed[0]) > 1 and kind in NO_ALTERNATIVES:
+        return f"dpkg allows no alternatives ('|') in {NO_ALTERNATIVES[kind]}"
     for alt in parsed[0]:
         if alt["version"] is None:
             continue
         op, version = alt["version"]
         if op not in RELATION_OPERATORS:
             return f"{op!r} is not a relation operator ({', '.join(RELATION_OPERATORS)})"
+        if kind == "provides" and op != "=":
+            return "a Debian package provides exact versions only ('name (= version)')"
         if not is_valid_version(version):
             return f"{version!r} is not a Debian version"
     return None

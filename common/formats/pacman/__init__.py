@@ -176,11 +176,14 @@ class PacmanFormat:
     def version_key(self, version: str) -> Any:
         return version_key(version)
 
-    def check_relation(self, relation: str) -> str | None:
+    def check_relation(self, relation: str, kind: str = "depends") -> str | None:
         try:
-            parse_relation(relation)
+            rel = parse_relation(relation)
         except ValueError as exc:
             return str(exc)
+        if kind == "provides" and rel.op not in (None, "="):
+            return (f"{relation!r}: makepkg refuses a provides with {rel.op!r}; pacman "
+                    "packages provide no version or an exact one ('name (= version)')")
         return None
 
     def relation_names(self, relations: Iterable[str]) -> list[str]:

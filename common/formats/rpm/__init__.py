@@ -43,11 +43,14 @@ class RpmFormat:
     def version_key(self, version: str) -> Any:
         return policy.version_key(version)
 
-    def check_relation(self, relation: str) -> str | None:
+    def check_relation(self, relation: str, kind: str = "depends") -> str | None:
         try:
-            policy.parse_relation(relation)
+            alternatives = policy.parse_relation(relation)
         except ValueError as exc:
             return str(exc)
+        if len(alternatives) > 1 and kind in policy.NO_RICH:
+            return (f"{relation!r}: rpm allows no alternatives (rich dependencies) in "
+                    f"{policy.NO_RICH[kind]}")
         return None
 
     def relation_names(self, relations: Iterable[str]) -> list[str]:
@@ -61,13 +64,14 @@ class RpmFormat:
     def archive_filename(self, name: str, version: str, arch: str) -> str:
         """``name-V-R.<rpmarch>.rpm``: rpm's file names never carry the epoch.
 
-        So the master's check of a file name against its archive, and of an archive against
-        its job (``master.repository._same_version``: two versions are the same when they
-        make the same file name), compares version and release only. The epoch is read from
-        the header (`ArchiveInfo.version` is the header's full ``[E:]V-R``) and recorded with
-        the package, so the index and the order of versions use it; that a job's epoch equals
-        its archive's is not checked by that comparison (see the branch's report: comparing
-        `version_key`s there would check it, for deb too).
+        So the master's check of a file name against its archive
+        (``master.repository._same_version``: two versions are the same when they make the
+        same file name) compares version and release only. The epoch is read from the header
+        (`ArchiveInfo.version` is the header's full ``[E:]V-R``) and recorded with the
+        package, so the index and the order of versions use it; and the check of an archive
+        against its job (``Repository.stage_upload``) compares the header's full version with
+        the job's in rpm's order (`compare_versions`), so an archive whose epoch is not the
+        job's is refused.
         """
         return policy.rpm_filename(name, version, arch)
 

@@ -41,6 +41,9 @@ EPOCH_RE = re.compile(r"^[0-9]+$")
 FILENAME_RE = re.compile(
     r"^(?P<name>[A-Za-z0-9_+][A-Za-z0-9_.+-]*)-(?P<version>[A-Za-z0-9._+~^]+)"
     r"-(?P<release>[A-Za-z0-9._+~^]+)\.(?P<arch>[A-Za-z0-9_]+)\.rpm$")
+#: The relation fields (the farm's kinds) whose rpm tags take no rich dependencies, so no
+#: alternatives: Provides, and Obsoletes (what ``replaces`` becomes).
+NO_RICH = {"provides": "Provides", "replaces": "Obsoletes (the farm's replaces)"}
 #: rpm's spelling of the farm's relation operators.
 OPERATORS = {"<<": "<", "<=": "<=", "=": "=", ">=": ">=", ">>": ">"}
 _ALT_RE = re.compile(

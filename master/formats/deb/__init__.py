@@ -49,6 +49,9 @@ class DebRepository:
     def archive_alias(self, key: str) -> tuple[str, str] | None:
         return None  # APT's index names each archive by its pool path
 
+    def companions(self, pool_path: str) -> tuple[str, ...]:
+        return ()
+
     def changes_in_place(self, key: str) -> bool:
         return key.startswith("dists/") and "/by-hash/" not in key
 

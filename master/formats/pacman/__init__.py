@@ -54,6 +54,12 @@ class PacmanRepository:
         return (len(parts) == 5 and parts[0] == "pacman" and parts[1] != "pool"
                 and parts[4].endswith(DATABASE_SUFFIXES))
 
+    def companions(self, pool_path: str) -> tuple[str, ...]:
+        """The package's detached signature, written beside it once a database lists it
+        (see `index`); it stays while the archive does, also after newer versions took its
+        place in the databases."""
+        return (f"{pool_path}.sig",)
+
     def changes_in_place(self, key: str) -> bool:
         return self._database(key)
 

@@ -39,6 +39,8 @@ DEP_KEYS = frozenset({"replaces", "conflict", "provides", "depend", "makedepend"
                       "checkdepend"})
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _MTREE_ESCAPE_RE = re.compile(rb"\\([0-7]{3})")
+#: A file mode as bsdtar's mtree writer gives it: octal digits.
+_MTREE_MODE_RE = re.compile(r"^[0-7]{1,6}$")
 
 
 def _zstd(path: Path) -> subprocess.Popen[bytes]:
@@ -107,9 +109,15 @@ def check_pkginfo(keys: dict[str, list[str]]) -> dict[str, str]:
     return one
 
 
+def _mtree_byte(match: re.Match[bytes]) -> bytes:
+    value = int(match[1], 8)
+    if value > 0xFF:
+        raise Unprocessable(f".MTREE holds the escape {match[0].decode()!r}, which is no byte")
+    return bytes([value])
+
+
 def _mtree_name(raw: bytes) -> str:
-    name = _MTREE_ESCAPE_RE.sub(lambda m: bytes([int(m[1], 8)]), raw).decode(
-        "utf-8", errors="surrogateescape")
+    name = _MTREE_ESCAPE_RE.sub(_mtree_byte, raw).decode("utf-8", errors="surrogateescape")
     return name[2:] if name.startswith("./") else name
 
 
@@ -176,9 +184,13 @@ def _check_against_mtree(members: dict[str, tuple[tarfile.TarInfo, str | None]],
         if kind == "link" and _mtree_name(entry.get("link", "").encode(
                 errors="surrogateescape")) != member.linkname:
             raise Unprocessable(f"{name}: the link target differs from .MTREE's")
-        if "mode" in entry and int(entry["mode"], 8) != stat.S_IMODE(member.mode):
-            raise Unprocessable(f"{name}: mode {stat.S_IMODE(member.mode):o} in the archive, "
-                                f"{entry['mode']} in .MTREE")
+        if "mode" in entry:
+            if not _MTREE_MODE_RE.fullmatch(entry["mode"]):
+                raise Unprocessable(f"{name}: .MTREE gives the mode {entry['mode']!r}, which "
+                                    "is not an octal number")
+            if int(entry["mode"], 8) != stat.S_IMODE(member.mode):
+                raise Unprocessable(f"{name}: mode {stat.S_IMODE(member.mode):o} in the "
+                                    f"archive, {entry['mode']} in .MTREE")
         for key, value in (("uid", member.uid), ("gid", member.gid)):
             if key in entry and entry[key] != str(value):
                 raise Unprocessable(f"{name}: {key} {value} in the archive, {entry[key]} in "

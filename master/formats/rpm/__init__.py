@@ -55,6 +55,9 @@ class RpmRepository:
     def write_index(self, ctx: IndexContext, dirty: set[IndexKey], full: bool) -> None:
         IndexWriter(ctx).write(dirty, full)
 
+    def companions(self, pool_path: str) -> tuple[str, ...]:
+        return ()
+
     def changes_in_place(self, key: str) -> bool:
         return key == KEY_FILE or (key.startswith("rpm/") and key.endswith(
             ("/repodata/repomd.xml", "/repodata/repomd.xml.asc")))
