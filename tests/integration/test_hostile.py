@@ -257,6 +257,30 @@ def test_destdir_replaced_by_a_link_to_a_host_folder(hostile: HostileFarm) -> No
     assert_farm_goes_on(hostile, "destdir")
 
 
+def test_output_folder_is_out_of_the_scripts_reach(hostile: HostileFarm) -> None:
+    # The worker packs into pack/out beside the area (the build's private folder), after the
+    # script ran: a script that puts a link there first would have the archive written, and
+    # its folder made and chmodded, where the link points.
+    name = "evil-outdir"
+    jobs = build(hostile, name, definition(name, f"""\
+        for pack in "$DESTDIR/../pack" "$DESTDIR/../../pack" "$HOME/../../pack"; do
+            if ln -s {hostile.target} "$pack" 2>/dev/null; then echo "LINKED pack"; fi
+            if mkdir -p "$pack" 2>/dev/null && ln -s {hostile.target} "$pack/out" 2>/dev/null
+            then echo "LINKED out"; fi
+        done
+        mkdir -p "$DESTDIR/usr/share/{name}"
+        echo packed > "$DESTDIR/usr/share/{name}/marker"
+    """))
+    for arch, job in jobs.items():
+        assert job["status"] == "success", (MODES[arch], job["error"])
+        build_id = int(job["log_url"].split("/builds/")[1].split("/")[0])
+        assert "LINKED" not in log_of(hostile, build_id, name, arch), MODES[arch]
+        assert (unpacked(hostile, name, arch) / f"usr/share/{name}/marker").read_text() == \
+            "packed\n", MODES[arch]
+    assert list(hostile.target.iterdir()) == []
+    assert oct(hostile.target.stat().st_mode & 0o777) == "0o755"
+
+
 def test_build_runs_unprivileged_and_cannot_read_root_files(hostile: HostileFarm) -> None:
     config = hostile.root / "amd64.yaml"
     jobs = build(hostile, "evil-read", definition("evil-read", f"""\
