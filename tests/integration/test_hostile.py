@@ -263,10 +263,13 @@ def test_output_folder_is_out_of_the_scripts_reach(hostile: HostileFarm) -> None
     # its folder made and chmodded, where the link points.
     name = "evil-outdir"
     jobs = build(hostile, name, definition(name, f"""\
+        # Its own area first (links there are the script's business, and must lead nowhere),
+        # then the private folder above it, which it must not be able to change.
         for pack in "$DESTDIR/../pack" "$DESTDIR/../../pack" "$HOME/../../pack"; do
-            if ln -s {hostile.target} "$pack" 2>/dev/null; then echo "LINKED pack"; fi
+            case "$pack" in */../../*) mark=LINKED;; *) mark=area;; esac
+            if ln -s {hostile.target} "$pack" 2>/dev/null; then echo "$mark pack"; fi
             if mkdir -p "$pack" 2>/dev/null && ln -s {hostile.target} "$pack/out" 2>/dev/null
-            then echo "LINKED out"; fi
+            then echo "$mark out"; fi
         done
         mkdir -p "$DESTDIR/usr/share/{name}"
         echo packed > "$DESTDIR/usr/share/{name}/marker"
