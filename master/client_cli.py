@@ -300,13 +300,17 @@ def register(cli: click.Group, config_option: Any) -> None:
     @click.argument("version")
     @click.option("--from", "source", required=True, help="The suite that publishes it.")
     @click.option("--to", "target", required=True, help="The suite to publish it in too.")
+    @click.option("--format", "fmt", default=None,
+                  help="Only this format's archives (default: every format's).")
     @json_option
     @config_option
-    def package_promote(name: str, version: str, source: str, target: str,
+    def package_promote(name: str, version: str, source: str, target: str, fmt: str | None,
                         as_json: bool, config_path: str | None) -> None:
         """Publish NAME VERSION of suite --from in suite --to as well (admin)."""
-        data = _client(config_path).post(f"/api/v1/packages/{name}/promote",
-                                         {"version": version, "from": source, "to": target})
+        body = {"version": version, "from": source, "to": target}
+        if fmt is not None:
+            body["format"] = fmt
+        data = _client(config_path).post(f"/api/v1/packages/{name}/promote", body)
         if as_json:
             click.echo(json.dumps(data, indent=2))
             return
@@ -318,14 +322,15 @@ def register(cli: click.Group, config_option: Any) -> None:
     @click.argument("name")
     @click.option("--version", "version", default=None, help="Only this version.")
     @click.option("--arch", default=None, help="Only this architecture.")
+    @click.option("--format", "fmt", default=None, help="Only this format's archives.")
     @json_option
     @config_option
-    def package_remove(name: str, version: str | None, arch: str | None, as_json: bool,
-                       config_path: str | None) -> None:
-        """Take package NAME out of the repository: every suite, version and architecture,
-        or only --version and/or --arch (admin)."""
+    def package_remove(name: str, version: str | None, arch: str | None, fmt: str | None,
+                       as_json: bool, config_path: str | None) -> None:
+        """Take package NAME out of the repository: every suite, version, architecture and
+        format, or only --version, --arch and/or --format (admin)."""
         data = _client(config_path).delete(f"/api/v1/packages/{name}", version=version,
-                                           arch=arch)
+                                           arch=arch, format=fmt)
         if as_json:
             click.echo(json.dumps(data, indent=2))
             return

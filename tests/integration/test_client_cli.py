@@ -314,8 +314,12 @@ def test_packages_package_promote_and_remove(farm, tmp_path):
     refused = master(farm, "package-promote", "itest-clipkg", "1.0-1", "--from", "stable", "--to",
                      "testing", config=reader)
     assert refused.returncode == 1 and "permission denied" in refused.stderr
+    unserved = master(farm, "package-promote", "itest-clipkg", "1.0-1", "--from", "stable",
+                      "--to", "testing", "--format", "rpm")
+    assert unserved.returncode == 1 and "rpm" in unserved.stderr, unserved.stderr
+    assert "itest-clipkg" not in farm.master.index("amd64", suite="testing")
     promoted = ok(master(farm, "package-promote", "itest-clipkg", "1.0-1", "--from", "stable",
-                         "--to", "testing")).splitlines()
+                         "--to", "testing", "--format", "deb")).splitlines()
     assert promoted == ["promoted itest-clipkg 1.0-1 from stable to testing:",
                         f"  {filename}"]
     assert filename in farm.master.index("amd64", suite="testing")
@@ -330,8 +334,10 @@ def test_packages_package_promote_and_remove(farm, tmp_path):
 
     # Remove it: gone from both indexes and from the package list; its history stays.
     assert master(farm, "package-remove", "itest-clipkg", config=reader).returncode == 1
+    unserved = master(farm, "package-remove", "itest-clipkg", "--format", "pacman")
+    assert unserved.returncode == 1 and "pacman" in unserved.stderr, unserved.stderr
     removed = json.loads(ok(master(farm, "package-remove", "itest-clipkg", "--version", "1.0-1",
-                                   "--json")))
+                                   "--format", "deb", "--json")))
     assert removed == {"removed": [filename]}
     for suite in ("stable", "testing"):
         for arch in ("amd64", "arm64"):
