@@ -148,7 +148,8 @@ _FINAL_SPEC: dict[str, tuple[str, str, tuple[str, ...]]] = {
                               ("arch",)),
     counters.BROKER_RESENDS: ("pkgfarm_broker_resends", "Job messages sent to the broker again, "
                               "by reason (message-lost: not found in Redis; broker-emptied: "
-                              "Redis lost its data)", ("reason",)),
+                              "Redis lost its data; held: refused at its claim by a drained "
+                              "worker or a paused queue)", ("reason",)),
 }
 _HISTOGRAMS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
     counters.JOB_DURATION: ("pkgfarm_job_duration_seconds", "How long a job built on its "

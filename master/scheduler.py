@@ -326,7 +326,7 @@ class Scheduler:
         if held is not None:
             # The message goes back to the farm: the job keeps its place in the store, its
             # message is sent again (as a new attempt) when it may run, and this one is stale.
-            self.store.jobs.resend(job_id, attempt)
+            self.store.jobs.resend(job_id, attempt, reason="held")
             raise Conflict(f"attempt {attempt} of job {job_id} is not given out: {held}",
                            state=job.state.value, stale=True)
         token = secrets.token_urlsafe(32)

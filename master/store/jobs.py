@@ -303,14 +303,17 @@ class JobStore:
                               cur.rowcount)
             return cur.rowcount
 
-    def resend(self, job_id: int, attempt: int) -> bool:
-        """Mark a queued job's lost message for sending again under a new attempt number."""
+    def resend(self, job_id: int, attempt: int, reason: str = "message-lost") -> bool:
+        """Mark a queued job's message, gone from the broker without a claim (``reason``
+        ``message-lost``) or refused at its claim (``held``), for sending again under a new
+        attempt number. Whether the job is marked sent does not matter: a worker may take the
+        message before its sender marks it, and the sender's late mark names the old attempt,
+        so it leaves the new one to be sent."""
         with self.db.write() as db:
             cur = db.execute("UPDATE jobs SET attempt=attempt+1, enqueued=0 WHERE id=? AND "
-                             "attempt=? AND state=? AND enqueued=1",
-                             (job_id, attempt, JobState.QUEUED.value))
+                             "attempt=? AND state=?", (job_id, attempt, JobState.QUEUED.value))
             if cur.rowcount == 1:
-                counters.bump(db, counters.BROKER_RESENDS, {"reason": "message-lost"})
+                counters.bump(db, counters.BROKER_RESENDS, {"reason": reason})
             return cur.rowcount == 1
 
     def finish(self, job_id: int, attempt: int, state: JobState, error: str | None,

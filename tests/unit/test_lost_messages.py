@@ -14,9 +14,11 @@ from typing import Any, cast
 import pytest
 
 from common.config import settings_from_dict
+from common.errors import Conflict
+from common.messages import PROTOCOL_VERSION
 from common.states import JobState
 from master.scheduler import LOST_GRACE, Scheduler, lost_message_bound, task_id
-from master.store import PlannedJob, Store
+from master.store import PlannedJob, Store, WorkerInfo
 
 
 def first_resend(tmp_path: Path, store: Store, tick: float, phase: float, sent: float,
@@ -68,3 +70,41 @@ def test_a_lost_message_is_sent_again_within_the_bound(tmp_path: Path, tick: flo
 def test_a_message_in_the_broker_is_never_sent_again(tmp_path: Path) -> None:
     assert first_resend(tmp_path, Store(tmp_path / "state.db"), 2.0, 0.0, 100.0,
                         left=float("inf"), until=600.0) is None
+
+
+def test_a_message_refused_before_its_sender_marked_it_is_sent_again(tmp_path: Path) -> None:
+    """A drained worker may take a message, and be refused it at its claim, before the sender
+    has marked the job sent; the job must go out again at once, not wait for the search for
+    lost messages (it once did, for about half a minute)."""
+    settings = settings_from_dict({"master": {"data_dir": str(tmp_path)}})
+    store = Store(tmp_path / "state.db")
+    for name in ("w-a", "w-b"):
+        store.workers.heartbeat(name, WorkerInfo(("amd64",), 1, ("build.amd64", "build.all")))
+    store.workers.set_drained("w-b", True)
+    sent: list[tuple[int, int]] = []
+    refused: list[str] = []
+
+    class Broker:
+        """Hands each message to a worker before send_task returns: the drained one first."""
+
+        def send_task(self, name: str, kwargs: dict[str, Any], **options: Any) -> None:
+            job_id, attempt = kwargs["job_id"], kwargs["attempt"]
+            sent.append((job_id, attempt))
+            if len(sent) == 1:
+                with pytest.raises(Conflict) as refusal:
+                    scheduler.claim(job_id, attempt, "w-b", "worker", PROTOCOL_VERSION,
+                                    "http://master")
+                refused.append(refusal.value.message)
+
+    scheduler = Scheduler(settings, store, cast(Any, Broker()), cast(Any, None))
+    _, (job_id,) = store.jobs.create_build(["pkg"], None, "tests",
+                                           [PlannedJob("pkg", "1.0-1", "all", b"snap")])
+    # The sender goes round again for what became sendable while it sent: attempt 2 leaves
+    # at once, and the undrained worker may take it.
+    assert scheduler.enqueue_pending() == 2
+    assert refused and "w-b is drained" in refused[0]
+    assert sent == [(job_id, 1), (job_id, 2)]
+    job = store.jobs.get(job_id)
+    assert job is not None and (job.attempt, job.enqueued) == (2, True)
+    assert scheduler.claim(job_id, 2, "w-a", "worker", PROTOCOL_VERSION,
+                           "http://master").attempt == 2
