@@ -198,7 +198,7 @@ def build(settings: Settings, assignment: JobAssignment, snapshot: bytes, workdi
     ws = settings.worker
     fmt = formats.get(assignment.format)
     is_definition = assignment.source_kind == SourceKind.DEFINITION
-    with environment_for(ws, assignment.arch, workdir, list(assignment.apt_sources), out=out,
+    with environment_for(ws, assignment.arch, workdir, list(assignment.build_sources), out=out,
                          log=note, cancel=cancel, label_only=is_definition,
                          hidden=settings.private_paths()) as env:
         if not is_definition:
@@ -225,8 +225,7 @@ def _build_and_upload(settings: Settings, client: MasterClient, assignment: JobA
     try:
         result = build(settings, assignment, snapshot, workdir, out, note, lost)
         files = []
-        extra = [result.buildinfo] if result.buildinfo is not None else []
-        for artifact in [*result.archives, *extra]:
+        for artifact in [*result.archives, *result.by_products]:
             if lost.is_set():
                 raise BuildCancelled("the attempt was taken away before the upload")
             receipt = client.upload(artifact, assignment)
