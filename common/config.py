@@ -28,7 +28,9 @@ from common.errors import ConfigError
 
 CONFIG_ENV = "PKGFARM_CONFIG"
 
-ROLES = ("read", "build", "upload", "admin")
+#: The roles a user or token may hold; ``admin`` may do everything (master.auth).
+ADMIN = "admin"
+ROLES = ("read", "build", "upload", ADMIN)
 
 #: Environment variables that override one key each (secrets and deployment-specific values).
 ENV_OVERRIDES: dict[str, tuple[str, ...]] = {

@@ -41,7 +41,6 @@ MAX_VERSION = 128
 _LOOKUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._-]*$")
 _SECTION_RE = re.compile(r"^[A-Za-z0-9+._-]+(?:/[A-Za-z0-9+._-]+)?$")
 _URL_RE = re.compile(r"^https?://[^\s\x00-\x1f\x7f]+$")
-_PRIORITIES = {"required", "important", "standard", "optional", "extra"}
 
 
 @dataclass(frozen=True)
@@ -96,8 +95,9 @@ class PackageDefinition:
 
     def check_format(self, fmt: PackageFormat) -> None:
         """Refuse (DefinitionError naming the field) what format ``fmt`` cannot carry: the
-        name, the version, or a relation it cannot express."""
+        name, the version, a descriptive field, or a relation it cannot express."""
         _check_for(self.path, fmt, self.name, self.version, self.release)
+        _check_metadata(self.path, fmt, {"section": self.section, "priority": self.priority})
         for kind in RELATION_KINDS:
             mapped = any(k == kind for k, _, _ in self.per_format)
             field_name = f"package.{kind}" + (f".{fmt.name}" if mapped else "")
@@ -202,6 +202,12 @@ def _check_for(path: Path, fmt: PackageFormat, name: str, version: str, release:
                     _naming(fmt, version if wrong[0] == "version" else release, wrong[1]))
 
 
+def _check_metadata(path: Path, fmt: PackageFormat, fields: dict[str, str]) -> None:
+    wrong = fmt.check_metadata(fields)
+    if wrong:
+        raise _fail(path, f"package.{wrong[0]}", _naming(fmt, fields[wrong[0]], wrong[1]))
+
+
 def _relations(path: Path, pkg: dict[str, Any], kind: str, syntax: list[PackageFormat]
                ) -> tuple[tuple[str, ...], list[tuple[str, str, tuple[str, ...]]]]:
     """A relation field: a plain list (checked with every format of ``syntax``), or a mapping
@@ -304,12 +310,10 @@ def parse_definition(
         raise _fail(path, "package.maintainer", "must look like 'Full Name <email@example.org>'")
     section = _string(path, pkg, "section", w, default="misc")
     priority = _string(path, pkg, "priority", w, default="optional")
-    if priority not in _PRIORITIES:
-        raise _fail(path, "package.priority", f"must be one of {', '.join(sorted(_PRIORITIES))}")
     homepage = _string(path, pkg, "homepage", w, required=False)
     license_ = _string(path, pkg, "license", w, required=False)
-    for key, text in (("section", section), ("maintainer", maintainer), ("name", name),
-                      ("homepage", homepage), ("license", license_)):
+    for key, text in (("section", section), ("priority", priority), ("maintainer", maintainer),
+                      ("name", name), ("homepage", homepage), ("license", license_)):
         if text is not None and (not text.isprintable() or len(text) > 1000):
             raise _fail(path, f"package.{key}", "must be one line of printable text")
     if section is not None and not _SECTION_RE.fullmatch(section):
@@ -317,6 +321,9 @@ def parse_definition(
                     "digits, + - . _ and one /)")
     if homepage is not None and not _URL_RE.fullmatch(homepage):
         raise _fail(path, "package.homepage", f"{homepage!r} is not an http(s) URL")
+    assert section is not None and priority is not None
+    for fmt in targets:  # a format's own values (Debian's priorities) are the format's to say
+        _check_metadata(path, fmt, {"section": section, "priority": priority})
 
     build = data.get("build")
     if not isinstance(build, str) or not build.strip():

@@ -14,8 +14,10 @@ from typing import Any, Self
 
 #: The version of the protocol between master and workers (claim, lease, log, report, upload).
 #: 1: pkgfarm as of commit 426347d (no version sent); 2: jobs name their format and the kind of
-#: source their snapshot holds. A master refuses a worker that speaks another version.
-PROTOCOL_VERSION = 2
+#: source their snapshot holds; 3: an assignment's sources of build dependencies are
+#: ``build_sources`` (2 called them ``apt_sources``). A master refuses a worker that speaks
+#: another version.
+PROTOCOL_VERSION = 3
 
 
 class Message:
@@ -107,8 +109,9 @@ class JobAssignment(Message):
     #: the attempt is lost unless renewed within this many seconds
     lease_seconds: float = 90.0
     #: package sources a build may install build dependencies from: the farm's own
-    #: repository, as the build environment's package manager reads it
-    apt_sources: tuple[str, ...] = ()
+    #: repository, as the build environment's package manager reads it (its format's
+    #: `build_sources`)
+    build_sources: tuple[str, ...] = ()
     #: the package format the job makes, and what its snapshot holds
     format: str = "deb"
     source_kind: str = "definition"

@@ -39,12 +39,11 @@ from flask import current_app, g, jsonify, request, session
 from flask_httpauth import HTTPBasicAuth
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from common.config import UserSettings
+from common.config import ADMIN, UserSettings
 from common.errors import ConfigError, Forbidden, TooManyRequests
 from master.store.accounts import AccountStore
 from master.store.logins import LoginStore
 
-ADMIN = "admin"
 _CACHE_SECONDS = 300.0
 MAX_FAILURES = 10
 FAILURE_WINDOW = 60.0

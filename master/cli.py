@@ -43,8 +43,9 @@ def _settings(config_path: str | None) -> Settings:
 @click.group()
 @click.version_option(package_name="pkgfarm", prog_name="master")
 def cli() -> None:
-    """pkgfarm master: the API, the queue's producer and the APT repository; and, through
-    its API, the farm's builds, workers, queues and events."""
+    """pkgfarm master: the API, the queue's producer and the repository, in every package
+    format the farm serves; and, through its API, the farm's builds, workers, queues and
+    events."""
 
 
 # status, builds, build, restart, cancel, package-add, logs, workers, queues, events, ...

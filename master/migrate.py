@@ -16,12 +16,12 @@ the destination during a migration sees the old index or a complete new one. Sto
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
 from typing import IO
 
+from common.digests import sha256_stream
 from master import formats
 from master.storage import CHUNK, Storage
 
@@ -36,31 +36,21 @@ def copy_order(key: str) -> tuple[int, str]:
 
 def digest(storage: Storage, key: str) -> tuple[int, str]:
     """(size, sha256) of ``key`` in ``storage``, streamed."""
-    sha = hashlib.sha256()
-    size = 0
     with storage.open(key) as fh:
-        while chunk := fh.read(CHUNK):
-            size += len(chunk)
-            sha.update(chunk)
-    return size, sha.hexdigest()
+        return sha256_stream(fh, chunk=CHUNK)
 
 
 def _fetch(source: Storage, key: str, work: Path) -> tuple[Path, int, str]:
     """Stream ``key`` to a temporary file in ``work``: (the file, its size, its sha256)."""
     fd, name = tempfile.mkstemp(dir=work, prefix="copy-")
     path = Path(name)
-    sha = hashlib.sha256()
-    size = 0
     try:
         with os.fdopen(fd, "wb") as out, source.open(key) as fh:
-            while chunk := fh.read(CHUNK):
-                size += len(chunk)
-                sha.update(chunk)
-                out.write(chunk)
+            size, sha256 = sha256_stream(fh, out, chunk=CHUNK)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    return path, size, sha.hexdigest()
+    return path, size, sha256
 
 
 def _holds(dest: Storage, key: str, size: int, sha256: str) -> bool:

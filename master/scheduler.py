@@ -156,7 +156,7 @@ class Scheduler:
 
     def plan_one(self, name: str, arch: str | None) -> Buildable:
         """What building ``name`` means: a YAML definition, else a source package of a
-        format that has them (a Debian source)."""
+        format's own kind (`common.formats.resolve_source`)."""
         served = self.settings.repository.architectures
         requested = None if arch == archmod.ALL else arch
         try:
@@ -193,29 +193,30 @@ class Scheduler:
                 definition.build_depends)))
 
     def _plan_source(self, ref: str, requested: str | None, missing: NotFound) -> Buildable:
-        fmt = common_formats.build_host()
         try:
-            plan = fmt.resolve_source(ref, self.settings, Path(self.settings.master.data_dir),
-                                      self.settings.repository.architectures, requested)
-        except NotFound:
-            raise NotFound(f"{missing.message}; and no Debian source package named {ref!r}",
-                           package=ref) from None
-        if plan is None:
+            found = common_formats.resolve_source(
+                ref, self.settings, Path(self.settings.master.data_dir),
+                self.settings.repository.architectures, requested)
+        except NotFound as none:
+            raise NotFound(f"{missing.message}; and {none.message}", package=ref) from None
+        if found is None:
             raise missing
+        fmt, plan = found
+        what = fmt.source_kinds[plan.kind]
         if not plan.arches:
             raise DefinitionError(f"{plan.name} builds for no architecture this repository "
                                   "serves", package=ref)
         served_formats = self.settings.repository.formats
         if fmt.name not in served_formats:
-            raise DefinitionError(f"{plan.name} is a {fmt.title} source package, which this "
+            raise DefinitionError(f"{plan.name} is a {what}, made as {fmt.name}, which this "
                                   f"repository does not serve ({', '.join(served_formats)})",
                                   package=ref)
         others = [f for f in served_formats if f != fmt.name]
-        notes = ((f"{plan.name} is a Debian source package: it is built as {fmt.name} only, "
+        notes = ((f"{plan.name} is a {what}: it is built as {fmt.name} only, "
                   f"not as {', '.join(others)}",) if others else ())
         return Buildable(name=plan.name, versions=((fmt.name, plan.version),),
                          arches=plan.arches, snapshot=plan.snapshot, provides=plan.provides,
-                         needs=plan.needs, source_kind=SourceKind.DEBIAN_SOURCE, notes=notes)
+                         needs=plan.needs, source_kind=plan.kind, notes=notes)
 
     def plan(self, packages: list[str], arch: str | None) -> tuple[list[Buildable],
                                                                     list[PlannedJob]]:
@@ -312,7 +313,7 @@ class Scheduler:
             version=job.version, arch=job.arch, token=token,
             snapshot_b64=base64.b64encode(self.store.jobs.snapshot(job.id)).decode(),
             lease_seconds=float(self.settings.master.lease_seconds),
-            apt_sources=tuple(host.build_sources(base_url, self.settings)),
+            build_sources=tuple(host.build_sources(base_url, self.settings)),
             format=job.format, source_kind=job.source_kind.value)
 
     def claim(self, job_id: int, attempt: int, worker: str, user: str | None,
@@ -379,6 +380,10 @@ class Scheduler:
             kind = SourceKind(source_kind)
         except ValueError:
             raise BadRequest(f"unknown source kind {source_kind!r}", field="source_kind") from None
+        offered = [SourceKind.DEFINITION, *fmt.source_kinds]
+        if kind not in offered:
+            raise BadRequest(f"{fmt.name} is built from {' or '.join(offered)}, not from "
+                             f"{kind.value}", field="source_kind")
         token = secrets.token_urlsafe(32)
         job = self.store.jobs.create_local_job(package, version, arch, fmt.name, kind, worker,
                                                user, token_hash(token),

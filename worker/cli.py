@@ -24,7 +24,7 @@ from common.definition import find_definition, snapshot
 from common.errors import BuildFailed, ConfigError, NotFound, PkgfarmError
 from common.logs import setup_logging
 from common.messages import Heartbeat
-from common.states import SourceKind
+from common.states import ReportStatus, SourceKind
 from worker import formats
 from worker.client import CertificateError, MasterClient
 from worker.tasks import execute_attempt
@@ -234,7 +234,6 @@ def package_add(name: str, now: bool, arch: str | None, formats_wanted: tuple[st
         if wanted not in served:
             raise BuildFailed(f"the repository does not serve {wanted} (it serves "
                               f"{', '.join(served)})")
-    host = common_formats.build_host()
     try:
         definition = find_definition(name, settings.package_paths)
     except NotFound as missing:
@@ -252,31 +251,31 @@ def package_add(name: str, now: bool, arch: str | None, formats_wanted: tuple[st
                                                            definition.release)) for f in made]
         data, kind = snapshot(definition), SourceKind.DEFINITION
     else:
-        # No YAML definition: a source package of the format's own kind (a Debian source,
-        # by name, .dsc or git reference).
+        # No YAML definition: a source package of a format's own kind (common.formats).
         state = Path(settings.worker.work_dir) / "lookup"
         try:
-            plan = host.resolve_source(name, settings, state, repo["architectures"], arch)
-        except NotFound:
-            raise NotFound(f"{not_defined.message}; and no Debian source package named "
-                           f"{name!r}", package=name) from None
-        if plan is None:
+            found = common_formats.resolve_source(name, settings, state, repo["architectures"],
+                                                  arch)
+        except NotFound as none:
+            raise NotFound(f"{not_defined.message}; and {none.message}", package=name) from None
+        if found is None:
             raise not_defined
+        fmt, plan = found
+        what = fmt.source_kinds[plan.kind]
         mine = set(settings.worker.architectures)
         targets = [a for a in plan.arches if a == archmod.ALL or a in mine]
         if not targets:
             raise BuildFailed(f"{plan.name} builds for {', '.join(plan.arches) or 'nothing'} "
                               f"here; this worker builds {', '.join(sorted(mine))}")
-        if formats_wanted and host.name not in formats_wanted:
-            raise BuildFailed(f"{plan.name} is a Debian source package: it is made as "
-                              f"{host.name} only")
-        others = [f for f in served if f != host.name]
+        if formats_wanted and fmt.name not in formats_wanted:
+            raise BuildFailed(f"{plan.name} is a {what}: it is made as {fmt.name} only")
+        others = [f for f in served if f != fmt.name]
         if others and not formats_wanted:
-            click.echo(f"note: {plan.name} is a Debian source package: it is built as "
-                       f"{host.name} only, not as {', '.join(others)}", err=True)
+            click.echo(f"note: {plan.name} is a {what}: it is built as {fmt.name} only, not as "
+                       f"{', '.join(others)}", err=True)
         package, data = plan.name, plan.snapshot
-        versions = [(host.name, plan.version)]
-        kind = SourceKind.DEBIAN_SOURCE
+        versions = [(fmt.name, plan.version)]
+        kind = plan.kind
     for fmt_name, version in versions:
         for target in targets:
             _build_now(settings, client, repo, package, version, target, data, fmt_name, kind)
@@ -295,7 +294,7 @@ def _build_now(settings: Settings, client: MasterClient, repo: dict[str, Any], p
 
     say(f"building {package} {version} for {target} as build {assignment.build_id}")
     outcome = execute_attempt(settings, client, assignment, data, say=say)
-    if outcome.status != "success":
+    if outcome.status != ReportStatus.SUCCESS:
         raise PkgfarmError(f"{outcome.error} (log: {settings.worker.master_url.rstrip('/')}"
                            f"/api/v1/builds/{assignment.build_id}/packages/{package}/log)")
     builder = formats.get(fmt)

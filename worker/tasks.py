@@ -28,7 +28,7 @@ from common.definition import unpack_snapshot
 from common.errors import BuildCancelled, BuildFailed, Conflict, PkgfarmError
 from common.messages import BuildTask, JobAssignment
 from common.queues import BUILD_TASK, make_celery
-from common.states import SourceKind
+from common.states import ReportStatus, SourceKind
 from worker import formats
 from worker.build import build_definition
 from worker.client import MasterClient
@@ -39,9 +39,13 @@ from worker.formats import BuildResult
 log = logging.getLogger(__name__)
 
 Say = Callable[[str], None]
+#: How an attempt ends on this worker without a report of its own: the master took it back
+#: (LOST), or refused the claim of an old or duplicate message (STALE).
+LOST, STALE = "lost", "stale"
 
 
 class Outcome(NamedTuple):
+    #: the ReportStatus the worker reported, or LOST
     status: str
     error: str | None
     files: list[str]
@@ -137,12 +141,13 @@ class LeaseKeeper(threading.Thread):
 
 def run_job(settings: Settings, task: BuildTask, worker_name: str,
             client: MasterClient | None = None) -> str:
-    """Build one attempt of a job; returns its final status (or "stale")."""
+    """Build one attempt of a job; returns its final status (a ReportStatus, LOST or
+    STALE)."""
     client = client or MasterClient(settings.worker)
     assignment = client.claim(task.job_id, task.attempt, worker_name)
     if assignment is None:
         log.info("job %d attempt %d is stale; dropping the message", task.job_id, task.attempt)
-        return "stale"
+        return STALE
 
     snapshot = base64.b64decode(assignment.snapshot_b64)
     return execute_attempt(settings, client, assignment, snapshot).status
@@ -152,7 +157,7 @@ def execute_attempt(settings: Settings, client: MasterClient, assignment: JobAss
                     snapshot: bytes, say: Say | None = None) -> Outcome:
     """Build, upload and report one attempt the master gave this worker.
 
-    The status is "success", "failed", or "lost" when the master took the attempt away.
+    The status is the ReportStatus reported, or LOST when the master took the attempt away.
     """
     Path(settings.worker.work_dir).mkdir(parents=True, exist_ok=True)
     # The build's folder is the worker's (mode 0700 from mkdtemp, 0711 once its area is
@@ -170,7 +175,7 @@ def execute_attempt(settings: Settings, client: MasterClient, assignment: JobAss
         with BuildLog(log_file) as out:
             status, error, files = _build_and_upload(settings, client, assignment, snapshot,
                                                      workdir, out, keeper.lost, say)
-        lost = Outcome("lost", "the master took this attempt back", [])
+        lost = Outcome(LOST, "the master took this attempt back", [])
         if keeper.lost.is_set():
             with contextlib.suppress(PkgfarmError):
                 streamer.finish()  # a cancelled attempt's log is still kept
@@ -198,7 +203,7 @@ def build(settings: Settings, assignment: JobAssignment, snapshot: bytes, workdi
     ws = settings.worker
     fmt = formats.get(assignment.format)
     is_definition = assignment.source_kind == SourceKind.DEFINITION
-    with environment_for(ws, assignment.arch, workdir, list(assignment.apt_sources), out=out,
+    with environment_for(ws, assignment.arch, workdir, list(assignment.build_sources), out=out,
                          log=note, cancel=cancel, label_only=is_definition,
                          hidden=settings.private_paths()) as env:
         if not is_definition:
@@ -213,7 +218,7 @@ def build(settings: Settings, assignment: JobAssignment, snapshot: bytes, workdi
 def _build_and_upload(settings: Settings, client: MasterClient, assignment: JobAssignment,
                       snapshot: bytes, workdir: Path, out: IO[str],
                       lost: threading.Event, say: Say | None
-                      ) -> tuple[str, str | None, list[tuple[str, str]]]:
+                      ) -> tuple[ReportStatus, str | None, list[tuple[str, str]]]:
     """Build and upload; the files are (name, sha256) pairs for the report's manifest."""
     def note(message: str) -> None:
         out.write(f"pkgfarm: {message}\n")
@@ -225,8 +230,7 @@ def _build_and_upload(settings: Settings, client: MasterClient, assignment: JobA
     try:
         result = build(settings, assignment, snapshot, workdir, out, note, lost)
         files = []
-        extra = [result.buildinfo] if result.buildinfo is not None else []
-        for artifact in [*result.archives, *extra]:
+        for artifact in [*result.archives, *result.by_products]:
             if lost.is_set():
                 raise BuildCancelled("the attempt was taken away before the upload")
             receipt = client.upload(artifact, assignment)
@@ -235,15 +239,15 @@ def _build_and_upload(settings: Settings, client: MasterClient, assignment: JobA
             files.append((receipt.filename, receipt.sha256))
     except BuildFailed as exc:
         note(f"build failed: {exc.message}")
-        return "failed", exc.message, []
+        return ReportStatus.FAILED, exc.message, []
     except PkgfarmError as exc:
         note(f"failed: {exc.message}")
-        return "failed", exc.message, []
+        return ReportStatus.FAILED, exc.message, []
     except Exception as exc:
         out.write(traceback.format_exc())
         note(f"worker error: {exc}")
-        return "failed", f"worker error: {exc}", []
-    return "success", None, files
+        return ReportStatus.FAILED, f"worker error: {exc}", []
+    return ReportStatus.SUCCESS, None, files
 
 
 def make_worker_app(settings: Settings, worker_name: str) -> Celery:

@@ -13,12 +13,13 @@ Debian packages, read with the relation syntax of `build_host()`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from common.errors import ConfigError
+from common.errors import ConfigError, NotFound
+from common.states import SourceKind
 
 if TYPE_CHECKING:
     from common.config import Settings
@@ -37,6 +38,8 @@ class ArchiveName:
 class SourcePlan:
     """A source package of a format's own kind (a Debian source), resolved for a build."""
 
+    #: which of the format's `source_kinds` it is (what the jobs' snapshots hold)
+    kind: SourceKind
     name: str
     version: str
     #: the farm architectures its jobs build for (``all`` for the arch-independent part)
@@ -54,6 +57,9 @@ class PackageFormat(Protocol):
     name: str
     #: how people call it (``Debian (.deb, APT)``)
     title: str
+    #: the kinds of source package of its own the format builds from, each with how people
+    #: call one (``Debian source package``); empty when it builds from definitions only
+    source_kinds: Mapping[SourceKind, str]
 
     def arch_name(self, arch: str) -> str:
         """The format's name of farm architecture ``arch`` (``all`` included)."""
@@ -66,6 +72,10 @@ class PackageFormat(Protocol):
 
     def check_version_parts(self, version: str, release: str) -> tuple[str, str] | None:
         """(field, problem) for an upstream version or release this format cannot carry."""
+
+    def check_metadata(self, fields: Mapping[str, str]) -> tuple[str, str] | None:
+        """(field, problem) for a value of a definition's descriptive fields (``section``,
+        ``priority``) the format cannot carry (Debian's priorities are a closed set)."""
 
     def full_version(self, version: str, release: str) -> str:
         """The version a definition's ``version`` and ``release`` make in this format."""
@@ -126,6 +136,27 @@ def get(name: str) -> PackageFormat:
 
 def build_host() -> PackageFormat:
     return FORMATS[BUILD_HOST]
+
+
+def resolve_source(ref: str, settings: Settings, state_dir: Path, served: Sequence[str],
+                   requested: str | None) -> tuple[PackageFormat, SourcePlan] | None:
+    """The source package of a format's own kind that ``ref`` names, asked of every format
+    that has such sources (`PackageFormat.resolve_source`), with its format. None when no
+    format has any; NotFound, saying which kinds were looked for, when none names ``ref``."""
+    looked_for: list[str] = []
+    for fmt in FORMATS.values():
+        if not fmt.source_kinds:
+            continue
+        try:
+            plan = fmt.resolve_source(ref, settings, state_dir, served, requested)
+        except NotFound:
+            looked_for.extend(fmt.source_kinds.values())
+            continue
+        if plan is not None:
+            return fmt, plan
+    if looked_for:
+        raise NotFound(f"no {' or '.join(looked_for)} named {ref!r}", package=ref)
+    return None
 
 
 def compare_versions(fmt: PackageFormat, a: str, b: str) -> int:

@@ -110,13 +110,22 @@ class PackageStore:
         return self._meta("index_generation")
 
     def set_index_generation(self, gen: int, formats: tuple[str, ...] = (),
-                             suites: tuple[str, ...] = ()) -> None:
-        """Record that the index of ``formats`` now shows generation ``gen`` (with an
-        ``index.updated`` event per format)."""
+                             suites: tuple[str, ...] = (), at: float | None = None) -> None:
+        """Record that the index of ``formats`` was written (at ``at``, default now) and shows
+        generation ``gen`` (with an ``index.updated`` event per format)."""
         with self.db.write() as db:
             db.execute("UPDATE meta SET value=? WHERE key='index_generation'", (gen,))
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('index_written_at', ?)",
+                       (time.time() if at is None else at,))
             for fmt in formats:
                 record(db, "index.updated", generation=gen, format=fmt, suites=list(suites))
+
+    def index_written_at(self) -> float | None:
+        """When an index, of whatever format, was last written; None before the first time
+        (a store that an older pkgfarm wrote has no such record until its next index)."""
+        with self.db.read() as db:
+            row = db.execute("SELECT value FROM meta WHERE key='index_written_at'").fetchone()
+        return None if row is None else float(row[0])
 
     def _meta(self, key: str) -> int:
         with self.db.read() as db:

@@ -1,5 +1,5 @@
 """What the pages show that is not one store call: samples of the queue lengths, a failed
-log's first error line, the repository's last index update."""
+log's first error line, when the repository's index was last written."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 from common.arch import ALL, queue_for
 from master import buildlogs
 from master.services import Services
-from master.storage import LocalStorage
 from master.store import Job
 
 log = logging.getLogger(__name__)
@@ -79,15 +78,7 @@ def first_error_line(data_dir: str | Path, job: Job, limit: int = 256 * 1024) ->
 
 
 def index_updated(services: Services) -> float | None:
-    """When the index was last written: its Release files' time on a local disk, else the
-    newest publication's."""
-    storage = services.repository.storage
-    if isinstance(storage, LocalStorage):
-        times = []
-        for suite in services.settings.repository.all_suites:
-            release = storage.root / "dists" / suite / "Release"
-            if release.is_file():
-                times.append(release.stat().st_mtime)
-        if times:
-            return max(times)
-    return services.store.stats.last_upload()
+    """When the repository's index (of any format it serves) was last written, as the store
+    recorded it; before the first time this master wrote one, the newest publication's."""
+    written = services.store.packages.index_written_at()
+    return written if written is not None else services.store.stats.last_upload()

@@ -10,6 +10,7 @@ from typing import Any
 from flask import Response, render_template, request, url_for
 
 from common.arch import ALL
+from common.config import ROLES
 from common.errors import ApiError, BadRequest, NotFound
 from common.states import FINAL_STATES, JobState, build_state
 from master import buildlogs, formats
@@ -22,7 +23,8 @@ from master.web.access import can, page, viewer
 from master.web.data import farm_queues, first_error_line, index_updated
 
 PAGE_SIZE = 25
-FINISHED_SERIES = ("success", "failed", "dep-failed", "cancelled")
+FINISHED_SERIES = tuple(s.value for s in (JobState.SUCCESS, JobState.FAILED,
+                                          JobState.DEP_FAILED, JobState.CANCELLED))
 
 
 # -- shared by every template ----------------------------------------------------------------
@@ -323,4 +325,4 @@ def users() -> Any:
                            users=[u for u in services.store.accounts.users()
                                   if u.name not in services.settings.master.users],
                            tokens=services.store.accounts.tokens(),
-                           roles=["read", "build", "upload", "admin"])
+                           roles=list(ROLES))

@@ -130,8 +130,9 @@ def test_hello_builds_in_a_clean_environment(settings: WorkerSettings, apt_state
     assert [a.name for a in result.archives] == [f"hello_{strip_epoch(src.version)}_{ARCH}.deb"]
     assert field(result.archives[0], "Package") == "hello"
     assert field(result.archives[0], "Architecture") == ARCH
-    assert result.buildinfo is not None and result.buildinfo.is_file()
-    assert result.changes is not None and result.changes.is_file()
+    # The .buildinfo is the one by-product kept with the build (the .changes is not).
+    assert [p.suffix for p in result.by_products] == [".buildinfo"]
+    assert all(p.is_file() for p in result.by_products)
     assert not (job / ROOT_NAME).exists()
     # Its build dependencies (debhelper, texinfo, …) went into the root, not onto the machine.
     assert dpkg_state() == before
@@ -158,7 +159,7 @@ def test_arch_and_indep_jobs_of_a_native_source(settings: WorkerSettings, tmp_pa
         made[job_arch] = [a.name for a in result.archives]
         for archive in result.archives:
             assert field(archive, "Package") in src.produces(job_arch)
-        assert result.buildinfo is not None
+        assert [p.suffix for p in result.by_products] == [".buildinfo"]
     TIMES["native source -B and -A"] = time.monotonic() - start
 
     assert made == {ARCH: [f"pkgfarm-tiny_1.0_{ARCH}.deb"],

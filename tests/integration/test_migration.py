@@ -9,6 +9,7 @@ was made. Every later change to the schema adds a migration step and extends thi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sqlite3
@@ -22,6 +23,7 @@ import yaml
 from werkzeug.security import generate_password_hash
 
 from common.errors import ConfigError
+from common.messages import PROTOCOL_VERSION
 from master.store import SCHEMA_VERSION, Store
 from master.store.db import Database
 from tests.integration.farm import BIN, Master, RedisServer, free_port, running
@@ -33,6 +35,9 @@ NEW_KEYS = {"format", "total", "limit", "offset", "drained", "job_id", "build_id
             "finished", "success_rate", "last_24h"}
 #: Keys one package's versions (GET /packages/<name>) gained, which other answers had before.
 NEW_VERSION_KEYS = {"uploaded_by", "uploaded_at"}
+#: The token the test gives the staged attempt (the fixture keeps only its hash, of a token
+#: that was never written down), so that it can be reported as its worker would.
+STAGED_TOKEN = "staged-attempt-token"
 
 
 def copy_data_dir(dest: Path) -> Path:
@@ -133,6 +138,12 @@ def _config(tmp_path: Path, data: Path, port: int, broker: str) -> Path:
 
 def test_upgraded_master_answers_as_the_old_one(tmp_path: Path) -> None:
     data = copy_data_dir(tmp_path)
+    with sqlite3.connect(data / "state.db") as db:
+        changed = db.execute("UPDATE jobs SET token_hash=? WHERE id=? AND attempt=? AND "
+                             "state='building'",
+                             (hashlib.sha256(STAGED_TOKEN.encode()).hexdigest(),
+                              ANSWERS["staged"]["job"], ANSWERS["staged"]["attempt"]))
+        assert changed.rowcount == 1
     redis = RedisServer(tmp_path / "redis")
     port = free_port()
     master = Master(_config(tmp_path, data, port, redis.url), port, tmp_path / "master.log")
@@ -161,7 +172,49 @@ def test_upgraded_master_answers_as_the_old_one(tmp_path: Path) -> None:
             compared += 1
         assert compared == len(ANSWERS["answers"]) > 40
 
-        # The worker protocol goes on: the staged set of job 19 is still the attempt's.
+        # The worker protocol goes on. The staged set of job 19 (attempt 1 uploaded it before
+        # the upgrade and never reported) is still that attempt's: its report publishes it.
+        staged = ANSWERS["staged"]
+        filename = staged["filename"]
+        uploader = ("uploader", auth[1])
+        report = requests.post(
+            f"{master.url}/api/v1/jobs/{staged['job']}/report", auth=uploader, timeout=60,
+            json={"attempt": staged["attempt"], "token": STAGED_TOKEN, "status": "success",
+                  "files": [filename], "sha256": {filename: staged["sha256"]}})
+        assert report.status_code == 200, report.text
+        assert report.json() == {"id": staged["job"], "status": "success"}
+        build = requests.get(f"{master.url}/api/v1/builds/13", auth=auth, timeout=30).json()
+        assert build["status"] == "success"
+        assert [(j["id"], j["status"], j["files"]) for j in build["jobs"]] == [
+            (staged["job"], "success", [filename])]
+        listed = requests.get(f"{master.url}/api/v1/packages", auth=auth,
+                              timeout=30).json()["packages"]
+        published = [p for p in listed if p["name"] == "fx-staged"]
+        pool_path = "pool/main/f/fx-staged/" + filename
+        assert [(p["suite"], p["version"], p["arch"], p["filename"], p["pool_path"],
+                 p["sha256"], p["in_index"], p["uploaded_by"]) for p in published] == [
+            ("stable", "1.0-1", "all", filename, pool_path, staged["sha256"], True,
+             "uploader")]
+        for arch in ("amd64", "arm64"):
+            index = requests.get(f"{master.url}/repo/dists/stable/main/binary-{arch}/Packages",
+                                 timeout=30)
+            assert index.status_code == 200
+            entry = next((e for e in index.text.split("\n\n")
+                          if e.startswith("Package: fx-staged\n")), None)
+            assert entry is not None, index.text
+            assert f"Filename: {pool_path}\n" in entry
+            assert f"SHA256: {staged['sha256']}" in entry
+        archive = requests.get(f"{master.url}/repo/{pool_path}", timeout=30)
+        assert hashlib.sha256(archive.content).hexdigest() == staged["sha256"]
+        # The attempt is over: a second report is refused as stale.
+        again = requests.post(
+            f"{master.url}/api/v1/jobs/{staged['job']}/report", auth=uploader, timeout=30,
+            json={"attempt": staged["attempt"], "token": STAGED_TOKEN, "status": "success",
+                  "files": [filename], "sha256": {filename: staged["sha256"]}})
+        assert again.status_code == 409, again.text
+
+        # Claims go on for this protocol's workers, and a worker speaking another version of
+        # it is refused with a clear error. Job 16 is the queued one, sent again as attempt 2.
         claim = requests.post(f"{master.url}/api/v1/jobs/16/claim", auth=("worker", auth[1]),
                               json={"attempt": 2, "worker": "old-worker"}, timeout=30)
         assert claim.status_code == 400, claim.text
@@ -170,6 +223,11 @@ def test_upgraded_master_answers_as_the_old_one(tmp_path: Path) -> None:
                               json={"attempt": 2, "worker": "new-worker", "protocol": 99},
                               timeout=30)
         assert claim.status_code == 400 and "newer" in claim.json()["error"]
+        claim = requests.post(f"{master.url}/api/v1/jobs/16/claim", auth=("worker", auth[1]),
+                              json={"attempt": 2, "worker": "new-worker",
+                                    "protocol": PROTOCOL_VERSION}, timeout=30)
+        assert claim.status_code == 200, claim.text
+        assert (claim.json()["package"], claim.json()["format"]) == ("fx-queued", "deb")
 
 
 def _expect_resent(expected: dict[str, Any], got: dict[str, Any]) -> None:

@@ -175,7 +175,8 @@ MALFORMED = [
      "package.maintainer", "Full Name <email"),
     ("maintainer-bare-email", _set("package", "maintainer", value="jane@example.org"),
      "package.maintainer", ""),
-    ("priority-bad", _set("package", "priority", value="urgent"), "package.priority", ""),
+    ("priority-bad", _set("package", "priority", value="urgent"), "package.priority",
+     "not a Debian priority"),
     ("section-two-lines", _set("package", "section", value="a\nb"), "package.section",
      "one line"),
     ("depends-comma", _set("package", "depends", value=["a, b"]), "package.depends", "one"),
@@ -554,3 +555,25 @@ def test_check_format_checks_each_relation_for_its_field(
     assert words in info.value.message and relation in info.value.message
     dataclasses.replace(d, depends=(relation,)).check_format(
         formats.get("rpm" if "|" in relation else fmt))
+
+
+def test_a_priority_is_the_debian_formats_to_check(tmp_path: Path, write_definition: WriteDef,
+                                                   valid_definition: dict[str, Any]) -> None:
+    """Debian's closed set of priorities is the deb format's rule: a definition made only as
+    rpm may say anything printable there, and is refused where it would be made as deb."""
+    from common import formats
+
+    valid_definition["package"]["priority"] = "urgent"
+    valid_definition["package"]["formats"] = ["rpm", "pacman"]
+    d = parse_definition(write_definition(tmp_path / "hello.yaml", valid_definition))
+    assert d.priority == "urgent"
+    d.check_format(formats.get("rpm"))
+    d.check_format(formats.get("pacman"))
+    with pytest.raises(DefinitionError) as info:
+        d.check_format(formats.get("deb"))
+    assert info.value.details["field"] == "package.priority"
+    assert "'urgent' is not a Debian priority" in info.value.message
+    assert formats.get("deb").check_metadata({"priority": "extra"}) is None
+    valid_definition["package"]["priority"] = "urgent\nX-Evil: 1"
+    err = definition_error(write_definition(tmp_path / "evil.yaml", valid_definition))
+    assert err.details["field"] == "package.priority" and "one line" in err.message

@@ -338,7 +338,7 @@ def test_build_source_flags(tmp_path: Path) -> None:
     # Collected from the worker's own folder; the link the build left is not an archive.
     assert [a.name for a in result.archives] == [f"pkgfarm-tiny_1.0_{arch}.deb"]
     assert result.archives[0].parent.parent == fake.private / "pack"
-    assert result.buildinfo is not None and result.buildinfo.suffix == ".buildinfo"
+    assert [p.name for p in result.by_products] == [f"pkgfarm-tiny_1.0_{arch}.buildinfo"]
 
     tree = native_source.make_tree(tmp_path / "again")
     fake = FakeEnvironment(arch, ["pkgfarm-tiny-data_1.0_all.deb"], tree)
@@ -346,7 +346,7 @@ def test_build_source_flags(tmp_path: Path) -> None:
     assert fake.calls[0] == ("build_dep", True)
     assert fake.calls[1][1] == ["dpkg-buildpackage", "-us", "-uc", "-A"]
     assert "nocheck" in str(fake.calls[1][2])
-    assert result.buildinfo is None
+    assert result.by_products == ()
 
 
 def test_build_source_uses_b_when_there_is_one_kind(tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
+from common.errors import BadRequest, ProtocolMismatch
 from common.messages import (
+    PROTOCOL_VERSION,
     BuildTask,
     ClaimRequest,
     Heartbeat,
@@ -24,6 +26,41 @@ ASSIGNMENT = {
 }
 
 # -- messages --------------------------------------------------------------------------------
+
+
+def test_workers_of_other_protocol_versions_are_refused() -> None:
+    """Version 3 renamed the assignment's ``apt_sources`` to ``build_sources``: a worker of
+    version 2 (which would find no sources) is refused at its claim, as one of version 1 is."""
+    from master.scheduler import check_protocol
+
+    check_protocol(PROTOCOL_VERSION)
+    for older in (1, 2):
+        with pytest.raises(ProtocolMismatch, match=f"version {older} .* older") as refused:
+            check_protocol(older)
+        assert refused.value.status == 400
+        assert refused.value.details["protocol"] == PROTOCOL_VERSION
+    with pytest.raises(ProtocolMismatch, match="newer"):
+        check_protocol(PROTOCOL_VERSION + 1)
+    sent = JobAssignment.from_json({**ASSIGNMENT, "build_sources": ["deb http://m/repo s c"]})
+    assert sent.build_sources == ("deb http://m/repo s c",)
+    assert "apt_sources" not in sent.to_json()
+
+
+def test_a_local_job_names_a_source_kind_its_format_has(tmp_path: Any) -> None:
+    from common.config import settings_from_dict
+    from master.scheduler import Scheduler
+    from master.store import Store
+
+    settings = settings_from_dict({"master": {"data_dir": str(tmp_path)}})
+    scheduler = Scheduler(settings, Store(tmp_path / "state.db"), None,  # type: ignore[arg-type]
+                          None)  # type: ignore[arg-type]
+    for fmt, kind in (("rpm", "debian-source"), ("pacman", "debian-source"),
+                      ("deb", "no-such-kind")):
+        with pytest.raises(BadRequest) as refused:
+            scheduler.create_local_job("hello", "1.0-1", "all", fmt, kind, "box", "u",
+                                       PROTOCOL_VERSION, "http://m")
+        assert refused.value.details["field"] == "source_kind", refused.value.message
+    assert Store(tmp_path / "state.db").jobs.list_builds(limit=10) == []
 
 
 def test_from_json_reads_every_field() -> None:

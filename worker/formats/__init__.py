@@ -23,11 +23,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class BuildResult:
-    """What a build made: its archives, and for a Debian source its .buildinfo and .changes."""
+    """What a build made: the archives to publish, and by-products that are uploaded with them
+    and kept with the build, never published (a Debian source's .buildinfo)."""
 
     archives: list[Path]
-    buildinfo: Path | None = None
-    changes: Path | None = None
+    by_products: tuple[Path, ...] = ()
 
 
 class ArchiveBuilder(Protocol):

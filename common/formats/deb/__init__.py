@@ -7,13 +7,15 @@ one by name, .dsc or git); a throwaway apt state in `apt`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from common import arch as archmod
 from common.formats import ArchiveName, SourcePlan
 from common.formats.deb import policy
+from common.states import SourceKind
 
 if TYPE_CHECKING:
     from common.config import Settings
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
 class DebFormat:
     name = "deb"
     title = "Debian (.deb, APT)"
+    source_kinds: Mapping[SourceKind, str] = MappingProxyType(
+        {SourceKind.DEBIAN_SOURCE: "Debian source package"})
 
     def arch_name(self, arch: str) -> str:
         return arch  # the farm names architectures as Debian does
@@ -44,6 +48,10 @@ class DebFormat:
         if not policy.REVISION_RE.fullmatch(release):
             return "release", f"{release!r} must hold only letters, digits, . + ~"
         return None
+
+    def check_metadata(self, fields: Mapping[str, str]) -> tuple[str, str] | None:
+        problem = policy.check_priority(fields.get("priority", "optional"))
+        return ("priority", problem) if problem else None
 
     def full_version(self, version: str, release: str) -> str:
         return f"{version}-{release}"
@@ -81,7 +89,7 @@ class DebFormat:
 
         source, files = resolve.resolve_with_files(ref, settings, state_dir / "apt")
         return SourcePlan(
-            name=source.name, version=source.version,
+            kind=SourceKind.DEBIAN_SOURCE, name=source.name, version=source.version,
             arches=tuple(source.build_arches(list(served), requested)),
             snapshot=snapshot_debian_source(source, files),
             provides=frozenset(b for b, _ in source.binaries),

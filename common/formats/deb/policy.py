@@ -23,6 +23,8 @@ REVISION_RE = re.compile(r"^[A-Za-z0-9.+~]+$")
 EPOCH_RE = re.compile(r"^[0-9]+$")
 #: A full Debian version: [epoch:]upstream[-revision].
 VERSION_RE = re.compile(r"^(?:[0-9]+:)?[0-9][A-Za-z0-9.+~:-]*$")
+#: The priorities a package may have (policy 2.5).
+PRIORITIES = ("required", "important", "standard", "optional", "extra")
 #: The operators of versioned relations (policy 7.1).
 RELATION_OPERATORS = ("<<", "<=", "=", ">=", ">>")
 #: The file name of an archive in the pool: name_version_arch.deb (version without epoch).
@@ -75,6 +77,13 @@ def parse_relations(text: str) -> list[list[dict[str, Any]]]:
                 raise ValueError(f"{alt['name']!r} is not a package name, optionally with "
                                  "(op version), [arches] and <profiles>")
     return parsed
+
+
+def check_priority(priority: str) -> str | None:
+    """What is wrong with ``priority`` as a Debian package's priority, or None."""
+    if priority not in PRIORITIES:
+        return f"{priority!r} is not a Debian priority: use one of {', '.join(PRIORITIES)}"
+    return None
 
 
 #: The relation fields (the farm's kinds) where dpkg allows no alternatives (``a | b``).

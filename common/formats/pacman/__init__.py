@@ -11,14 +11,16 @@ alternatives, architecture qualifiers or build profiles: relations using them ar
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from common import arch as archmod
 from common.formats import ArchiveName, SourcePlan
 from common.formats.pacman.vercmp import vercmp, version_key
+from common.states import SourceKind
 
 if TYPE_CHECKING:
     from common.config import Settings
@@ -137,6 +139,8 @@ def parse_pacman_dep(dep: str) -> tuple[str, str | None, str | None]:
 class PacmanFormat:
     name = "pacman"
     title = "pacman (.pkg.tar.zst)"
+    #: no source packages of its own kind: built from definitions only
+    source_kinds: Mapping[SourceKind, str] = MappingProxyType({})
 
     def arch_name(self, arch: str) -> str:
         # Debian ports pacman has no name for keep the farm's name.
@@ -166,6 +170,9 @@ class PacmanFormat:
         if not PKGREL_RE.fullmatch(release):
             return "release", f"{release!r}: pacman's pkgrel must be integer[.integer]"
         return None
+
+    def check_metadata(self, fields: Mapping[str, str]) -> tuple[str, str] | None:
+        return None  # a section and a priority are not part of its metadata
 
     def full_version(self, version: str, release: str) -> str:
         return f"{version}-{release}"

@@ -7,12 +7,14 @@ source packages of the farm's kind: every rpm is made from a definition.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from common.formats import ArchiveName, SourcePlan
 from common.formats.rpm import policy
+from common.states import SourceKind
 
 if TYPE_CHECKING:
     from common.config import Settings
@@ -21,6 +23,8 @@ if TYPE_CHECKING:
 class RpmFormat:
     name = "rpm"
     title = "RPM (.rpm, dnf)"
+    #: no source packages of its own kind: built from definitions only
+    source_kinds: Mapping[SourceKind, str] = MappingProxyType({})
 
     def arch_name(self, arch: str) -> str:
         return policy.rpm_arch(arch)
@@ -33,6 +37,9 @@ class RpmFormat:
 
     def check_version_parts(self, version: str, release: str) -> tuple[str, str] | None:
         return policy.check_version_parts(version, release)
+
+    def check_metadata(self, fields: Mapping[str, str]) -> tuple[str, str] | None:
+        return None  # a section and a priority are not part of its metadata
 
     def full_version(self, version: str, release: str) -> str:
         return f"{version}-{release}"  # an epoch rides in ``version`` (``1:2.0``)

@@ -13,7 +13,7 @@ the package's signature is added when the database is written (see `index`).
 from __future__ import annotations
 
 import gzip
-import hashlib
+import io
 import json
 import re
 import stat
@@ -23,6 +23,7 @@ import zlib
 from pathlib import Path
 from typing import IO, cast
 
+from common.digests import sha256_stream
 from common.errors import Unprocessable
 from common.formats.pacman import PACMAN, check_full_version, parse_pacman_dep
 from master.formats import ArchiveInfo, Digests
@@ -233,19 +234,14 @@ def read_archive(path: Path) -> tuple[dict[str, bytes], dict[str, tuple[tarfile.
                     if member.isfile():
                         handle = tar.extractfile(member)
                         assert handle is not None
-                        sha = hashlib.sha256()
                         keep = name in METADATA
                         if keep and member.size > MAX_METADATA_BYTES:
                             raise Unprocessable(f"{name} is larger than "
                                                 f"{MAX_METADATA_BYTES} bytes")
-                        chunks = []
-                        while chunk := handle.read(1024 * 1024):
-                            sha.update(chunk)
-                            if keep:
-                                chunks.append(chunk)
-                        digest = sha.hexdigest()
-                        if keep:
-                            metadata[name] = b"".join(chunks)
+                        kept = io.BytesIO() if keep else None
+                        _, digest = sha256_stream(handle, kept)
+                        if kept is not None:
+                            metadata[name] = kept.getvalue()
                     members[name] = (member, digest)
         except tarfile.TarError as exc:
             raise Unprocessable(f"not a pacman package (a zstd-compressed tar): {exc}"

@@ -21,8 +21,8 @@ read, or whose compression it does not know, is refused too.
 
 `build_source` installs the build dependencies inside the build environment and runs
 ``dpkg-buildpackage -us -uc`` there: ``-B`` for an architecture's job, ``-A`` for the ``all``
-job, ``-b`` when the source makes only one kind of binary. The archives, the .buildinfo and the
-.changes are collected from the tree's parent folder.
+job, ``-b`` when the source makes only one kind of binary. The archives and the .buildinfo (a
+by-product, kept with the build) are collected from the tree's parent folder.
 """
 
 from __future__ import annotations
@@ -361,8 +361,9 @@ def build_source(srcdir: Path, arch: str, env: BuildEnvironment, out: IO[str],
     archives = [p for p in made if p.suffix == ".deb"]
     if not archives:
         raise BuildFailed(f"dpkg-buildpackage {flag} made no .deb")
-    buildinfo = next((p for p in made if p.suffix == ".buildinfo"), None)
-    changes = next((p for p in made if p.suffix == ".changes"), None)
+    # The .buildinfo is kept with the build; the .changes, which only an upload to a Debian
+    # archive reads, is not.
+    by_products = tuple(p for p in made if p.suffix == ".buildinfo")
     for archive in archives:
         _note(out, f"built {archive.name} ({archive.stat().st_size} bytes)")
-    return BuildResult(archives=archives, buildinfo=buildinfo, changes=changes)
+    return BuildResult(archives=archives, by_products=by_products)

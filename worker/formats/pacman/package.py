@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from common.definition import PackageDefinition
+from common.digests import EMPTY_SHA256, sha256_file
 from common.errors import BuildFailed
 from common.formats.pacman import PACMAN, to_pacman
 
@@ -98,12 +99,10 @@ def buildinfo(definition: PackageDefinition, arch: str, builddate: int, version:
     """``.BUILDINFO`` (format 2) as makepkg's write_buildinfo writes it. The build ran in a
     Debian environment, so no pacman packages were installed; the definition's own file
     stands where makepkg hashes the PKGBUILD."""
-    import hashlib
-
     try:
-        recipe = hashlib.sha256(definition.path.read_bytes()).hexdigest()
+        recipe = sha256_file(definition.path)
     except OSError:
-        recipe = hashlib.sha256(b"").hexdigest()
+        recipe = EMPTY_SHA256
     text = _kv("format", "2")
     text += _kv("pkgname", definition.name)
     text += _kv("pkgbase", definition.name)
