@@ -2,7 +2,10 @@
 
 SQLite in WAL mode under ``data_dir``: every gunicorn process and the master's CLI open it
 themselves, writes are serialised by SQLite (``BEGIN IMMEDIATE``), and ``synchronous=FULL``
-keeps a committed build across a crash of the master or the machine.
+keeps a committed build across a crash of the master or the machine. Each process keeps a few
+idle connections for its next transactions (opening one, and reading the schema into it, cost
+a third of the master's time on the busiest paths); a process made by fork() never uses its
+parent's, as SQLite requires.
 
 The schema's version is SQLite's ``user_version``. A database written by an older pkgfarm is
 migrated in place when the store opens it, one step per version, each step in one transaction
@@ -14,10 +17,13 @@ schema adds a step to `MIGRATIONS` and raises `SCHEMA_VERSION`.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import os
 import sqlite3
 import tarfile
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -399,44 +405,82 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_
                                                                 6: _add_dashboard}
 
 
+#: Connections a parent process had open when it forked: its child never uses them, nor lets
+#: them be closed (closing one may touch the database's locks and its WAL on the parent's
+#: behalf).
+_INHERITED: list[sqlite3.Connection] = []
+
+
 class Database:
+    #: idle connections a process keeps for its next transactions
+    IDLE = 8
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._idle: list[sqlite3.Connection] = []
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
         self._upgrade()
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        # A connection may serve one transaction in one thread, then another in another.
+        db = sqlite3.connect(self.path, timeout=60, isolation_level=None,
+                             check_same_thread=False)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
         return db
 
-    @contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
-        db = self._connect()
-        try:
-            db.execute("BEGIN")
-            yield db
-            db.execute("COMMIT")
-        finally:
-            db.close()
+    def _take(self) -> sqlite3.Connection:
+        with self._lock:
+            if self._pid != os.getpid():
+                _INHERITED.extend(self._idle)
+                self._idle, self._pid = [], os.getpid()
+            if self._idle:
+                return self._idle.pop()
+        return self._connect()
+
+    def _give(self, db: sqlite3.Connection) -> None:
+        """Keep a connection whose transaction ended cleanly for the next one."""
+        with self._lock:
+            if self._pid == os.getpid() and len(self._idle) < self.IDLE:
+                self._idle.append(db)
+                return
+        db.close()
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """One transaction that holds SQLite's write lock from its start."""
-        db = self._connect()
+    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
+        db = self._take()
         try:
-            db.execute("BEGIN IMMEDIATE")
+            db.execute(begin)
             try:
                 yield db
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
-        finally:
+        except BaseException:
+            db.close()  # whatever went wrong, the next transaction gets a fresh connection
+            raise
+        self._give(db)
+
+    def read(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One read transaction: a consistent view of the database as it was at its start."""
+        return self._transaction("BEGIN")
+
+    def write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One transaction that holds SQLite's write lock from its start."""
+        return self._transaction("BEGIN IMMEDIATE")
+
+    def close(self) -> None:
+        """Close this process's idle connections (the store stays usable: the next
+        transaction opens a new one)."""
+        with self._lock:
+            idle, self._idle = (self._idle, []) if self._pid == os.getpid() else ([], [])
+        for db in idle:
             db.close()
 
     # -- schema --------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from pathlib import Path
 
@@ -288,3 +289,40 @@ def test_a_name_recorded_without_a_user_goes_to_who_built_under_it(store: Store)
         db.execute("UPDATE workers SET last_seen=? WHERE name='old-idle'", (time.time() - 31,))
     assert _beat(store, "old-idle", "bob") is None
     assert _beat(store, "old-idle", "mallory") is not None
+
+
+def test_connections_are_kept_for_the_next_transaction(tmp_path: Path) -> None:
+    db = Store(tmp_path / "state.db").db
+    with db.write() as first:
+        first.execute("CREATE TABLE t (x INTEGER)")
+    with db.read() as second:
+        assert second is first  # the same connection, its schema already read
+    with pytest.raises(RuntimeError), db.write() as failing:
+        failing.execute("INSERT INTO t VALUES (1)")
+        raise RuntimeError("the caller gave up")
+    with db.read() as third:
+        assert third is not failing  # a failed transaction's connection is never reused
+        assert third.execute("SELECT count(*) FROM t").fetchone()[0] == 0  # rolled back
+
+
+def test_a_forked_process_never_uses_its_parents_connections(tmp_path: Path) -> None:
+    db = Store(tmp_path / "state.db").db
+    with db.write() as parents:
+        parents.execute("CREATE TABLE t (x INTEGER)")
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a transaction of its own, on a connection of its own
+        try:
+            with db.write() as childs:
+                childs.execute("INSERT INTO t VALUES (7)")
+            os.write(writer, b"new" if childs is not parents else b"parent's")
+        finally:
+            os._exit(0)
+    os.close(writer)
+    answer = os.read(reader, 100)
+    os.waitpid(pid, 0)
+    os.close(reader)
+    assert answer == b"new"
+    with db.read() as again:
+        assert again is parents  # the parent's pool is untouched
+        assert again.execute("SELECT x FROM t").fetchall()[0][0] == 7

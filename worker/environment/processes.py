@@ -160,12 +160,15 @@ def kill_user_processes(uid: int, wait: float = 5.0) -> None:
     wait up to ``wait`` seconds until none is left, not even one dead and not yet collected by
     the machine's init (each counts toward the build user's process limit)."""
     deadline = time.monotonic() + wait
-    while True:
+    # Only the worker starts processes as a build user: with none running, none can appear,
+    # and the kill (a process of its own, as that user) is spared (most builds leave nothing).
+    while user_processes(uid):
+        if time.monotonic() > deadline:
+            return
         subprocess.run([*drop_privileges(uid), "kill", "-KILL", "-1"], capture_output=True,
                        check=False)
-        if user_processes(uid) == 0 or time.monotonic() > deadline:
-            return
-        time.sleep(0.05)
+        if user_processes(uid):
+            time.sleep(0.05)
 
 
 def take_tree(made: Path, dest: Path, owner: int | None) -> Path:
