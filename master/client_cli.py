@@ -44,6 +44,16 @@ def _print(data: Any, as_json: bool, rows: Sequence[Sequence[Any]], headers: Seq
         click.echo(table(rows, headers))
 
 
+def _print_files(data: Any, as_json: bool, key: str, heading: str) -> None:
+    """An answer that lists archive files under ``key``: a heading and one file a line."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(heading)
+    for filename in data[key]:
+        click.echo(f"  {filename}")
+
+
 def _short(ts: str | None) -> str | None:
     """An ISO time as 'YYYY-MM-DD HH:MM:SS' (UTC)."""
     return ts.replace("T", " ").split("+")[0] if ts else None
@@ -311,12 +321,8 @@ def register(cli: click.Group, config_option: Any) -> None:
         if fmt is not None:
             body["format"] = fmt
         data = _client(config_path).post(f"/api/v1/packages/{name}/promote", body)
-        if as_json:
-            click.echo(json.dumps(data, indent=2))
-            return
-        click.echo(f"promoted {name} {version} from {source} to {data['suite']}:")
-        for filename in data["promoted"]:
-            click.echo(f"  {filename}")
+        _print_files(data, as_json, "promoted",
+                     f"promoted {name} {version} from {source} to {data['suite']}:")
 
     @cli.command("package-remove")
     @click.argument("name")
@@ -331,12 +337,8 @@ def register(cli: click.Group, config_option: Any) -> None:
         format, or only --version, --arch and/or --format (admin)."""
         data = _client(config_path).delete(f"/api/v1/packages/{name}", version=version,
                                            arch=arch, format=fmt)
-        if as_json:
-            click.echo(json.dumps(data, indent=2))
-            return
-        click.echo(f"removed {len(data['removed'])} archive(s) of {name}:")
-        for filename in data["removed"]:
-            click.echo(f"  {filename}")
+        _print_files(data, as_json, "removed",
+                     f"removed {len(data['removed'])} archive(s) of {name}:")
 
     @cli.command()
     @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 500),

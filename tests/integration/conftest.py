@@ -19,6 +19,7 @@ from tests.integration.farm import (
     stop_gpg_agents,
     write_config,
 )
+from tests.integration.hooks import Receiver
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -40,6 +41,18 @@ def _client_keyrings_stopped() -> Iterator[None]:
     yield
     while CLIENT_FOLDERS:
         stop_gpg_agents(CLIENT_FOLDERS.pop())
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver for the module's farm (it accepts every delivery until a test plans
+    otherwise)."""
+    r = Receiver()
+    r.start()
+    try:
+        yield r
+    finally:
+        r.stop()
 
 
 class Farm:

@@ -11,7 +11,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import yaml
 
 from tests.integration.conftest import Farm
 from tests.integration.farm import BIN, PASSWORD, TEST_PACKAGES, stop_process, wait_for
+from tests.integration.hooks import Receiver
 
 #: A package only this module builds, promotes and removes.
 CLI_PACKAGE = """\
@@ -40,38 +40,8 @@ build: |
 HOOK_SECRET = "client-cli-hook-secret-0123456789"
 
 
-class _Receiver:
-    """A webhook receiver on loopback that answers every delivery with 200."""
-
-    def __init__(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[_Receiver]:
-    r = _Receiver()
-    r.thread.start()
-    try:
-        yield r
-    finally:
-        r.server.shutdown()
-        r.server.server_close()
-
-
-@pytest.fixture(scope="module")
-def farm(tmp_path_factory: pytest.TempPathFactory, receiver: _Receiver) -> Iterator[Farm]:
+def farm(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[Farm]:
     root = tmp_path_factory.mktemp("client-cli")
     own = root / "packages"
     own.mkdir()

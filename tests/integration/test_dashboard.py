@@ -10,7 +10,6 @@ $PKGFARM_TEST_ARTIFACTS).
 from __future__ import annotations
 
 import base64
-import json
 import os
 import re
 import shutil
@@ -33,6 +32,7 @@ from tests.integration.farm import (
     free_port,
     wait_for,
 )
+from tests.integration.hooks import Receiver
 from tests.integration.test_repository import generate_key
 
 try:
@@ -72,42 +72,8 @@ build: |
 HOOK_SECRET = "dashboard-hook-secret-0123456789"
 
 
-class _Receiver:
-    """A webhook receiver on loopback that accepts every delivery (200) and keeps its body."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        bodies = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                bodies.append(json.loads(body))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[_Receiver]:
-    r = _Receiver()
-    r.thread.start()
-    try:
-        yield r
-    finally:
-        r.server.shutdown()
-        r.server.server_close()
-
-
-@pytest.fixture(scope="module")
-def farm(tmp_path_factory: pytest.TempPathFactory, receiver: _Receiver) -> Iterator[Farm]:
+def farm(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[Farm]:
     root = tmp_path_factory.mktemp("dashboard")
     own = root / "packages"
     own.mkdir()
@@ -361,7 +327,7 @@ def test_a_reader_sees_no_action_buttons(browser: Any, master: Master) -> None:
 
 
 def test_admins_see_webhook_deliveries(browser: Any, master: Master,
-                                      receiver: _Receiver) -> None:
+                                      receiver: Receiver) -> None:
     # The builds of the tests before have ended: their notifications reached the receiver.
     build_id = master.api("GET", "/api/v1/builds?limit=1").json()["builds"][0]["id"]
     assert master.wait_build(build_id)["status"] in ("success", "failed")
@@ -373,7 +339,7 @@ def test_admins_see_webhook_deliveries(browser: Any, master: Master,
 
     wait_for(delivered, 60, f"build {build_id}'s notification delivered")
     assert any(b["event"] == "build.finished" and b["build"]["id"] == build_id
-               for b in list(receiver.bodies))
+               for b in [e["json"] for e in receiver.accepted()])
 
     login(browser, master, "admin", then="/webhooks")
     assert browser.current_url.endswith("/webhooks")

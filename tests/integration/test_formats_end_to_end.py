@@ -34,7 +34,6 @@ from tests.integration.farm import (
     wait_for,
 )
 from tests.integration.test_repository import generate_key
-from tests.integration.test_webhooks import Receiver
 from tests.unit.native_source import make_dsc
 
 FORMATS = ["deb", "rpm", "pacman"]
@@ -108,16 +107,6 @@ build: |
   mkdir -p "$DESTDIR/usr/share/mf-arm"
   echo "built for $PKGFARM_ARCH as $PKGFARM_FORMAT" > "$DESTDIR/usr/share/mf-arm/marker"
 """)
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    r.start()
-    try:
-        yield r
-    finally:
-        r.stop()
 
 
 @pytest.fixture(scope="module")

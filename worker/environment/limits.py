@@ -129,26 +129,23 @@ def memory_of(pid: int) -> int:
     pages it maps (a page mapped by n processes counts 1/n in each, so a build's processes
     summed count each page once) and of what of them is swapped out. File pages (programs,
     libraries, the page cache) are left out: the kernel can drop them. 0 if it is gone."""
-    total = 0
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
-            for line in fh:
-                if line.startswith((b"Pss_Anon:", b"Pss_Shmem:", b"SwapPss:")):
-                    total += int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return 0
-    return total
+    return _proc_sum(f"/proc/{pid}/smaps_rollup", (b"Pss_Anon:", b"Pss_Shmem:", b"SwapPss:"))
 
 
 def memory_bound(pid: int) -> int:
     """At least `memory_of` the process, in bytes, read from counters the kernel keeps (its
     resident anonymous and shared-memory pages and its swap, each page counted whole even
     when shared): cheap, where `memory_of` walks the process's page tables. 0 if it is gone."""
+    return _proc_sum(f"/proc/{pid}/status", (b"RssAnon:", b"RssShmem:", b"VmSwap:"))
+
+
+def _proc_sum(path: str, fields: tuple[bytes, ...]) -> int:
+    """The sum, in bytes, of the kB ``fields`` of a /proc file; 0 if the process is gone."""
     total = 0
     try:
-        with open(f"/proc/{pid}/status", "rb") as fh:
+        with open(path, "rb") as fh:
             for line in fh:
-                if line.startswith((b"RssAnon:", b"RssShmem:", b"VmSwap:")):
+                if line.startswith(fields):
                     total += int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return 0
