@@ -640,9 +640,11 @@ class Scheduler:
         return resent
 
     def housekeep_events(self) -> None:
-        """Note workers whose heartbeats stopped (worker.offline); forget the events older
-        than master.events_window (an indexed delete: cheap when there is nothing to do)."""
+        """Note workers whose heartbeats stopped (worker.offline), and forget those silent for
+        a day (their names are free again); forget the events older than
+        master.events_window (an indexed delete: cheap when there is nothing to do)."""
         self.store.workers.expire(self.settings.master.worker_ttl)
+        self.store.workers.forget_silent()
         pruned = self.store.events.prune(self.settings.master.events_window)
         if pruned:
             log.info("forgot %d event(s) older than %d s", pruned,

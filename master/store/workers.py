@@ -6,13 +6,16 @@ leaving, or `expire` noticing its heartbeats stopped, records ``worker.offline``
 transaction that changes what the store knows of it.
 
 A worker's name belongs to the user whose heartbeat first recorded it (`use_name`): another
-user's heartbeat under it, leaving or not, is refused, and a user has at most a given number
-of live names at once, so that an ``upload`` credential can neither evict another user's
-workers nor fill the list with names of its own making. A record written before names had
-owners (no user in it) belongs to the user that claimed the newest job built under that
-name; one that never built is taken by nobody while it is live, and is free once its
-heartbeats have stopped for the worker TTL (its own worker, refused meanwhile, takes it
-back then).
+user's heartbeat under it, leaving or not, is refused. A user has at most a given number of
+live names at once, and holds at most `HELD_PER_LIVE` times as many in all (live, or heard
+from within `NAME_KEEP`); a name is forgotten, and free again, `NAME_KEEP` after its last
+heartbeat (`forget_silent`, from the master's housekeeping). So an ``upload`` credential can
+neither evict another user's workers nor fill the list with names of its own making, while
+workers that come and go under new names (containers named after their host) go on. A record
+written before names had owners (no user in it) belongs to the user that claimed the newest
+job built under that name; one that never built is taken by nobody while it is live, and is
+free once its heartbeats have stopped for the worker TTL (its own worker, refused meanwhile,
+takes it back then).
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ import time
 from master.store.db import Database
 from master.store.events import record
 from master.store.records import WorkerInfo, WorkerRecord
+
+#: how long a name is kept (its owner's) after its last heartbeat, in seconds
+NAME_KEEP = 24 * 3600
+#: the names a user may hold in all, as a multiple of the live names it may have
+HELD_PER_LIVE = 4
 
 
 def _set_online(db: sqlite3.Connection, name: str, info: WorkerInfo, online: bool) -> None:
@@ -41,12 +49,8 @@ class WorkerStore:
         self.db = db
 
     def heartbeat(self, name: str, info: WorkerInfo) -> None:
-        with self.db.write() as db:
-            db.execute(
-                "INSERT INTO workers(name, info, last_seen) VALUES (?,?,?) "
-                "ON CONFLICT(name) DO UPDATE SET info=excluded.info, last_seen=excluded.last_seen",
-                (name, info.to_json(), time.time()))
-            _set_online(db, name, info, True)
+        """A heartbeat recorded whatever the name's owner (as an admin's is)."""
+        self.use_name(name, info, leaving=False, ttl=0, max_live=None)
 
     def use_name(self, name: str, info: WorkerInfo, *, leaving: bool, ttl: float,
                  max_live: int | None) -> str | None:
@@ -75,18 +79,27 @@ class WorkerStore:
                 if owner is not None and owner != user:
                     return f"the worker name {name!r} belongs to another user"
             if leaving:
-                if row is not None:  # out of the live list; the name stays its owner's
-                    db.execute("UPDATE workers SET last_seen=0 WHERE name=?", (name,))
+                if row is not None:
+                    # Out of the live list at once; the name stays its owner's, and is kept
+                    # as heard from now (NAME_KEEP).
+                    db.execute("UPDATE workers SET last_seen=? WHERE name=?",
+                               (min(row["last_seen"], now - ttl - 1), name))
                     _set_online(db, name, WorkerInfo.from_json(row["info"]), False)
                 return None
             if not live and max_live is not None:
-                rows = db.execute("SELECT info FROM workers WHERE last_seen>=? AND name!=?",
-                                  (now - ttl, name)).fetchall()
-                mine = sum(WorkerInfo.from_json(r["info"]).user == user for r in rows)
-                if mine >= max_live:
-                    return (f"{user} already has {mine} live worker names, the most a user "
+                rows = db.execute("SELECT info, last_seen FROM workers WHERE name!=?",
+                                  (name,)).fetchall()
+                mine = [r["last_seen"] for r in rows
+                        if WorkerInfo.from_json(r["info"]).user == user]
+                live_now = sum(seen >= now - ttl for seen in mine)
+                if live_now >= max_live:
+                    return (f"{user} already has {live_now} live worker names, the most a user "
                             "may have at once: a new one is accepted when one of them leaves "
                             "or stops sending heartbeats")
+                if row is None and len(mine) >= max_live * HELD_PER_LIVE:
+                    return (f"{user} holds {len(mine)} worker names, the most a user may: a "
+                            f"name is forgotten {NAME_KEEP // 3600:g} h after its last "
+                            "heartbeat, and a new one is accepted then")
             db.execute(
                 "INSERT INTO workers(name, info, last_seen) VALUES (?,?,?) "
                 "ON CONFLICT(name) DO UPDATE SET info=excluded.info, last_seen=excluded.last_seen",
@@ -101,13 +114,16 @@ class WorkerStore:
         return WorkerRecord(row["name"], WorkerInfo.from_json(row["info"]),
                             row["last_seen"]) if row else None
 
-    def forget(self, name: str) -> None:
-        """The worker left: out of the live list now (its name stays its user's)."""
+    def forget_silent(self, keep: float = NAME_KEEP) -> int:
+        """Forget the workers not heard from for ``keep`` seconds (their names are free
+        again); how many."""
         with self.db.write() as db:
-            row = db.execute("SELECT info FROM workers WHERE name=?", (name,)).fetchone()
-            db.execute("UPDATE workers SET last_seen=0 WHERE name=?", (name,))
-            if row is not None:
-                _set_online(db, name, WorkerInfo.from_json(row["info"]), False)
+            names = [r[0] for r in db.execute("SELECT name FROM workers WHERE last_seen<?",
+                                              (time.time() - keep,))]
+            for name in names:
+                db.execute("DELETE FROM workers WHERE name=?", (name,))
+                db.execute("DELETE FROM worker_flags WHERE name=? AND online=0", (name,))
+        return len(names)
 
     def expire(self, ttl: float) -> list[str]:
         """Record ``worker.offline`` for every worker whose heartbeats stopped ``ttl`` seconds

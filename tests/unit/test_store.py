@@ -268,6 +268,32 @@ def test_a_user_has_at_most_so_many_live_names(store: Store) -> None:
     assert store.workers.get("ghost") is None
 
 
+def test_a_user_holds_so_many_names_in_all_until_they_are_forgotten(store: Store) -> None:
+    """Leaving and naming new workers does not add names without end: a user holds at most
+    HELD_PER_LIVE times its live names, and a name is free again once forgotten."""
+    import time
+
+    from master.store.workers import HELD_PER_LIVE, NAME_KEEP
+
+    held = 2 * HELD_PER_LIVE
+    for i in range(held):
+        assert _beat(store, f"n{i}", "alice", max_live=2) is None
+        assert _beat(store, f"n{i}", "alice", leaving=True, max_live=2) is None
+    refused = _beat(store, "one-more", "alice", max_live=2)
+    assert refused is not None and f"holds {held} worker names" in refused
+    assert store.workers.get("one-more") is None
+    assert _beat(store, "n0", "alice", max_live=2) is None  # a name she holds comes back
+    assert _beat(store, "box", "bob", max_live=2) is None  # per user
+    assert store.workers.forget_silent() == 0  # all heard from within NAME_KEEP
+    with store.db.write() as db:
+        db.execute("UPDATE workers SET last_seen=? WHERE name!='n0' AND name!='box'",
+                   (time.time() - NAME_KEEP - 1,))
+    assert store.workers.forget_silent() == held - 1
+    assert store.workers.get("n1") is None
+    assert _beat(store, "one-more", "alice", max_live=2) is None
+    assert _beat(store, "n1", "mallory", max_live=2) is None  # forgotten: free again
+
+
 def test_a_name_recorded_without_a_user_goes_to_who_built_under_it(store: Store) -> None:
     import time
 

@@ -129,7 +129,8 @@ def test_workers_online_offline_and_drained(store):
     assert store.workers.expire(3600) == []
     assert store.workers.expire(-1) == ["w1"]
     store.workers.heartbeat("w1", info)
-    store.workers.forget("w1")
+    store.workers.use_name("w1", info, leaving=True, ttl=30, max_live=None)
+    assert [w.name for w in store.workers.live(30)] == []
     assert kinds(store) == ["worker.online", "worker.offline", "worker.online",
                             "worker.offline"]
     assert store.workers.set_drained("w1", True) is True
