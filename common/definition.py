@@ -39,8 +39,11 @@ MAX_NAME = 128
 MAX_VERSION = 128
 #: What a name must look like to be looked up as a file under package_paths.
 _LOOKUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._-]*$")
-_SECTION_RE = re.compile(r"^[A-Za-z0-9+._-]+(?:/[A-Za-z0-9+._-]+)?$")
-_URL_RE = re.compile(r"^https?://[^\s\x00-\x1f\x7f]+$")
+#: A section (``name`` or ``area/name``), a homepage, and a maintainer (one ``Name
+#: <address>``): checked here at submission and again in an uploaded archive, the same way.
+SECTION_RE = re.compile(r"^[A-Za-z0-9+._-]+(?:/[A-Za-z0-9+._-]+)?$")
+URL_RE = re.compile(r"^https?://[^\s\x00-\x1f\x7f]+$")
+MAINTAINER_RE = re.compile(r"^[^<>]*<[^<>\s]+>$")
 
 
 @dataclass(frozen=True)
@@ -306,7 +309,7 @@ def parse_definition(
         raise _fail(path, "package.description", "must start with a one-line summary")
     maintainer = _string(path, pkg, "maintainer", w)
     assert maintainer is not None
-    if "<" not in maintainer or not maintainer.rstrip().endswith(">"):
+    if not MAINTAINER_RE.fullmatch(maintainer.strip()):
         raise _fail(path, "package.maintainer", "must look like 'Full Name <email@example.org>'")
     section = _string(path, pkg, "section", w, default="misc")
     priority = _string(path, pkg, "priority", w, default="optional")
@@ -316,10 +319,10 @@ def parse_definition(
                       ("name", name), ("homepage", homepage), ("license", license_)):
         if text is not None and (not text.isprintable() or len(text) > 1000):
             raise _fail(path, f"package.{key}", "must be one line of printable text")
-    if section is not None and not _SECTION_RE.fullmatch(section):
+    if section is not None and not SECTION_RE.fullmatch(section):
         raise _fail(path, "package.section", f"{section!r} is not a section name (letters, "
                     "digits, + - . _ and one /)")
-    if homepage is not None and not _URL_RE.fullmatch(homepage):
+    if homepage is not None and not URL_RE.fullmatch(homepage):
         raise _fail(path, "package.homepage", f"{homepage!r} is not an http(s) URL")
     assert section is not None and priority is not None
     for fmt in targets:  # a format's own values (Debian's priorities) are the format's to say

@@ -175,6 +175,11 @@ MALFORMED = [
      "package.maintainer", "Full Name <email"),
     ("maintainer-bare-email", _set("package", "maintainer", value="jane@example.org"),
      "package.maintainer", ""),
+    # What an uploaded archive's Maintainer must be too (one address): not refused late.
+    ("maintainer-two-addresses", _set("package", "maintainer", value="A <a@b.c>, B <d@e.f>"),
+     "package.maintainer", "Full Name <email"),
+    ("maintainer-space-in-address", _set("package", "maintainer", value="Team <a b@c.d>"),
+     "package.maintainer", "Full Name <email"),
     ("priority-bad", _set("package", "priority", value="urgent"), "package.priority",
      "not a Debian priority"),
     ("section-two-lines", _set("package", "section", value="a\nb"), "package.section",

@@ -12,8 +12,8 @@ archive only, where dpkg reads it once the package is installed:
 - fields only a repository writes (`REPOSITORY_FIELDS`: Filename, Size, the checksums,
   Description-md5, Phased-Update-Percentage) refuse the archive: no build makes them, and the
   index must never take them from an archive;
-- fields that make apt treat a package as part of the system (`SYSTEM_FIELDS`: Essential,
-  Protected, Important) are left out of the index: from a repository's index apt would install
+- fields that make apt treat a package as part of the system (Essential, Protected,
+  Important) are left out of the index: from a repository's index apt would install
   every Essential package at the next dist-upgrade and refuse to remove such packages, and a
   farm's repository adds packages to a system, it does not redefine what the system needs
   (Debian's essential packages built here still install; dpkg honours the field from the
@@ -32,7 +32,7 @@ from pathlib import Path
 from debian.debfile import DebFile
 
 from common import arch as archmod
-from common.definition import MAX_NAME, MAX_VERSION
+from common.definition import MAINTAINER_RE, MAX_NAME, MAX_VERSION, SECTION_RE, URL_RE
 from common.errors import Unprocessable
 from common.formats.deb import policy
 from master.formats import ArchiveInfo, Digests
@@ -49,8 +49,6 @@ INDEX_FIELDS = (
 REPOSITORY_FIELDS = frozenset(f.lower() for f in (
     "Filename", "Size", "MD5sum", "SHA1", "SHA256", "SHA512", "Description-md5",
     "Phased-Update-Percentage"))
-#: Fields that make apt keep (or install) a package as part of the system: never indexed.
-SYSTEM_FIELDS = frozenset(f.lower() for f in ("Essential", "Protected", "Important"))
 #: Relation fields, checked with python-debian's parser.
 RELATION_FIELDS = frozenset(f.lower() for f in (
     "Depends", "Pre-Depends", "Recommends", "Suggests", "Breaks", "Conflicts", "Provides",
@@ -64,16 +62,10 @@ EXACT_FIELDS = frozenset(f.lower() for f in ("Provides", "Built-Using", "Static-
 #: Fields whose value may run over several lines; every other field is one line.
 MULTILINE_FIELDS = frozenset(f.lower() for f in ("Description", "Conffiles"))
 MULTI_ARCH = frozenset({"no", "same", "foreign", "allowed"})
-PRIORITIES = frozenset({"required", "important", "standard", "optional", "extra"})
 _FIELD_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 _CONTROL_CHARS_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _SOURCE_RE = re.compile(r"^(?P<name>[a-z0-9][a-z0-9+.-]+)(?: \((?P<version>[^()\s]+)\))?$")
 _SIZE_RE = re.compile(r"^[0-9]{1,15}$")
-_MAINTAINER_RE = re.compile(r"^[^<>]*<[^<>\s]+>$")
-#: As a definition's section and homepage are checked (common.definition), so that what the
-#: farm builds from a definition is always indexed.
-_SECTION_RE = re.compile(r"^[A-Za-z0-9+._-]+(?:/[A-Za-z0-9+._-]+)?$")
-_URL_RE = re.compile(r"^https?://\S+$")
 #: The largest control file accepted (real ones are a few KiB).
 MAX_CONTROL_BYTES = 256 * 1024
 #: The longest Maintainer, Section or Homepage value accepted.
@@ -199,7 +191,7 @@ def check_fields(fields: dict[str, str]) -> dict[str, str]:
     for name in ("Maintainer", "Section", "Homepage"):
         if len(found.get(name, "")) > MAX_SHORT_FIELD:
             raise refuse(name, f"is longer than {MAX_SHORT_FIELD} characters")
-    if not _MAINTAINER_RE.fullmatch(found["Maintainer"]):
+    if not MAINTAINER_RE.fullmatch(found["Maintainer"]):
         raise refuse("Maintainer", "must be 'Full Name <address>'")
     size = found.get("Installed-Size")
     if size is not None and not _SIZE_RE.fullmatch(size):
@@ -211,13 +203,13 @@ def check_fields(fields: dict[str, str]) -> dict[str, str]:
         if multi_arch == "same" and arch == archmod.ALL:
             raise refuse("Multi-Arch", "cannot be 'same' for an Architecture: all package")
     section = found.get("Section")
-    if section is not None and not _SECTION_RE.fullmatch(section):
+    if section is not None and not SECTION_RE.fullmatch(section):
         raise refuse("Section", f"is not a section name ([area/]section): {section!r}")
     priority = found.get("Priority")
-    if priority is not None and priority not in PRIORITIES:
-        raise refuse("Priority", f"must be one of {', '.join(sorted(PRIORITIES))}")
+    if priority is not None and priority not in policy.PRIORITIES:
+        raise refuse("Priority", f"must be one of {', '.join(policy.PRIORITIES)}")
     homepage = found.get("Homepage")
-    if homepage is not None and not _URL_RE.fullmatch(homepage):
+    if homepage is not None and not URL_RE.fullmatch(homepage):
         raise refuse("Homepage", "must be one http(s) URL")
     synopsis = found["Description"].split("\n", 1)[0]
     if not synopsis.strip():
