@@ -39,12 +39,7 @@ HISTORY = 50
 
 def built_by(store: Store, records: list[PackageRecord]) -> dict[int, int]:
     """The build of each job that made one of ``records`` (job id -> build id)."""
-    found: dict[int, int] = {}
-    for job_id in sorted({r.job_id for r in records if r.job_id is not None}):
-        job = store.jobs.get(job_id)
-        if job is not None:
-            found[job_id] = job.build_id
-    return found
+    return store.jobs.build_ids(r.job_id for r in records if r.job_id is not None)
 
 
 def success_rate(history: list[Job]) -> tuple[int, float | None]:

@@ -33,7 +33,7 @@ from common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 #: index groups per suite, component and architecture (how the index cache is cut)
 GROUPS = 256
@@ -73,6 +73,8 @@ CREATE TABLE jobs (
 );
 CREATE INDEX jobs_build ON jobs(build_id);
 CREATE INDEX jobs_state ON jobs(state);
+CREATE INDEX jobs_finished ON jobs(finished_at);
+CREATE INDEX jobs_worker ON jobs(worker);
 CREATE TABLE staged (
     job_id    INTEGER NOT NULL REFERENCES jobs(id),
     attempt   INTEGER NOT NULL,
@@ -396,13 +398,23 @@ def _add_dashboard(db: sqlite3.Connection) -> None:
     """)
 
 
+def _index_finished_and_worker(db: sqlite3.Connection) -> None:
+    """Indexes for what the workers page reads on each request (the jobs each worker finished
+    in the last day) and for who built under a worker name."""
+    run_script(db, """
+        CREATE INDEX jobs_finished ON jobs(finished_at);
+        CREATE INDEX jobs_worker ON jobs(worker);
+    """)
+
+
 #: version N -> the step that takes a database from N to N + 1
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2,
                                                                 2: _migrate_2_to_3,
                                                                 3: _migrate_3_to_4,
                                                                 4: _add_events,
                                                                 5: _add_counters_and_webhooks,
-                                                                6: _add_dashboard}
+                                                                6: _add_dashboard,
+                                                                7: _index_finished_and_worker}
 
 
 #: Connections a parent process had open when it forked: its child never uses them, nor lets
@@ -459,7 +471,8 @@ class Database:
             try:
                 yield db
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # (an I/O error may have ended it already)
+                    db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
         except BaseException:
@@ -474,14 +487,6 @@ class Database:
     def write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """One transaction that holds SQLite's write lock from its start."""
         return self._transaction("BEGIN IMMEDIATE")
-
-    def close(self) -> None:
-        """Close this process's idle connections (the store stays usable: the next
-        transaction opens a new one)."""
-        with self._lock:
-            idle, self._idle = (self._idle, []) if self._pid == os.getpid() else ([], [])
-        for db in idle:
-            db.close()
 
     # -- schema --------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from common.states import RESTARTABLE, JobState, SourceKind, build_state, check_move
@@ -204,6 +204,16 @@ class JobStore:
     def get(self, job_id: int) -> Job | None:
         with self.db.read() as db:
             return _job(db, job_id)
+
+    def build_ids(self, job_ids: Iterable[int]) -> dict[int, int]:
+        """The build of each of ``job_ids`` that exists (job id -> build id), in one read."""
+        ids = sorted(set(job_ids))
+        if not ids:
+            return {}
+        with self.db.read() as db:
+            rows = db.execute(f"SELECT id, build_id FROM jobs WHERE id IN "
+                              f"({','.join('?' * len(ids))})", ids).fetchall()
+        return {r["id"]: r["build_id"] for r in rows}
 
     def snapshot(self, job_id: int) -> bytes:
         with self.db.read() as db:
