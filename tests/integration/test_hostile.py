@@ -393,6 +393,16 @@ def test_limits_stop_bombs_hogs_and_fillers(hostile: HostileFarm) -> None:
             for i in $(seq 1 40); do dd if=/dev/zero of=/var/tmp/f$i bs=1M count=4; done
             sleep 6
         """),
+        # The script's own process moves to a mount namespace of its own with empty folders;
+        # then a process it left behind fills the real /tmp (40 MiB) and its area (30 MiB).
+        "evil-hidetmp": ("disk", """\
+            ( sleep 1
+              dd if=/dev/zero of=/tmp/hide-$$ bs=1M count=40 2>/dev/null
+              dd if=/dev/zero of="$DESTDIR/hide" bs=1M count=30 2>/dev/null
+              sleep 10 ) &
+            exec unshare -Urm sh -c 'mount -t tmpfs none /tmp; mount -t tmpfs none /var/tmp
+                                     sleep 12'
+        """),
     }
     clean_root_files = Highest(lambda: clean_roots_usage(hostile))
     with clean_root_files:

@@ -163,11 +163,14 @@ def test_shared_files_of_a_user_are_found_through_open_folders(tmp_path: Path) -
 
 
 def test_a_failure_names_the_limit_it_probably_reached(tmp_path: Path) -> None:
-    watch = Watch(tmp_path, StepLimits(memory=512 * MiB, processes=100, disk=64 * MiB))
+    limits = StepLimits(memory=512 * MiB, processes=100, disk=64 * MiB)
+    watch = Watch(tmp_path, limits)
     assert "the disk limit" in watch.explain(153, [])
     assert "the disk limit" in watch.explain(-25, [])
-    assert "disk limit is 64 MiB" in watch.explain(1, ["dd: error writing 'x': No space left "
-                                                       "on device"])
+    full = ["dd: error writing 'x': No space left on device"]
+    # A sandbox's in-memory folders are bounded; without one, the machine's disk is full.
+    assert "disk limit is 64 MiB" in Watch(tmp_path, limits, sandboxed=True).explain(1, full)
+    assert watch.explain(1, full) == ""
     assert "memory limit of 512 MiB" in watch.explain(12, ["Out of memory in perl"])
     assert "processes limit" in watch.explain(
         254, ["bash: fork: retry: Resource temporarily unavailable"])

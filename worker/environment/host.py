@@ -85,8 +85,10 @@ def sandboxed(argv: Sequence[str], area: Path, cwd: Path, sandbox: str, *,
     """Wrap ``argv`` (to run in ``cwd``) so that it can write only inside ``area``.
 
     With bubblewrap the command sees only the system's programs and settings, read-only
-    (`SYSTEM_PATHS`: no /home, /root, /srv, /var, /run, nor their sockets; a socket bound
-    inside them is covered), with the ``hidden`` paths among them (the worker's config and
+    (`SYSTEM_PATHS`: no /home, /root, /srv, /var, /run, nor their sockets; a socket inside
+    them that this machine's network namespace lists by its full path is covered; one bound
+    by a relative path, or from another network namespace, is not: keep listening sockets
+    out of those folders), with the ``hidden`` paths among them (the worker's config and
     keys) covered, private /dev, an in-memory /tmp, /var/tmp and /dev/shm of the size
     ``limits`` give, and ``area``, the one writable place on disk; the network is the
     sandbox's own loopback unless ``network``; and it runs in its own PID namespace that dies
@@ -183,7 +185,7 @@ class HostEnvironment:
     def __enter__(self) -> HostEnvironment:
         if self._depth == 0:
             if self.first_uid is not None:
-                self._user = BuildUser(self.first_uid)
+                self._user = BuildUser(self.first_uid, shared_folders=self.sandbox == "none")
                 self.build_uid = self._user.__enter__()
             try:
                 prepare_area(self.area, self.build_uid)

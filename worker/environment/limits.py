@@ -106,6 +106,11 @@ def _pids_of_user(uid: int) -> list[int]:
 def _descendants(root: int) -> list[int]:
     """``root`` and every process below it (for a worker that is not root: its build steps
     run as its own user, in a PID namespace of their own, so their processes stay below)."""
+    return [pid for pid, _ in _tree(root)]
+
+
+def _tree(root: int) -> list[tuple[int, int]]:
+    """``root`` and every process below it, each with its parent, parents before children."""
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -116,11 +121,12 @@ def _descendants(root: int) -> list[int]:
         except (OSError, IndexError):
             continue
         children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], [root]
+    found: list[tuple[int, int]] = []
+    todo = [(root, 0)]
     while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, ()))
+        pid, parent = todo.pop()
+        found.append((pid, parent))
+        todo.extend((child, pid) for child in children.get(pid, ()))
     return found
 
 
@@ -226,7 +232,9 @@ def _own_mount_namespace() -> int:
 def sandbox_tmp_usage(pids: Sequence[int]) -> int:
     """Bytes in the in-memory folders of the sandbox the processes ``pids`` run in (seen
     through the first of them that runs in a mount namespace other than the worker's); 0 if
-    none does."""
+    none does. Watch gives the sandbox's own process (`Watch._sandbox_view`): a build's
+    process could move to a namespace of its own whose folders are empty (``unshare -Urm``)
+    and hide what its other processes wrote."""
     mine = _own_mount_namespace()
     for pid in pids:
         try:
@@ -428,6 +436,19 @@ class Watch:
             return _pids_of_user(self.uid)
         return _descendants(self.pid) if self.pid is not None else []
 
+    def _sandbox_view(self, pids: list[int]) -> list[int]:
+        """The processes to see the sandbox's in-memory folders through: the parent of the
+        step's first process of the build user (bubblewrap's own, which runs as root in the
+        sandbox's namespaces and which the build cannot move); for a worker that is not root,
+        the step's processes from its top down."""
+        if self.pid is None:
+            return pids
+        tree = _tree(self.pid)
+        if self.uid is None:
+            return [pid for pid, _ in tree]
+        build = set(pids)
+        return next(([parent] for pid, parent in tree if pid in build), [])
+
     def problem(self, what: str) -> str | None:
         """Why the step must stop now, or None."""
         limits = self.limits
@@ -439,7 +460,7 @@ class Watch:
             if running >= limits.processes * 9 // 10:
                 return (f"{what} ran {running} processes, at its processes limit of "
                         f"{limits.processes}, and was stopped")
-        in_memory = sandbox_tmp_usage(pids) if self.sandboxed else 0
+        in_memory = sandbox_tmp_usage(self._sandbox_view(pids)) if self.sandboxed else 0
         if limits.disk:
             used = folder_usage(self.area) + in_memory
             if not self.sandboxed and self.uid is not None:
@@ -483,7 +504,7 @@ class Watch:
                             or "File size limit exceeded" in text):
             return (f"; a file reached {limits.disk // MiB} MiB, the disk limit (also the "
                     "largest file a build may write)")
-        if limits.disk and "No space left on device" in text:
+        if limits.disk and self.sandboxed and "No space left on device" in text:
             places = "its /tmp, /var/tmp and /dev/shm"
             return (f'; its output says "No space left on device": {places} hold at most '
                     f"{limits.tmpfs_size // MiB} MiB, and its disk limit is "

@@ -12,6 +12,7 @@ import codecs
 import collections
 import contextlib
 import io
+import logging
 import os
 import shutil
 import signal
@@ -31,6 +32,8 @@ from worker.environment.limits import (
     remove_shared_files,
     user_processes,
 )
+
+log = logging.getLogger(__name__)
 
 Log = Callable[[str], None]
 
@@ -118,8 +121,11 @@ class BuildUser:
     """One build user id of the machine's range, held (a file lock) while a build uses it."""
 
     def __init__(self, first: int, count: int = BUILD_USERS,
-                 locks: Path = BUILD_USER_LOCKS) -> None:
+                 locks: Path = BUILD_USER_LOCKS, *, shared_folders: bool = False) -> None:
+        """``shared_folders``: the builds run without a sandbox and may leave files in the
+        machine's shared folders (`SHARED_FOLDERS`), which are removed with the user."""
         self.first, self.count, self.locks = first, count, locks
+        self.shared_folders = shared_folders
         self.uid: int | None = None
         self._held: contextlib.ExitStack | None = None
 
@@ -131,17 +137,27 @@ class BuildUser:
                 held.enter_context(file_lock(self.locks / f"{uid}.lock", wait=False))
             except LockBusy:
                 continue
+            # Nothing of a build before may still run as it (else the next id), nor find
+            # what it left in the machine's /tmp.
+            if not kill_user_processes(uid):
+                log.warning("build user %d still runs processes that would not die; "
+                            "taking another", uid)
+                held.close()
+                continue
             self.uid, self._held = uid, held
-            kill_user_processes(uid)  # nothing of a build before may still run as it,
-            remove_shared_files(uid)  # nor find what it left in the machine's /tmp
+            if self.shared_folders:
+                remove_shared_files(uid)
             return uid
         raise BuildFailed(f"all {self.count} build users ({self.first}…"
                           f"{self.first + self.count - 1}) are in use on this machine")
 
     def __exit__(self, *exc: object) -> None:
         if self.uid is not None:
-            kill_user_processes(self.uid)
-            remove_shared_files(self.uid)
+            if not kill_user_processes(self.uid):
+                log.warning("build user %d still runs processes that would not die",
+                            self.uid)
+            if self.shared_folders:
+                remove_shared_files(self.uid)
         if self._held is not None:
             self._held.close()
         self.uid, self._held = None, None
@@ -155,20 +171,22 @@ def drop_privileges(uid: int) -> list[str]:
             "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
 
 
-def kill_user_processes(uid: int, wait: float = 5.0) -> None:
+def kill_user_processes(uid: int, wait: float = 5.0) -> bool:
     """Kill every process of ``uid`` (whatever a build left running outside a sandbox), and
     wait up to ``wait`` seconds until none is left, not even one dead and not yet collected by
-    the machine's init (each counts toward the build user's process limit)."""
+    the machine's init (each counts toward the build user's process limit); False if some
+    are left then."""
     deadline = time.monotonic() + wait
     # Only the worker starts processes as a build user: with none running, none can appear,
     # and the kill (a process of its own, as that user) is spared (most builds leave nothing).
     while user_processes(uid):
         if time.monotonic() > deadline:
-            return
+            return False
         subprocess.run([*drop_privileges(uid), "kill", "-KILL", "-1"], capture_output=True,
                        check=False)
         if user_processes(uid):
             time.sleep(0.05)
+    return True
 
 
 def take_tree(made: Path, dest: Path, owner: int | None) -> Path:
