@@ -28,7 +28,7 @@ from worker.environment.bases import (
     hold_tree,
     unpack,
 )
-from worker.environment.limits import SANDBOX_TMP, MemoryGroup, StepLimits, Watch
+from worker.environment.limits import SANDBOX_TMP, StepLimits, step_limits
 from worker.environment.processes import (
     AREA,
     BUILD_USER,
@@ -358,15 +358,8 @@ class CleanEnvironment:
             out: IO[str], cancel: threading.Event | None = None, *,
             what: str = "the build script", network: bool = False) -> None:
         wrapped = self.wrap(argv, Path(cwd).resolve(), network=network, uid=self.build_uid)
-        group = None
-        if self.build_uid is not None:
-            group = MemoryGroup.make(f"build-{self.build_uid}", self.limits.memory)
-        try:
-            run_process([*(group.enter() if group else []), *self.limits.prefix(), *wrapped],
-                        cwd=self.private, env=step_environment(env, self.build_uid),
-                        timeout=timeout, out=out, cancel=cancel or self.cancel, what=what,
-                        watch=Watch(self.area, self.limits, self.build_uid, sandboxed=True,
-                                    group=group))
-        finally:
-            if group is not None:
-                group.close()
+        with step_limits(self.area, self.limits, self.build_uid,
+                         sandboxed=True) as (prefix, watch):
+            run_process([*prefix, *wrapped], cwd=self.private,
+                        env=step_environment(env, self.build_uid), timeout=timeout, out=out,
+                        cancel=cancel or self.cancel, what=what, watch=watch)

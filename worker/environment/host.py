@@ -19,13 +19,7 @@ from common.arch import host_arch
 from common.errors import BuildCancelled, BuildFailed
 from common.formats.deb.policy import first_alternatives
 from worker.environment.aptconfig import apt_problems, ca_settings
-from worker.environment.limits import (
-    NO_LIMITS,
-    SANDBOX_TMP,
-    MemoryGroup,
-    StepLimits,
-    Watch,
-)
+from worker.environment.limits import NO_LIMITS, SANDBOX_TMP, StepLimits, step_limits
 from worker.environment.processes import (
     AREA,
     BuildUser,
@@ -297,18 +291,13 @@ class HostEnvironment:
             hint = " (it may write only inside its own folder and $DESTDIR, offline)"
         wrapped = sandboxed(argv, self.area, cwd, self.sandbox, network=network,
                             hidden=self.hidden, uid=self.build_uid, limits=self.limits)
-        group = None
-        if self.build_uid is not None:
-            group = MemoryGroup.make(f"build-{self.build_uid}", self.limits.memory)
-        watch = Watch(self.area, self.limits, self.build_uid, sandboxed=self.sandbox != "none",
-                      group=group)
-        try:
-            run_process([*(group.enter() if group else []), *self.limits.prefix(), *wrapped],
-                        cwd=cwd, env=step_environment(env, self.build_uid), timeout=timeout,
-                        out=out, cancel=cancel or self.cancel, what=what, hint=hint,
-                        watch=watch)
-        finally:
-            if group is not None:
-                group.close()
-            if self.build_uid is not None and self.sandbox == "none":
-                kill_user_processes(self.build_uid)  # nothing the step started outlives it
+        with step_limits(self.area, self.limits, self.build_uid,
+                         sandboxed=self.sandbox != "none") as (prefix, watch):
+            try:
+                run_process([*prefix, *wrapped], cwd=cwd,
+                            env=step_environment(env, self.build_uid), timeout=timeout,
+                            out=out, cancel=cancel or self.cancel, what=what, hint=hint,
+                            watch=watch)
+            finally:
+                if self.build_uid is not None and self.sandbox == "none":
+                    kill_user_processes(self.build_uid)  # nothing the step started outlives it

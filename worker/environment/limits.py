@@ -30,7 +30,7 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -520,3 +520,18 @@ class Watch:
             return (f"; its output says it could not fork: the build user may run at most "
                     f"{limits.processes} processes (its processes limit)")
         return ""
+
+
+@contextlib.contextmanager
+def step_limits(area: Path, limits: StepLimits, uid: int | None, *,
+                sandboxed: bool) -> Iterator[tuple[list[str], Watch]]:
+    """What one build step runs under: the command prefix that applies ``limits`` (the
+    step's cgroup, where one can be made, then the per-process limits) and the `Watch` that
+    measures it; the cgroup goes when the step is over."""
+    group = MemoryGroup.make(f"build-{uid}", limits.memory) if uid is not None else None
+    try:
+        yield ([*(group.enter() if group else []), *limits.prefix()],
+               Watch(area, limits, uid, sandboxed=sandboxed, group=group))
+    finally:
+        if group is not None:
+            group.close()

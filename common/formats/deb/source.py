@@ -241,6 +241,27 @@ def dsc_checksums(control: Mapping[str, Any]) -> list[tuple[str, str, int]]:
     return files
 
 
+#: The .dsc fields that list its files (dpkg-source reads all of them).
+DSC_FILE_FIELDS = ("Files", "Checksums-Sha1", "Checksums-Sha256")
+
+
+def dsc_file_names(control: Mapping[str, Any]) -> list[str]:
+    """The name of every file a .dsc lists in any of `DSC_FILE_FIELDS`, each once, in order;
+    a name that is not a plain file name in the .dsc's own folder raises DefinitionError."""
+    names: list[str] = []
+    for key in DSC_FILE_FIELDS:
+        for line in field_text(control, key).strip().splitlines():
+            words = line.split()
+            if not words or words[-1] in names:
+                continue
+            name = words[-1]
+            if "/" in name or name.startswith(".") or "\0" in name:
+                raise DefinitionError(f"the .dsc lists a file outside its folder: {name!r}",
+                                      field=key)
+            names.append(name)
+    return names
+
+
 def source_from_control(control: Mapping[str, Any], *, origin: str, location: str = "",
                         apt_lines: Iterable[str] = (), dsc_sha256: str = "") -> DebianSource:
     """A `DebianSource` from a .dsc or a Sources stanza (name in Source or Package)."""

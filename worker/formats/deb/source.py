@@ -49,7 +49,7 @@ from common.formats.deb.source import (
     GIT_TREE_FILE,
     DebianSource,
     dsc_checksums,
-    field_text,
+    dsc_file_names,
     git_url,
 )
 from common.git import GitFailed, run_git
@@ -155,8 +155,6 @@ def _dsc_files(dsc: Path) -> list[tuple[str, str, int]]:
 _TARBALL = re.compile(r"\.tar(?:\.([^./]+))?$")
 #: The tarfile mode for each compression dpkg-source reads (lzma-alone files open as xz).
 _TAR_MODES = {None: "r:", "gz": "r:gz", "bz2": "r:bz2", "xz": "r:xz", "lzma": "r:xz"}
-#: The .dsc fields that list its files (dpkg-source reads all of them).
-_FILE_FIELDS = ("Files", "Checksums-Sha1", "Checksums-Sha256")
 
 
 def check_source_tarballs(dsc: Path) -> list[str]:
@@ -164,20 +162,15 @@ def check_source_tarballs(dsc: Path) -> list[str]:
     the .dsc's folder, member by member as `common.tarballs.safe_extract` would, before
     dpkg-source unpacks them; the names checked. `BuildFailed` naming the tarball and the
     member for one refused, for one missing, and for a compression the worker cannot read."""
-    control = Deb822(dsc.read_text(errors="replace"))
-    names: list[str] = []
-    for key in _FILE_FIELDS:
-        for line in field_text(control, key).strip().splitlines():
-            words = line.split()
-            if words and words[-1] not in names:
-                names.append(words[-1])
+    try:
+        names = dsc_file_names(Deb822(dsc.read_text(errors="replace")))
+    except DefinitionError as exc:
+        raise BuildFailed(f"{dsc.name}: {exc.message}") from None
     checked = []
     for name in names:
         match = _TARBALL.search(name)
         if match is None:
             continue
-        if "/" in name or name.startswith("."):
-            raise BuildFailed(f"{dsc.name} lists a file outside its folder: {name!r}")
         mode = _TAR_MODES.get(match.group(1))
         if mode is None:
             raise BuildFailed(
