@@ -102,7 +102,7 @@ def fetch(src: DebianSource, dest: Path, out: IO[str], local_files: Path | None 
         tree = dest / f"{src.name}-{src.upstream_version}"
         checked = check_source_tarballs(dsc)
         _note(out, f"checked {', '.join(checked) or 'no tarball'} before dpkg-source: no "
-                   "member leads outside or carries privileges")
+                   "member leads outside its tarball or carries privileges")
         run_process(["dpkg-source", "--no-check", "--no-copy", "-x", str(dsc), str(tree)],
                     cwd=dest, env={"PATH": PATH, "LC_ALL": "C.UTF-8", "HOME": str(dest)},
                     timeout=timeout, out=out, cancel=cancel, what="dpkg-source -x")
