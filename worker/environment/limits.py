@@ -30,7 +30,7 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,10 +158,11 @@ def _proc_sum(path: str, fields: tuple[bytes, ...]) -> int:
     return total
 
 
-def folder_usage(path: Path) -> int:
-    """Bytes ``path`` holds on disk, counted without following links."""
-    total = 0
-    todo = [path]
+def _entries(folders: Iterable[Path],
+             descend: Callable[[os.stat_result], bool]) -> Iterator[tuple[str, os.stat_result]]:
+    """Every entry below ``folders`` (its path and its lstat), links not followed, going down
+    into the folders that ``descend`` admits; what vanishes meanwhile is skipped."""
+    todo = list(folders)
     while todo:
         folder = todo.pop()
         try:
@@ -171,12 +172,16 @@ def folder_usage(path: Path) -> int:
                         st = entry.stat(follow_symlinks=False)
                     except OSError:
                         continue
-                    total += st.st_blocks * 512
-                    if entry.is_dir(follow_symlinks=False):
+                    yield entry.path, st
+                    if stat.S_ISDIR(st.st_mode) and descend(st):
                         todo.append(Path(entry.path))
         except OSError:
             continue
-    return total
+
+
+def folder_usage(path: Path) -> int:
+    """Bytes ``path`` holds on disk, counted without following links."""
+    return sum(st.st_blocks * 512 for _, st in _entries([path], lambda st: True))
 
 
 def entry_usage(path: Path) -> int:
@@ -192,24 +197,10 @@ def entry_usage(path: Path) -> int:
 def shared_files(uid: int, folders: Iterable[Path] = SHARED_FOLDERS) -> list[Path]:
     """What ``uid`` made in the machine's shared folders: the entries it owns there, found by
     going down only through folders anyone may write (the only way into them)."""
-    found: list[Path] = []
-    todo = [folder for folder in folders if folder.is_dir() and not folder.is_symlink()]
-    while todo:
-        folder = todo.pop()
-        try:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    if st.st_uid == uid:
-                        found.append(Path(entry.path))
-                    elif stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_IWOTH:
-                        todo.append(Path(entry.path))
-        except OSError:
-            continue
-    return found
+    roots = [folder for folder in folders if folder.is_dir() and not folder.is_symlink()]
+    return [Path(path) for path, st in _entries(
+        roots, lambda st: st.st_uid != uid and bool(st.st_mode & stat.S_IWOTH))
+        if st.st_uid == uid]
 
 
 def remove_shared_files(uid: int, folders: Iterable[Path] = SHARED_FOLDERS) -> None:
