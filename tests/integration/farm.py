@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -95,6 +97,27 @@ def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM,
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+class JsonLines(threading.Thread):
+    """The JSON lines a command prints (``proc``, text mode, stdout piped), read as they come
+    into ``lines``; `close` after the command ended."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        super().__init__(daemon=True)
+        self.proc = proc
+        self.lines: list[dict[str, Any]] = []
+        self.start()
+
+    def run(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(json.loads(line))
+
+    def close(self) -> None:
+        self.join(timeout=10)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
 
 
 class RedisServer:

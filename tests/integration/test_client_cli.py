@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,14 @@ import pytest
 import yaml
 
 from tests.integration.conftest import Farm
-from tests.integration.farm import BIN, PASSWORD, TEST_PACKAGES, stop_process, wait_for
+from tests.integration.farm import (
+    BIN,
+    PASSWORD,
+    TEST_PACKAGES,
+    JsonLines,
+    stop_process,
+    wait_for,
+)
 from tests.integration.hooks import Receiver
 
 #: A package only this module builds, promotes and removes.
@@ -373,23 +379,15 @@ def test_events_follow_json_prints_a_build_as_it_happens(farm):
     proc = subprocess.Popen([str(BIN / "master"), "events", "--follow", "--json", "--after",
                              str(newest), "--config", str(farm.config)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    lines: list[dict[str, Any]] = []
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(json.loads(line))
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    reader = JsonLines(proc)
+    lines = reader.lines
     try:
         build_id = int(ok(master(farm, "package-add", "itest-all")).strip())
         wait_for(lambda: any(e["kind"] == "build.finished" and e["build_id"] == build_id
                              for e in lines), 120, "build.finished from `master events`")
     finally:
         stop_process(proc, signal.SIGTERM)
-        reader.join(timeout=10)
-        assert proc.stdout is not None
-        proc.stdout.close()
+        reader.close()
     mine = [e["kind"] for e in lines if e.get("build_id") == build_id]
     assert mine == ["build.created", "job.queued", "job.started", "upload.accepted",
                     "job.finished", "build.finished"]

@@ -12,7 +12,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 import requests
 
 from tests.integration.conftest import Farm
-from tests.integration.farm import BIN, PASSWORD, make_deb, stop_process, wait_for
+from tests.integration.farm import BIN, PASSWORD, JsonLines, make_deb, stop_process, wait_for
 from tests.integration.sse import Message, Stream
 
 WINDOW = 3600
@@ -127,15 +126,7 @@ def master_processes(farm: Farm) -> dict[int, set[int]]:
     arbiter = farm.master.proc.pid
     children = [int(p) for p in Path(f"/proc/{arbiter}/task/{arbiter}/children")
                 .read_text().split()]
-    inodes: dict[int, int] = {}
-    for pid in children:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes[int(target[8:-1])] = pid
+    inodes = {inode: pid for pid in children for inode in socket_inodes(pid)}
     served: dict[int, set[int]] = {pid: set() for pid in children}
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         cols = line.split()
@@ -263,8 +254,8 @@ def test_reconnect_misses_nothing_across_a_master_restart(farm):
     assert of_build(seen, first_build)[-1] == ("build.finished", "success")
 
 
-def established(pid: int, port: int) -> bool:
-    """Whether process ``pid`` holds an open TCP connection to ``port`` on loopback."""
+def socket_inodes(pid: int) -> set[int]:
+    """The inodes of the sockets process ``pid`` holds open."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
@@ -273,6 +264,12 @@ def established(pid: int, port: int) -> bool:
             continue
         if target.startswith("socket:["):
             inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def established(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds an open TCP connection to ``port`` on loopback."""
+    inodes = socket_inodes(pid)
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         cols = line.split()
         if (int(cols[2].split(":")[1], 16) == port and cols[3] == "01"
@@ -289,14 +286,8 @@ def test_master_events_follow_resumes_from_its_start_across_a_restart(farm):
     proc = subprocess.Popen([str(BIN / "master"), "events", "--follow", "--json", "--config",
                              str(farm.config)], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
-    printed: list[dict[str, Any]] = []
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            printed.append(json.loads(line))
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    reader = JsonLines(proc)
+    printed = reader.lines
     try:
         wait_for(lambda: established(proc.pid, farm.master.port), 30,
                  "`master events --follow` to connect")
@@ -316,9 +307,7 @@ def test_master_events_follow_resumes_from_its_start_across_a_restart(farm):
                              for e in printed), 60, "the build's end from `master events`")
     finally:
         stop_process(proc, signal.SIGTERM)
-        reader.join(timeout=10)
-        assert proc.stdout is not None
-        proc.stdout.close()
+        reader.close()
     ids = [e["id"] for e in printed]
     assert ids == [e["id"] for e in all_events(farm, start) if e["id"] <= ids[-1]]
     assert [e["kind"] for e in printed if e.get("build_id") == build_id][:2] == \
